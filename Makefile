@@ -1,0 +1,36 @@
+# Two commands for users: `make compare` and `make test`. Both set everything up first and are
+# idempotent: the virtualenv is (re)installed only when pyproject.toml changes.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= quick
+EXPERIMENT ?= fashion-mnist
+# The embedded default: a SQLite tracking store beside the project (MLflow's own default too).
+export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+
+.PHONY: setup data compare test clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# An existing verified copy, else the Debian package (as root), else the canonical download.
+data: $(STAMP)
+	$(BIN)/python -m study data
+
+compare: setup
+	PATH="$(BIN):$$PATH" mlflow run . -e compare --env-manager local \
+		--experiment-name $(EXPERIMENT) -P profile=$(PROFILE)
+
+test: setup
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf mlruns mlflow.db optuna.journal .pytest_cache

@@ -1,0 +1,95 @@
+"""Command line: `study compare`, `study data`, `study pipelines`. User errors exit 2 in one line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from study import config
+from study.errors import ConfigError, StudyError
+
+
+def _seed(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {text!r}") from None
+    if value != int(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number >= 0, got {text!r}")
+    return int(value)
+
+
+def _optional(text: str) -> str | None:
+    """MLproject cannot pass an empty value, so '-' and 'auto' mean 'not given'."""
+    return None if text in ("", "-", "auto", "local", "default") else text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, like every other user error
+        self.exit(2, f"error: {message} (see `study {self.prog.split()[-1]} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="study", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    cmp = sub.add_parser("compare", help="tune, train, test and rank the pipelines")
+    cmp.add_argument("--profile", default=config.DEFAULT_PROFILE,
+                     help=f"one of {', '.join(config.PROFILES)} (default {config.DEFAULT_PROFILE})")
+    cmp.add_argument("--pipelines", default="all", help="comma list of pipelines, or 'all'")
+    cmp.add_argument("--seed", type=_seed, default=config.SEED, help="seed of models and samplers")
+    cmp.add_argument("--data-dir", type=_optional, default=None,
+                     help=f"folder with the four .gz files (else ${config.DATA_DIR_ENV}, the Debian "
+                          "package, the Keras cache, then a download)")
+    cmp.add_argument("--storage", type=_optional, default=None,
+                     help="Optuna storage: 'local' journal file, a journal path, or an RDB URL")
+
+    dat = sub.add_parser("data", help="find or fetch the dataset and verify it")
+    dat.add_argument("--data-dir", type=_optional, default=None)
+
+    sub.add_parser("pipelines", help="list the registered pipelines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # TensorFlow's C++ start-up chatter (CPU features, graph attribute notices) hides progress.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "data":
+            from study import data
+
+            folder = data.ensure(args.data_dir)
+            data.load(folder, download=False)
+            print(f"Fashion-MNIST verified in {folder}")
+            return 0
+        if args.command == "pipelines":
+            from study import pipelines
+
+            for name in pipelines.available():
+                spec = pipelines.load(name)
+                print(f"{name:14s} {spec.family:12s} reducer={spec.reducer:5s} {spec.description}")
+            return 0
+        return _compare(args)
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _compare(args) -> int:
+    if args.profile not in config.PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
+    from study import compare, leaderboard, tracking
+
+    result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage)
+    print()
+    print(f"Leaderboard (compare run {result.run_id}, {args.profile} profile, "
+          f"{result.seconds / 60:.1f} min)")
+    print(leaderboard.render_text(result.rows))
+    print()
+    print(f"Explore the runs: {tracking.ui_command()}")
+    return 0

@@ -1,0 +1,83 @@
+"""The compare job: load -> split -> tune (validation) -> final fit -> test once -> leaderboard."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from study import config, data, leaderboard, pipelines, tracking, training, tuning
+from study.errors import ConfigError
+
+
+@dataclass
+class CompareResult:
+    run_id: str
+    rows: list[dict[str, Any]]
+    seconds: float
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, storage,
+                 parent_run_id: str) -> str:
+    """Tune one pipeline, fit its final model, score it on the test set once, log it."""
+    tuning_log = tracking.TuningLog(parent_run_id, spec.name,
+                                    tuning.study_name(spec, profile, seed), profile)
+    try:
+        tuned = tuning.tune(spec, profile, splits, seed, storage, log_trial=tuning_log.log_trial)
+    except BaseException:
+        tuning_log.finish(None, status="FAILED")
+        raise
+    tuning_log.finish(tuned)
+    params = tuning.final_params(spec, profile, tuned.best_params)
+    log(f"[{spec.name}] final fit on {len(splits.y_train)} rows with {tuned.best_params or 'fixed parameters'}")
+    fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
+                       seed, progress=f"[{spec.name}] final")
+    val_accuracy = float(np.mean(fit.predict_proba(splits.x_val).argmax(axis=1) == splits.y_val))
+    start = time.perf_counter()
+    proba = fit.predict_proba(splits.x_test)  # the one and only look at the test set
+    predict_seconds = time.perf_counter() - start
+    from study.evaluation import evaluate
+
+    evaluation = evaluate(splits.y_test, proba)
+    run_id = tracking.log_final(
+        spec=spec, profile=profile, seed=seed, params=params, tune=tuned, fit=fit,
+        evaluation=evaluation, val_accuracy=val_accuracy, predict_seconds=predict_seconds,
+        n_params=training.count_params(fit.model, fit.kind),
+        model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
+    )
+    log(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} test_macro_f1={evaluation.macro_f1:.4f} "
+        f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s")
+    return run_id
+
+
+def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = "all",
+            seed: int = config.SEED, data_dir: str | None = None,
+            storage: str | None = None) -> CompareResult:
+    """Run every selected pipeline and return the ranked leaderboard of this invocation."""
+    if profile not in config.PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; valid: {', '.join(config.PROFILES)}")
+    specs = pipelines.resolve(pipeline_names)  # validate everything before any work starts
+    optuna_storage = tuning.open_storage(storage)
+    tracking.configure()
+    dataset = data.load(data_dir)
+    splits = data.make_splits(dataset, config.PROFILES[profile])
+    log(f"data: {dataset.source} -> train {len(splits.y_train)}, validation {len(splits.y_val)}, "
+        f"test {len(splits.y_test)} ({profile} profile)")
+    start = time.perf_counter()
+    with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
+        for i, spec in enumerate(specs, start=1):
+            log(f"=== pipeline {i}/{len(specs)}: {spec.name} ({spec.description or spec.model})")
+            run_pipeline(spec, profile, splits, seed, optuna_storage, parent_id)
+        rows = leaderboard.rank(tracking.final_runs(parent_id))
+        for row in rows:
+            tracking.set_rank(row["run_id"], row["rank"])
+        table = leaderboard.render_text(rows)
+        tracking.log_text(table + "\n", "leaderboard.txt")
+    return CompareResult(parent_id, rows, time.perf_counter() - start)

@@ -1,0 +1,79 @@
+"""Paths, names and defaults of the study, in one place.
+
+Nothing here touches the disk or the network: values are computed from the environment
+when a function is called, so importing the package stays cheap and side-effect free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PIPELINES_DIR = PROJECT_ROOT / "pipelines"
+REPORTS_DIR = PROJECT_ROOT / "reports"
+
+SEED = 2020  # the seed report's split seed; used for every random choice unless overridden
+VALIDATION_FRACTION = 0.2
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+N_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (28, 28)
+
+# Where the four canonical IDX files are looked for, in order (see study.data.locate).
+DATA_DIR_ENV = "FASHION_MNIST_DIR"
+DEBIAN_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+DOWNLOAD_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+
+EXPERIMENT_NAME = "fashion-mnist"
+TUNING_SUFFIX = "-tuning"  # tuning runs live in their own experiment, out of the leaderboard's way
+REGISTERED_MODEL = "fashion-mnist-classifier"
+
+
+def keras_cache_dir() -> Path:
+    return Path.home() / ".keras" / "datasets" / "fashion-mnist"
+
+
+def download_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fashion-mnist-study"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def default_optuna_journal() -> Path:
+    """Journal file storage: safe for several processes on one machine, no server needed."""
+    return Path(os.environ.get("OPTUNA_JOURNAL", Path.cwd() / "optuna.journal"))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much data and compute a compare invocation spends."""
+
+    name: str
+    train_subsample: int | None  # rows kept of the 48k training split (None: all)
+    val_subsample: int | None  # the 10k test set is always used whole, once per final model
+
+
+PROFILES = {
+    "smoke": Profile("smoke", train_subsample=600, val_subsample=300),
+    "quick": Profile("quick", train_subsample=None, val_subsample=None),
+    "full": Profile("full", train_subsample=None, val_subsample=None),
+}
+DEFAULT_PROFILE = "quick"

@@ -1,0 +1,146 @@
+"""Pipeline definitions: one declarative YAML per pipeline under `pipelines/`.
+
+A pipeline names a reducer, a model builder, the builder's fixed parameters, the Optuna
+search space and a budget per profile. This module only reads and validates that data;
+builders live in `study.models`, tuning in `study.tuning`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study import config
+from study.errors import ConfigError
+
+REDUCERS = ("none", "pca", "umap")
+PARAM_TYPES = ("float", "int", "categorical")
+BUDGET_KEYS = {"n_trials", "timeout", "tune_subsample", "fit", "tune_fit"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What tuning and the final fit may spend in one profile."""
+
+    n_trials: int
+    timeout: float  # seconds for the whole study; checked between trials
+    tune_subsample: int | None = None  # training rows used while tuning (None: all)
+    fit: dict[str, Any] = field(default_factory=dict)  # fit settings for tuning and final fit
+    tune_fit: dict[str, Any] = field(default_factory=dict)  # extra settings while tuning only
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    family: str
+    description: str
+    reducer: str
+    model: str
+    params: dict[str, Any]
+    fit: dict[str, Any]
+    search: dict[str, dict[str, Any]]
+    budgets: dict[str, Budget]
+    path: Path
+    digest: str  # hash of the definition: a changed YAML starts a fresh Optuna study
+
+    def budget(self, profile: str) -> Budget:
+        return self.budgets[profile]
+
+
+def available(pipelines_dir: Path = config.PIPELINES_DIR) -> list[str]:
+    return sorted(p.stem for p in pipelines_dir.glob("*.yaml"))
+
+
+def _check_search(name: str, search: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(search, dict):
+        raise ConfigError(f"pipeline {name}: 'search' must be a mapping of parameter -> spec")
+    for param, spec in search.items():
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind not in PARAM_TYPES:
+            raise ConfigError(f"pipeline {name}: search parameter {param!r} needs type one of "
+                              f"{', '.join(PARAM_TYPES)}")
+        if kind == "categorical":
+            if not spec.get("choices"):
+                raise ConfigError(f"pipeline {name}: categorical {param!r} needs 'choices'")
+        else:
+            if "low" not in spec or "high" not in spec or not spec["low"] < spec["high"]:
+                raise ConfigError(f"pipeline {name}: {param!r} needs numeric low < high")
+            if spec.get("log") and spec["low"] <= 0:
+                raise ConfigError(f"pipeline {name}: {param!r} is log-scaled, so low must be > 0")
+    return search
+
+
+def _check_budget(name: str, profile: str, raw: Any) -> Budget:
+    if not isinstance(raw, dict) or set(raw) - BUDGET_KEYS:
+        raise ConfigError(f"pipeline {name}: budget.{profile} must be a mapping with keys from "
+                          f"{', '.join(sorted(BUDGET_KEYS))}")
+    n_trials, timeout = raw.get("n_trials"), raw.get("timeout")
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"pipeline {name}: budget.{profile}.n_trials must be a positive integer")
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError(f"pipeline {name}: budget.{profile}.timeout must be positive seconds")
+    return Budget(n_trials, float(timeout), raw.get("tune_subsample"),
+                  dict(raw.get("fit") or {}), dict(raw.get("tune_fit") or {}))
+
+
+def load(name: str, pipelines_dir: Path = config.PIPELINES_DIR) -> PipelineSpec:
+    """Read and validate `pipelines/<name>.yaml`; unknown names list the valid ones."""
+    from study.models import get_builder
+
+    path = pipelines_dir / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown pipeline {name!r}; valid: {', '.join(available(pipelines_dir))}")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    missing = {"family", "reducer", "model", "budget"} - set(raw)
+    if missing:
+        raise ConfigError(f"{path}: missing key(s) {', '.join(sorted(missing))}")
+    if raw["reducer"] not in REDUCERS:
+        raise ConfigError(f"{path}: reducer {raw['reducer']!r} is not one of {', '.join(REDUCERS)}")
+    get_builder(raw["model"])  # raises with the list of valid builders
+    budgets_raw = raw["budget"] or {}
+    lacking = set(config.PROFILES) - set(budgets_raw)
+    if lacking:
+        raise ConfigError(f"{path}: budget lacks profile(s) {', '.join(sorted(lacking))}")
+    budgets = {p: _check_budget(name, p, budgets_raw[p]) for p in config.PROFILES}
+    canonical = json.dumps(raw, sort_keys=True, default=str)
+    return PipelineSpec(
+        name=name,
+        family=str(raw["family"]),
+        description=str(raw.get("description", "")),
+        reducer=raw["reducer"],
+        model=raw["model"],
+        params=dict(raw.get("params") or {}),
+        fit=dict(raw.get("fit") or {}),
+        search=_check_search(name, raw.get("search") or {}),
+        budgets=budgets,
+        path=path,
+        digest=hashlib.sha256(canonical.encode()).hexdigest()[:10],
+    )
+
+
+def resolve(names: str | list[str] | None,
+            pipelines_dir: Path = config.PIPELINES_DIR) -> list[PipelineSpec]:
+    """'all' (or empty) for every pipeline, else a comma list; every name is validated first."""
+    if names is None or names in ("", "all"):
+        wanted = available(pipelines_dir)
+    else:
+        items = names.split(",") if isinstance(names, str) else list(names)
+        wanted = [n.strip() for n in items if n.strip()]
+    if not wanted:
+        raise ConfigError(f"no pipelines selected; valid: {', '.join(available(pipelines_dir))}")
+    unknown = [n for n in wanted if n not in available(pipelines_dir)]
+    if unknown:
+        raise ConfigError(f"unknown pipeline(s) {', '.join(unknown)}; "
+                          f"valid: {', '.join(available(pipelines_dir))}")
+    return [load(n, pipelines_dir) for n in dict.fromkeys(wanted)]

@@ -1,0 +1,282 @@
+"""Everything MLflow: the store, runs, params, metrics, artifacts, models and the registry.
+
+Layout of one compare invocation:
+  experiment E (default "fashion-mnist", or the one `mlflow run` chose)
+    compare run (parent)                  role=compare
+      <pipeline> final run, one each      role=final   <- the leaderboard
+  experiment "E-tuning"
+    <pipeline> tuning run                 role=tuning  (tag compare_run_id links back)
+      trial runs, nested                  role=trial
+Tuning lives in its own experiment so the leaderboard's run list stays one row per model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from study import config
+from study.errors import ConfigError
+
+ROLE = "role"  # tag key: compare | final | tuning | trial
+
+
+def configure() -> str:
+    """Point MLflow at the configured store and check that it answers."""
+    import mlflow
+
+    uri = config.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except Exception as exc:  # connection refused, bad scheme, unreadable db...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot reach MLflow tracking store {uri} ({first[:200]}); "
+                          f"check MLFLOW_TRACKING_URI or start the server") from None
+    return uri
+
+
+def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+@contextmanager
+def compare_run(profile: str, seed: int, pipelines: list[str]) -> Iterator[str]:
+    """The parent run: the `mlflow run` project run when there is one, else a new run."""
+    import mlflow
+
+    if os.environ.get("MLFLOW_RUN_ID"):
+        # No run_id argument: start_run() then consumes MLFLOW_RUN_ID, so that later nested
+        # start_run() calls create children instead of resuming the project run again.
+        run = mlflow.start_run(run_name=f"compare-{profile}")
+    else:
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME))
+        run = mlflow.start_run(run_name=f"compare-{profile}")
+    with run:
+        mlflow.set_tags({ROLE: "compare", "profile": profile})
+        # `mlflow run` already logged its entry-point parameters as given; keep those.
+        given = mlflow.get_run(run.info.run_id).data.params
+        mine = {"profile": profile, "seed": seed, "selected_pipelines": ",".join(pipelines)}
+        mlflow.log_params({k: v for k, v in mine.items() if k not in given})
+        yield run.info.run_id
+
+
+def tuning_experiment_id(parent_run_id: str) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    parent_exp = client.get_experiment(parent.info.experiment_id)
+    location = parent_exp.artifact_location
+    # A local store keeps tuning artifacts beside the parent's, not in the working directory.
+    local = location and "://" not in location.replace("file://", "", 1)
+    return ensure_experiment(parent_exp.name + config.TUNING_SUFFIX,
+                             location + config.TUNING_SUFFIX if local else None)
+
+
+class TuningLog:
+    """One tuning run per pipeline with a nested run per trial, written through the client API
+    so it never disturbs the active (parent) run."""
+
+    def __init__(self, parent_run_id: str, pipeline: str, study_name: str, profile: str):
+        import mlflow
+
+        self.client = mlflow.MlflowClient()
+        self.experiment_id = tuning_experiment_id(parent_run_id)
+        self.pipeline = pipeline
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{pipeline}-tuning",
+            tags={ROLE: "tuning", "pipeline": pipeline, "compare_run_id": parent_run_id,
+                  "optuna_study": study_name, "profile": profile},
+        )
+        self.run_id = run.info.run_id
+
+    def log_trial(self, entry: dict[str, Any]) -> None:
+        from mlflow.entities import Metric, Param
+
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{self.pipeline}-trial-{entry['number']}",
+            tags={ROLE: "trial", "pipeline": self.pipeline, "mlflow.parentRunId": self.run_id,
+                  "trial_state": entry["state"], "trial_number": str(entry["number"])},
+        )
+        now = _now_ms()
+        metrics = [Metric("fit_seconds", float(entry["fit_seconds"]), now, 0)]
+        if entry["val_accuracy"] is not None:
+            metrics.append(Metric("val_accuracy", float(entry["val_accuracy"]), now, 0))
+        metrics += [Metric("val_accuracy_epoch", float(v), now, int(step))
+                    for step, v in entry["intermediate"].items()]
+        params = [Param(k, _param_str(v)) for k, v in entry["params"].items()]
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def finish(self, result, status: str = "FINISHED") -> None:
+        if result is not None:
+            self.client.log_batch(self.run_id, params=[
+                _p("study_name", result.study_name),
+                *(_p(f"best.{k}", v) for k, v in result.best_params.items())])
+            self.client.log_metric(self.run_id, "n_trials", result.n_trials)
+            self.client.log_metric(self.run_id, "tuning_seconds", result.seconds)
+            if result.best_value is not None:
+                self.client.log_metric(self.run_id, "best_val_accuracy", result.best_value)
+        self.client.set_terminated(self.run_id, status)
+
+
+def pip_requirements(kind: str, reducer: str) -> list[str]:
+    """Pinned requirements of a logged model, stated rather than inferred: inference loads
+    the model in a subprocess, which costs tens of seconds per model."""
+    names = ["mlflow", "numpy", "scikit-learn", "cloudpickle"]
+    if kind == "keras":
+        names = ["mlflow", "numpy", "keras", "tensorflow-cpu"]
+    if reducer == "umap":
+        names.append("umap-learn")
+    reqs = []
+    for name in names:
+        try:
+            reqs.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fit, evaluation,
+              val_accuracy: float, predict_seconds: float, n_params: int, model_bytes: int,
+              x_example: np.ndarray) -> str:
+    """The pipeline's final model as a child of the active compare run; returns its run id."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from study.evaluation import plot_confusion, plot_learning_curves
+
+    tags = {ROLE: "final", "pipeline": spec.name, "family": spec.family, "reducer": spec.reducer,
+            "model": spec.model, "kind": fit.kind, "profile": profile,
+            "optuna_study": tune.study_name, "pipeline_digest": spec.digest}
+    with mlflow.start_run(run_name=spec.name, nested=True, tags=tags) as run:
+        mlflow.log_params({"pipeline": spec.name, "reducer": spec.reducer, "model": spec.model,
+                           "profile": profile, "seed": seed,
+                           **{k: _param_str(v) for k, v in params.items()},
+                           **{f"best.{k}": _param_str(v) for k, v in tune.best_params.items()}})
+        metrics = {
+            "val_accuracy": val_accuracy,
+            "test_accuracy": evaluation.accuracy,
+            "test_macro_f1": evaluation.macro_f1,
+            "fit_seconds": fit.fit_seconds,
+            "predict_seconds": predict_seconds,
+            "predict_ms_per_1000": 1000.0 * predict_seconds / len(evaluation.predictions) * 1000.0,
+            "n_params": n_params,
+            "model_bytes": model_bytes,
+            "n_trials": tune.n_trials,
+            "tuning_seconds": tune.seconds,
+        }
+        if tune.best_value is not None:
+            metrics["best_trial_val_accuracy"] = tune.best_value
+        if fit.best_epoch is not None:
+            metrics["best_epoch"] = fit.best_epoch
+        mlflow.log_metrics(metrics)
+        for key, values in fit.history.items():  # per-epoch curves for the UI's charts
+            for step, value in enumerate(values):
+                mlflow.log_metric(key, value, step=step + 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            plot_confusion(evaluation.confusion, f"{spec.name}: test confusion matrix",
+                           tmp / "confusion_matrix.png")
+            (tmp / "classification_report.txt").write_text(evaluation.report_text)
+            (tmp / "classification_report.json").write_text(json.dumps(evaluation.report, indent=1))
+            if fit.history:
+                plot_learning_curves(fit.history, f"{spec.name}: learning curves",
+                                     tmp / "learning_curves.png")
+            np.save(tmp / "test_predictions.npy", evaluation.predictions.astype(np.int8))
+            mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
+        proba_example = fit.predict_proba(x_example)
+        from study.training import features
+
+        signature = infer_signature(features(fit.kind, x_example), proba_example.astype(np.float32))
+        reqs = pip_requirements(fit.kind, spec.reducer)
+        if fit.kind == "keras":
+            import mlflow.keras
+
+            info = mlflow.keras.log_model(fit.model, name="model", signature=signature,
+                                          pip_requirements=reqs)
+        else:
+            import mlflow.sklearn
+
+            info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature,
+                                            pip_requirements=reqs,
+                                            pyfunc_predict_fn="predict_proba")
+        mlflow.set_tag("model_uri", info.model_uri)
+        return run.info.run_id
+
+
+def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """The final-model children of one compare run, as plain dicts."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{ROLE} = 'final'",
+        max_results=1000,
+    )
+    return [
+        {"run_id": r.info.run_id, "status": r.info.status, **r.data.tags, "metrics": r.data.metrics,
+         "params": r.data.params}
+        for r in runs
+    ]
+
+
+def set_rank(run_id: str, rank: int) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    client.set_tag(run_id, "rank", str(rank))
+    client.log_metric(run_id, "rank", rank)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_text(text, artifact_file)
+
+
+def ui_command() -> str:
+    uri = config.tracking_uri()
+    if uri.startswith("http"):
+        return f"open {uri} in a browser"
+    mlflow_bin = Path(sys.executable).parent / "mlflow"
+    return f"{mlflow_bin if mlflow_bin.exists() else 'mlflow'} ui --backend-store-uri {uri}"
+
+
+def _p(key: str, value: Any):
+    from mlflow.entities import Param
+
+    return Param(key, _param_str(value))
+
+
+def _param_str(value: Any) -> str:
+    return str(value)[:6000]
+
+
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)

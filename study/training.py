@@ -1,0 +1,189 @@
+"""Fit and apply a pipeline's model, whatever its kind; no tracking, no tuning here.
+
+`fit()` builds the model from a pipeline spec and a parameter set (so a model can be rebuilt
+from `study.best_params`), fits it on training rows, and for networks keeps the weights of
+the best validation epoch.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from study import data as fmnist
+from study.errors import ConfigError
+from study.models import get_builder
+from study.models.reducers import build_reducer
+from study.pipelines import PipelineSpec
+
+# Settings consumed by the Keras training loop; everything else goes to the builder.
+KERAS_FIT_KEYS = {"epochs", "batch_size", "patience"}
+REDUCER_PREFIX = "reduce__"
+
+
+@dataclass
+class FitResult:
+    model: Any  # a fitted sklearn Pipeline or a Keras Model
+    kind: str
+    fit_seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch, networks only
+    best_epoch: int | None = None  # 1-based epoch whose weights were kept
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return predict_proba(self.model, self.kind, images)
+
+
+def features(kind: str, images: np.ndarray) -> np.ndarray:
+    """uint8 images -> the model kind's float input."""
+    return fmnist.as_image(images) if kind == "keras" else fmnist.as_flat(images)
+
+
+def predict_proba(model: Any, kind: str, images: np.ndarray) -> np.ndarray:
+    x = features(kind, images)
+    if kind == "keras":
+        return np.asarray(model.predict(x, batch_size=2048, verbose=0), dtype=np.float64)
+    return model.predict_proba(x)
+
+
+def split_params(spec: PipelineSpec, params: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(builder kwargs, reducer kwargs, fit settings) from one flat parameter dict."""
+    kind = get_builder(spec.model).kind
+    reducer = {k[len(REDUCER_PREFIX):]: v for k, v in params.items() if k.startswith(REDUCER_PREFIX)}
+    rest = {k: v for k, v in params.items() if not k.startswith(REDUCER_PREFIX)}
+    fit_keys = KERAS_FIT_KEYS if kind == "keras" else set()
+    fit = {k: v for k, v in rest.items() if k in fit_keys}
+    model = {k: v for k, v in rest.items() if k not in fit_keys}
+    return model, reducer, fit
+
+
+def build_sklearn(spec: PipelineSpec, params: dict[str, Any], seed: int):
+    """The reducer and the model as one Pipeline, with every random_state set to `seed`."""
+    from sklearn.pipeline import Pipeline
+
+    model_kw, reducer_kw, _ = split_params(spec, params)
+    builder = get_builder(spec.model)
+    try:
+        estimator = builder.build(**model_kw)
+        reducer = build_reducer(spec.reducer, **reducer_kw)
+    except TypeError as exc:
+        raise ConfigError(f"pipeline {spec.name}: bad parameter for {spec.model} ({exc})") from None
+    pipe = Pipeline([("reduce", reducer), ("model", estimator)])
+    seeds = {k: seed for k in pipe.get_params() if k.endswith("random_state")}
+    return pipe.set_params(**seeds)
+
+
+def configure_tensorflow(seed: int) -> None:
+    """Seeds and determinism for Keras; thread settings only work before TF initialises."""
+    import keras
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # retracing notices are expected: one graph per trial
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _progress_callback(prefix: str, epochs: int):
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        """One line per epoch, so a long fit shows where it is."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            shown = " ".join(f"{k}={v:.4f}" for k, v in logs.items()
+                             if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
+            print(f"{prefix} epoch {epoch + 1}/{epochs} {shown}", file=sys.stderr, flush=True)
+
+    return Progress()
+
+
+def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val, y_val,
+              seed: int, callbacks: Sequence[Any] = (), progress: str | None = None) -> FitResult:
+    import keras
+    import tensorflow as tf
+
+    configure_tensorflow(seed)
+    model_kw, _, fit_kw = split_params(spec, params)
+    epochs = int(fit_kw.get("epochs", 10))
+    batch_size = int(fit_kw.get("batch_size", 128))
+    patience = int(fit_kw.get("patience", 3))
+    try:
+        model = get_builder(spec.model).build(**model_kw)
+    except TypeError as exc:
+        raise ConfigError(f"pipeline {spec.name}: bad parameter for {spec.model} ({exc})") from None
+    # Data stays in memory; shuffling is seeded so two runs see the same batches.
+    train = (tf.data.Dataset.from_tensor_slices((features("keras", x_train), y_train))
+             .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    val = (tf.data.Dataset.from_tensor_slices((features("keras", x_val), y_val))
+           .batch(2048).prefetch(tf.data.AUTOTUNE))
+    stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                            restore_best_weights=True)
+    cbs = [stopper, *callbacks]
+    if progress:
+        cbs.append(_progress_callback(progress, epochs))
+    start = time.perf_counter()
+    hist = model.fit(train, validation_data=val, epochs=epochs, callbacks=cbs,
+                     shuffle=False, verbose=0)  # the dataset shuffles itself, seeded
+    seconds = time.perf_counter() - start
+    history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    best_epoch = int(np.argmax(history["val_accuracy"])) + 1
+    if stopper.best_weights is not None:  # also when training ran all epochs without stopping
+        model.set_weights(stopper.best_weights)
+    return FitResult(model, "keras", seconds, history, best_epoch)
+
+
+def fit(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val=None, y_val=None,
+        seed: int = 2020, callbacks: Sequence[Any] = (), progress: str | None = None) -> FitResult:
+    """Build from (spec, params) and fit on the training rows; validation rows guide early stopping."""
+    kind = get_builder(spec.model).kind
+    if kind == "keras":
+        return fit_keras(spec, params, x_train, y_train, x_val, y_val, seed, callbacks, progress)
+    pipe = build_sklearn(spec, params, seed)
+    start = time.perf_counter()
+    try:
+        pipe.fit(features(kind, x_train), y_train)
+    except ValueError as exc:  # sklearn's own parameter validation
+        raise ConfigError(f"pipeline {spec.name}: {str(exc).splitlines()[0]}") from None
+    return FitResult(pipe, kind, time.perf_counter() - start)
+
+
+def count_params(model: Any, kind: str) -> int:
+    """Learned numbers: Keras weights, or fitted arrays (and tree nodes) of sklearn steps."""
+    if kind == "keras":
+        return int(model.count_params())
+    total = 0
+    steps = [s for _, s in getattr(model, "steps", [("", model)]) if s != "passthrough"]
+    for step in steps:
+        for est in [step, *getattr(step, "estimators_", [])]:
+            est = est if not isinstance(est, np.ndarray) else None
+            if est is None:
+                continue
+            for name, value in vars(est).items():
+                if name.endswith("_") and isinstance(value, np.ndarray) and value.dtype.kind == "f":
+                    total += value.size
+            tree = getattr(est, "tree_", None)
+            if tree is not None:
+                total += int(tree.node_count)
+    return total
+
+
+def model_bytes(model: Any, kind: str) -> int:
+    """Serialized size: what a user would ship."""
+    if kind == "keras":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "m.keras")
+            model.save(path)
+            return os.path.getsize(path)
+    buf = io.BytesIO()
+    pickle.dump(model, buf, protocol=pickle.HIGHEST_PROTOCOL)
+    return buf.tell()

@@ -1,0 +1,64 @@
+"""Fixtures on real data: the canonical files, a few hundred real images, a temporary MLflow store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from study import config, data
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    """The verified folder holding the four canonical files (make setup put them there)."""
+    return data.locate(download=False)
+
+
+@pytest.fixture(scope="session")
+def fmnist(real_dir) -> data.FashionMNIST:
+    return data.load(real_dir, download=False)
+
+
+@pytest.fixture(scope="session")
+def tiny(fmnist) -> data.Splits:
+    """A few hundred real images: 300 train, 150 validation, 200 test, class-balanced."""
+    train_idx, val_idx = data.split_indices(fmnist.y_train)
+    tr = data.stratified_subsample(train_idx, fmnist.y_train, 300)
+    va = data.stratified_subsample(val_idx, fmnist.y_train, 150)
+    te = data.stratified_subsample(np.arange(len(fmnist.y_test)), fmnist.y_test, 200)
+    return data.Splits(fmnist.x_train[tr], fmnist.y_train[tr], fmnist.x_train[va],
+                       fmnist.y_train[va], fmnist.x_test[te], fmnist.y_test[te], tr, va)
+
+
+@pytest.fixture
+def copy_of_real(real_dir, tmp_path) -> Path:
+    """A writable copy of the four real files, for corrupting."""
+    target = tmp_path / "fmnist"
+    target.mkdir()
+    for spec in data.FILES.values():
+        shutil.copy(real_dir / spec.filename, target / spec.filename)
+    return target
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store and Optuna journal in a temp dir, used as the working dir."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("OPTUNA_JOURNAL", str(tmp_path / "optuna.journal"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()

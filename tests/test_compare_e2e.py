@@ -1,0 +1,86 @@
+"""End to end through `mlflow run`, into a temporary tracking store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from study import config, pipelines
+
+pytestmark = pytest.mark.slow
+
+
+def test_mlflow_run_compare_smoke(tmp_path, fmnist):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_JOURNAL": str(tmp_path / "o.journal"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    mlflow_bin = shutil.which("mlflow", path=env["PATH"])
+    proc = subprocess.run(
+        [mlflow_bin, "run", str(config.PROJECT_ROOT), "-e", "compare", "-P", "profile=smoke",
+         "--env-manager", "local", "--experiment-name", "e2e"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Leaderboard" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    assert "trial 2/2" in proc.stderr and "epoch" in proc.stderr  # progress was shown
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("e2e")
+    parents = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    names = sorted(c.data.tags["pipeline"] for c in children)
+    assert names == pipelines.available()  # one child per pipeline, no tuning clutter
+    for child in children:
+        assert child.info.status == "FINISHED"
+        m = child.data.metrics
+        for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "fit_seconds",
+                    "predict_seconds", "n_params"):
+            assert key in m, key
+        assert 0.1 < m["test_accuracy"] <= 1.0
+        assert child.data.tags["rank"] in {"1", "2"}
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
+        assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt"} <= artifacts
+
+    # Every final model loads back through pyfunc and gives class probabilities.
+    cnn = next(c for c in children if c.data.tags["pipeline"] == "cnn_seed1")
+    model = mlflow.pyfunc.load_model(cnn.data.tags["model_uri"])
+    proba = np.asarray(model.predict(fmnist.x_test[:8, :, :, None].astype(np.float32) / 255))
+    assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-4)
+    logreg = next(c for c in children if c.data.tags["pipeline"] == "logreg")
+    model = mlflow.pyfunc.load_model(logreg.data.tags["model_uri"])
+    proba = np.asarray(model.predict(fmnist.x_test[:8].reshape(8, -1).astype(np.float32) / 255))
+    assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-6)
+
+    tuning = client.get_experiment_by_name("e2e-tuning")
+    trials = client.search_runs([tuning.experiment_id], "tags.role = 'trial'")
+    assert len(trials) == 4  # 2 trials x 2 pipelines, nested under their tuning runs
+    assert not (config.PROJECT_ROOT / "mlruns").exists()  # artifacts stayed in the store's folder
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--pipelines", "logreg,bogus"], "unknown pipeline(s) bogus; valid:"),
+    (["--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, full"),
+    (["--seed", "1.5"], "seed must be a whole number"),
+    (["--storage", "postgresql://x@127.0.0.1:1/db"], "cannot open Optuna storage"),
+])
+def test_bad_compare_input_is_one_line_exit_2(args, message, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
+    proc = subprocess.run([sys.executable, "-m", "study", "compare", "--profile", "smoke", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not (tmp_path / "m.db").exists()  # rejected before anything was written

@@ -1,0 +1,106 @@
+"""Every registered pipeline builds, fits and predicts on real images; definitions are validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+
+from study import pipelines, training, tuning
+from study.errors import ConfigError
+from study.models import BUILDERS, get_builder
+
+
+@pytest.mark.parametrize("name", pipelines.available())
+def test_pipeline_builds_fits_and_predicts(name, tiny):
+    spec = pipelines.load(name)
+    # One draw from the search space, the smoke fit settings: what a tuning trial does.
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    params = {**tuning.final_params(spec, "smoke", {}), **tuning.suggest(trial, spec.search)}
+    result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1)
+    proba = result.predict_proba(tiny.x_test)
+    assert proba.shape == (len(tiny.y_test), 10)
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)
+    assert (proba.argmax(axis=1) == tiny.y_test).mean() > 0.2  # learned something beyond chance
+    assert training.count_params(result.model, result.kind) > 0
+
+
+def test_cnn_seed1_is_the_seed_architecture():
+    model = get_builder("cnn_seed1").build()
+    assert model.count_params() == 693_962
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+    assert model.layers[0].padding == "valid" and model.layers[0].filters == 32
+    assert model.output_shape == (None, 10)
+
+
+def test_model_rebuilds_from_best_params(tiny):
+    """Builder and search space are apart: best_params alone rebuild the same model."""
+    spec = pipelines.load("logreg")
+    params = tuning.final_params(spec, "smoke", {"C": 0.5})
+    a = training.fit(spec, params, tiny.x_train, tiny.y_train, seed=3)
+    b = training.fit(spec, params, tiny.x_train, tiny.y_train, seed=3)
+    assert a.model.named_steps["model"].C == 0.5
+    assert np.array_equal(a.predict_proba(tiny.x_test), b.predict_proba(tiny.x_test))
+
+
+def test_unknown_builder_lists_valid_ones():
+    with pytest.raises(ConfigError) as info:
+        get_builder("resnet9000")
+    assert all(name in str(info.value) for name in BUILDERS)
+
+
+def test_unknown_pipeline_lists_valid_ones():
+    with pytest.raises(ConfigError, match="unknown pipeline.*nope.*valid: .*logreg"):
+        pipelines.resolve("logreg,nope")
+
+
+def write(folder: Path, name: str, text: str) -> None:
+    (folder / f"{name}.yaml").write_text(text)
+
+
+GOOD = """
+family: linear
+reducer: none
+model: logreg
+search: {C: {type: float, low: 0.01, high: 1, log: true}}
+budget:
+  smoke: {n_trials: 1, timeout: 10}
+  quick: {n_trials: 1, timeout: 10}
+  full: {n_trials: 1, timeout: 10}
+"""
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("reducer: none", "reducer: tsne"), "reducer 'tsne' is not one of"),
+    (lambda t: t.replace("model: logreg", "model: nothing"), "unknown model builder 'nothing'"),
+    (lambda t: t.replace("  full: {n_trials: 1, timeout: 10}\n", ""), "budget lacks profile"),
+    (lambda t: t.replace("n_trials: 1, timeout: 10}\n  quick", "n_trials: 0, timeout: 10}\n  quick"),
+     "n_trials must be a positive integer"),
+    (lambda t: t.replace("low: 0.01", "low: 0"), "low must be > 0"),
+    (lambda t: t.replace("type: float", "type: complex"), "needs type one of"),
+    (lambda t: t + "  [", "not valid YAML"),
+])
+def test_bad_pipeline_definitions_are_rejected(tmp_path, edit, message):
+    write(tmp_path, "p", GOOD)
+    assert pipelines.load("p", tmp_path).search["C"]["high"] == 1
+    write(tmp_path, "p", edit(GOOD))
+    with pytest.raises(ConfigError, match=message):
+        pipelines.load("p", tmp_path)
+
+
+def test_definition_digest_tracks_content(tmp_path):
+    write(tmp_path, "p", GOOD)
+    first = pipelines.load("p", tmp_path).digest
+    write(tmp_path, "p", GOOD.replace("high: 1", "high: 2"))
+    assert pipelines.load("p", tmp_path).digest != first
+
+
+def test_bad_parameter_is_a_config_error(tiny):
+    spec = pipelines.load("logreg")
+    with pytest.raises(ConfigError, match="logreg"):
+        training.fit(spec, {"C": -1.0}, tiny.x_train, tiny.y_train)
+    with pytest.raises(ConfigError, match="bad parameter"):
+        training.fit(spec, {"gamma": 1.0}, tiny.x_train, tiny.y_train)

@@ -1,0 +1,66 @@
+"""Tuning on real Optuna storage and a real MLflow store: trials, nesting, resumption."""
+
+from __future__ import annotations
+
+import mlflow
+import optuna
+
+from study import pipelines, tracking, tuning
+
+
+def test_two_trials_log_two_nested_runs_and_resume(tiny, tracking_store, tmp_path):
+    spec = pipelines.load("logreg")
+    storage = tuning.open_storage(str(tmp_path / "o.journal"))
+    mlflow.set_experiment("t")
+    with mlflow.start_run() as parent:
+        log = tracking.TuningLog(parent.info.run_id, spec.name, "s", "smoke")
+        result = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage, log_trial=log.log_trial)
+        log.finish(result)
+    assert result.n_trials == 2 and len(result.history) == 2
+    assert 0.3 < result.best_value <= 1.0 and set(result.best_params) == {"C"}
+
+    client = mlflow.MlflowClient()
+    tuning_exp = client.get_experiment_by_name("t-tuning")
+    trials = client.search_runs([tuning_exp.experiment_id], "tags.role = 'trial'")
+    assert len(trials) == 2
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {log.run_id}
+    assert all("val_accuracy" in t.data.metrics and "fit_seconds" in t.data.metrics for t in trials)
+    assert {float(t.data.params["C"]) for t in trials} == {h["params"]["C"] for h in result.history}
+    # the leaderboard's experiment holds no trial or tuning run
+    assert client.search_runs([parent.info.experiment_id], "tags.role = 'trial'") == []
+
+    # A rerun continues the stored study: the budget is already spent, no new trial runs.
+    again = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage)
+    assert again.n_trials == 2 and again.history == [] and again.best_params == result.best_params
+    study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", 5), storage=storage)
+    assert len(study.trials) == 2
+
+
+def test_interrupted_study_is_topped_up_to_budget(tiny, tmp_path):
+    spec = pipelines.load("logreg")
+    storage = tuning.open_storage(str(tmp_path / "o.journal"))
+    study = optuna.create_study(study_name=tuning.study_name(spec, "smoke", 5), storage=storage,
+                                direction="maximize")
+    study.enqueue_trial({"C": 0.1})
+    study.optimize(lambda t: 0.5 + 0 * t.suggest_float("C", 1e-3, 10.0, log=True), n_trials=1)
+    result = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage)
+    assert result.n_trials == 2 and len(result.history) == 1  # one stored + one new
+
+
+def test_search_space_draws_respect_bounds():
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    params = tuning.suggest(trial, {
+        "a": {"type": "float", "low": 0.1, "high": 0.2},
+        "b": {"type": "int", "low": 2, "high": 8, "step": 2},
+        "c": {"type": "categorical", "choices": ["x", "y"]},
+    })
+    assert 0.1 <= params["a"] <= 0.2 and params["b"] in (2, 4, 6, 8) and params["c"] in ("x", "y")
+
+
+def test_unreachable_rdb_storage_is_a_clear_error():
+    import pytest
+
+    from study.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot open Optuna storage"):
+        tuning.open_storage("postgresql://nobody@127.0.0.1:1/none")
