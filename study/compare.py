@@ -53,8 +53,31 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, storage,
         model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
     )
     log(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} test_macro_f1={evaluation.macro_f1:.4f} "
-        f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s")
+        f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s"
+        f"{' [' + '; '.join(fit.notes) + ']' if fit.notes else ''}")
     return run_id
+
+
+def reduction_figures(specs, splits: data.Splits, seed: int) -> None:
+    """PCA variance curve and 2-D maps of the test set, when any pipeline reduces features."""
+    reducers = {spec.reducer for spec in specs} - {"none"}
+    if not reducers:
+        return
+    import tempfile
+    from pathlib import Path
+
+    from study import projections
+
+    log(f"figures: dimensionality reduction ({', '.join(sorted(reducers))})")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        needed = projections.explained_variance(splits.x_train, tmp / "pca_explained_variance.png")
+        projections.pca_map(splits.x_train, splits.x_test, splits.y_test, seed, tmp / "pca_map.png")
+        if "umap" in reducers:
+            projections.umap_map(splits.x_train, splits.y_train, splits.x_test, splits.y_test,
+                                 seed, tmp / "umap_map.png")
+        tracking.log_artifacts(tmp, "reduction")
+        tracking.log_metrics(needed)
 
 
 def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = "all",
@@ -74,7 +97,10 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
         for i, spec in enumerate(specs, start=1):
             log(f"=== pipeline {i}/{len(specs)}: {spec.name} ({spec.description or spec.model})")
-            run_pipeline(spec, profile, splits, seed, optuna_storage, parent_id)
+            started = time.perf_counter()
+            run_id = run_pipeline(spec, profile, splits, seed, optuna_storage, parent_id)
+            tracking.log_metric(run_id, "pipeline_seconds", time.perf_counter() - started)
+        reduction_figures(specs, splits, seed)
         rows = leaderboard.rank(tracking.final_runs(parent_id))
         for row in rows:
             tracking.set_rank(row["run_id"], row["rank"])

@@ -52,6 +52,19 @@ def download_cache_dir() -> Path:
     return Path(base) / "fashion-mnist-study"
 
 
+def numba_cache_dir() -> Path:
+    """UMAP's numba kernels compile in about a minute here; a persistent cache pays that once."""
+    return Path(os.environ.get("NUMBA_CACHE_DIR") or download_cache_dir() / "numba")
+
+
+def import_umap():
+    """`import umap` with the numba cache configured first (it is read at numba import)."""
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
+    import umap
+
+    return umap
+
+
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI when set, else a SQLite store in the working directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"

@@ -188,9 +188,17 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
         if fit.best_epoch is not None:
             metrics["best_epoch"] = fit.best_epoch
         mlflow.log_metrics(metrics)
-        for key, values in fit.history.items():  # per-epoch curves for the UI's charts
-            for step, value in enumerate(values):
-                mlflow.log_metric(key, value, step=step + 1)
+        # Per-epoch curves under "epoch/": a plain "val_accuracy" series would make the UI show
+        # the last epoch's value instead of the kept (best) epoch's as the run's val_accuracy.
+        from mlflow.entities import Metric
+
+        now = _now_ms()
+        curves = [Metric(f"epoch/{key}", float(v), now, step + 1)
+                  for key, values in fit.history.items() for step, v in enumerate(values)]
+        if curves:
+            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curves)
+        if fit.notes:
+            mlflow.set_tag("fit_notes", "; ".join(fit.notes))
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             plot_confusion(evaluation.confusion, f"{spec.name}: test confusion matrix",
@@ -246,6 +254,26 @@ def set_rank(run_id: str, rank: int) -> None:
     client = mlflow.MlflowClient()
     client.set_tag(run_id, "rank", str(rank))
     client.log_metric(run_id, "rank", rank)
+
+
+def log_metric(run_id: str, key: str, value: float) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().log_metric(run_id, key, value)
+
+
+def log_metrics(metrics: dict[str, float]) -> None:
+    """On the active (compare) run."""
+    import mlflow
+
+    mlflow.log_metrics(metrics)
+
+
+def log_artifacts(folder, artifact_path: str) -> None:
+    """A folder's files into the active (compare) run."""
+    import mlflow
+
+    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -12,6 +12,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,6 +36,7 @@ class FitResult:
     fit_seconds: float
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch, networks only
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
+    notes: list[str] = field(default_factory=list)  # e.g. "did not converge in max_iter"
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return predict_proba(self.model, self.kind, images)
@@ -146,13 +148,21 @@ def fit(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val=None
     kind = get_builder(spec.model).kind
     if kind == "keras":
         return fit_keras(spec, params, x_train, y_train, x_val, y_val, seed, callbacks, progress)
+    from sklearn.exceptions import ConvergenceWarning
+
     pipe = build_sklearn(spec, params, seed)
     start = time.perf_counter()
-    try:
-        pipe.fit(features(kind, x_train), y_train)
-    except ValueError as exc:  # sklearn's own parameter validation
-        raise ConfigError(f"pipeline {spec.name}: {str(exc).splitlines()[0]}") from None
-    return FitResult(pipe, kind, time.perf_counter() - start)
+    # A capped iteration count is part of the budget: record it in one line, not a warning page.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        try:
+            pipe.fit(features(kind, x_train), y_train)
+        except ValueError as exc:  # sklearn's own parameter validation
+            raise ConfigError(f"pipeline {spec.name}: {str(exc).splitlines()[0]}") from None
+    seconds = time.perf_counter() - start
+    notes = sorted({str(w.message).splitlines()[0] for w in caught
+                    if issubclass(w.category, ConvergenceWarning)})
+    return FitResult(pipe, kind, seconds, notes=notes)
 
 
 def count_params(model: Any, kind: str) -> int:

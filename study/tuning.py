@@ -124,13 +124,18 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
         cbs = [_keras_pruning_callback(trial)] if kind == "keras" else []
         label = f"[{spec.name}] trial {trial.number + 1}/{budget.n_trials}"
         start = time.perf_counter()
-        trial.set_user_attr("fit_seconds", 0.0)
-        result = training.fit(spec, params, x_tr, y_tr, splits.x_val, splits.y_val, seed,
-                              callbacks=cbs, progress=label if kind == "keras" else None)
-        trial.set_user_attr("fit_seconds", result.fit_seconds)
-        trial.set_user_attr("seconds", time.perf_counter() - start)
-        proba = result.predict_proba(splits.x_val)
-        return float(np.mean(proba.argmax(axis=1) == splits.y_val))
+        try:
+            result = training.fit(spec, params, x_tr, y_tr, splits.x_val, splits.y_val, seed,
+                                  callbacks=cbs, progress=label if kind == "keras" else None)
+            trial.set_user_attr("fit_seconds", result.fit_seconds)
+            if result.notes:
+                trial.set_user_attr("notes", result.notes)
+            proba = result.predict_proba(splits.x_val)
+            return float(np.mean(proba.argmax(axis=1) == splits.y_val))
+        finally:  # pruned trials too: their time is part of the tuning cost
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            trial.set_user_attr("fit_seconds", trial.user_attrs.get("fit_seconds",
+                                                                    time.perf_counter() - start))
 
     def after_trial(study, frozen) -> None:
         if frozen.state not in finished:
@@ -150,7 +155,9 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
         print(f"[{spec.name}] trial {frozen.number + 1}/{budget.n_trials} {frozen.state.name.lower()} "
               f"val_accuracy={_fmt(value)} best={_fmt(best)} {shown} "
-              f"({frozen.user_attrs.get('seconds', 0.0):.1f}s)", file=sys.stderr, flush=True)
+              f"({frozen.user_attrs.get('seconds', 0.0):.1f}s)"
+              f"{' [' + '; '.join(frozen.user_attrs['notes']) + ']' if frozen.user_attrs.get('notes') else ''}",
+              file=sys.stderr, flush=True)
         if log_trial is not None:
             log_trial(entry)
 

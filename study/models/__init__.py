@@ -22,6 +22,10 @@ class Builder:
 BUILDERS: dict[str, Builder] = {
     "dummy": Builder(sklearn_models.dummy, "sklearn"),
     "logreg": Builder(sklearn_models.logreg, "sklearn"),
+    "svc": Builder(sklearn_models.svc, "sklearn"),
+    "random_forest": Builder(sklearn_models.random_forest, "sklearn"),
+    "knn": Builder(sklearn_models.knn, "sklearn"),
+    "hgb": Builder(sklearn_models.hgb, "sklearn"),
     "cnn_seed1": Builder(keras_models.cnn_seed1, "keras"),
 }
 

@@ -14,7 +14,7 @@ def build_reducer(kind: str, **params: Any) -> Any:
 
         return PCA(**params)
     if kind == "umap":
-        import umap
+        from study.config import import_umap
 
-        return umap.UMAP(**params)
+        return import_umap().UMAP(**params)
     raise ValueError(f"unknown reducer {kind!r}")
