@@ -91,5 +91,9 @@ def _compare(args) -> int:
           f"{result.seconds / 60:.1f} min)")
     print(leaderboard.render_text(result.rows))
     print()
+    if result.failures:
+        print(f"\n{len(result.failures)} pipeline(s) failed (traceback.txt in their runs):")
+        for name, reason in result.failures.items():
+            print(f"  {name}: {reason}")
     print(f"Explore the runs: {tracking.ui_command()}")
-    return 0
+    return 1 if result.failures else 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+import traceback
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ class CompareResult:
     run_id: str
     rows: list[dict[str, Any]]
     seconds: float
+    failures: dict[str, str] = field(default_factory=dict)  # pipeline -> one-line reason
 
 
 def log(message: str) -> None:
@@ -95,10 +97,18 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
         f"test {len(splits.y_test)} ({profile} profile)")
     start = time.perf_counter()
     with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
+        failures: dict[str, str] = {}
         for i, spec in enumerate(specs, start=1):
             log(f"=== pipeline {i}/{len(specs)}: {spec.name} ({spec.description or spec.model})")
             started = time.perf_counter()
-            run_id = run_pipeline(spec, profile, splits, seed, optuna_storage, parent_id)
+            try:
+                run_id = run_pipeline(spec, profile, splits, seed, optuna_storage, parent_id)
+            except Exception as exc:  # one broken pipeline must not cost the others' results
+                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                failures[spec.name] = reason
+                tracking.log_failure(spec, profile, traceback.format_exc())
+                log(f"[{spec.name}] FAILED ({reason}); continuing with the other pipelines")
+                continue
             tracking.log_metric(run_id, "pipeline_seconds", time.perf_counter() - started)
         reduction_figures(specs, splits, seed)
         rows = leaderboard.rank(tracking.final_runs(parent_id))
@@ -106,4 +116,6 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
             tracking.set_rank(row["run_id"], row["rank"])
         table = leaderboard.render_text(rows)
         tracking.log_text(table + "\n", "leaderboard.txt")
-    return CompareResult(parent_id, rows, time.perf_counter() - start)
+        if failures:
+            tracking.log_text("".join(f"{k}: {v}\n" for k, v in failures.items()), "failures.txt")
+    return CompareResult(parent_id, rows, time.perf_counter() - start, failures)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PIPELINES_DIR = PROJECT_ROOT / "pipelines"
+PIPELINES_ENV = "STUDY_PIPELINES_DIR"  # a folder of your own pipeline YAMLs instead
 REPORTS_DIR = PROJECT_ROOT / "reports"
 
 SEED = 2020  # the seed report's split seed; used for every random choice unless overridden
@@ -52,6 +53,10 @@ def download_cache_dir() -> Path:
     return Path(base) / "fashion-mnist-study"
 
 
+def pipelines_dir() -> Path:
+    return Path(os.environ.get(PIPELINES_ENV) or PIPELINES_DIR)
+
+
 def numba_cache_dir() -> Path:
     """UMAP's numba kernels compile in about a minute here; a persistent cache pays that once."""
     return Path(os.environ.get("NUMBA_CACHE_DIR") or download_cache_dir() / "numba")
@@ -59,7 +64,11 @@ def numba_cache_dir() -> Path:
 
 def import_umap():
     """`import umap` with the numba cache configured first (it is read at numba import)."""
+    import warnings
+
     os.environ.setdefault("NUMBA_CACHE_DIR", str(numba_cache_dir()))
+    # Seeded on purpose (reproducible rankings), so UMAP's "n_jobs overridden" notice is noise.
+    warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
     import umap
 
     return umap

@@ -20,7 +20,7 @@ from study.errors import ConfigError
 
 REDUCERS = ("none", "pca", "umap")
 PARAM_TYPES = ("float", "int", "categorical")
-BUDGET_KEYS = {"n_trials", "timeout", "tune_subsample", "fit", "tune_fit"}
+BUDGET_KEYS = {"n_trials", "timeout", "tune_subsample", "tune_val_subsample", "fit", "tune_fit"}
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class Budget:
     n_trials: int
     timeout: float  # seconds for the whole study; checked between trials
     tune_subsample: int | None = None  # training rows used while tuning (None: all)
+    tune_val_subsample: int | None = None  # validation rows scoring each trial (None: all)
     fit: dict[str, Any] = field(default_factory=dict)  # fit settings for tuning and final fit
     tune_fit: dict[str, Any] = field(default_factory=dict)  # extra settings while tuning only
 
@@ -52,8 +53,8 @@ class PipelineSpec:
         return self.budgets[profile]
 
 
-def available(pipelines_dir: Path = config.PIPELINES_DIR) -> list[str]:
-    return sorted(p.stem for p in pipelines_dir.glob("*.yaml"))
+def available(pipelines_dir: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in (pipelines_dir or config.pipelines_dir()).glob("*.yaml"))
 
 
 def _check_search(name: str, search: Any) -> dict[str, dict[str, Any]]:
@@ -84,15 +85,19 @@ def _check_budget(name: str, profile: str, raw: Any) -> Budget:
         raise ConfigError(f"pipeline {name}: budget.{profile}.n_trials must be a positive integer")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"pipeline {name}: budget.{profile}.timeout must be positive seconds")
+    for key in ("tune_subsample", "tune_val_subsample"):
+        if raw.get(key) is not None and (not isinstance(raw[key], int) or raw[key] < 10):
+            raise ConfigError(f"pipeline {name}: budget.{profile}.{key} must be an integer >= 10")
     return Budget(n_trials, float(timeout), raw.get("tune_subsample"),
-                  dict(raw.get("fit") or {}), dict(raw.get("tune_fit") or {}))
+                  raw.get("tune_val_subsample"), dict(raw.get("fit") or {}),
+                  dict(raw.get("tune_fit") or {}))
 
 
-def load(name: str, pipelines_dir: Path = config.PIPELINES_DIR) -> PipelineSpec:
+def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
     """Read and validate `pipelines/<name>.yaml`; unknown names list the valid ones."""
     from study.models import get_builder
 
-    path = pipelines_dir / f"{name}.yaml"
+    path = (pipelines_dir or config.pipelines_dir()) / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown pipeline {name!r}; valid: {', '.join(available(pipelines_dir))}")
     text = path.read_text()
@@ -130,7 +135,7 @@ def load(name: str, pipelines_dir: Path = config.PIPELINES_DIR) -> PipelineSpec:
 
 
 def resolve(names: str | list[str] | None,
-            pipelines_dir: Path = config.PIPELINES_DIR) -> list[PipelineSpec]:
+            pipelines_dir: Path | None = None) -> list[PipelineSpec]:
     """'all' (or empty) for every pipeline, else a comma list; every name is validated first."""
     if names is None or names in ("", "all"):
         wanted = available(pipelines_dir)

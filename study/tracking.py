@@ -199,6 +199,11 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
             mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curves)
         if fit.notes:
             mlflow.set_tag("fit_notes", "; ".join(fit.notes))
+        for key, value in fit.info.items():  # e.g. the precision this run really used
+            if isinstance(value, (int, float)):
+                mlflow.log_metric(key, float(value))
+            else:
+                mlflow.set_tag(key, str(value))
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             plot_confusion(evaluation.confusion, f"{spec.name}: test confusion matrix",
@@ -221,13 +226,32 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
             info = mlflow.keras.log_model(fit.model, name="model", signature=signature,
                                           pip_requirements=reqs)
         else:
+            import logging
+
             import mlflow.sklearn
 
+            # its pickle caution is printed per model; the choice is explained above
+            logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
+            # cloudpickle, not skops: skops refuses types it does not know (our SoftmaxSVC,
+            # UMAP's internals). code_paths ships the study package those types live in.
             info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature,
                                             pip_requirements=reqs,
+                                            serialization_format="cloudpickle",
+                                            code_paths=[str(Path(__file__).resolve().parent)],
                                             pyfunc_predict_fn="predict_proba")
         mlflow.set_tag("model_uri", info.model_uri)
         return run.info.run_id
+
+
+def log_failure(spec, profile: str, trace: str) -> str:
+    """A FAILED child run holding the traceback, so the failure is visible beside the results."""
+    import mlflow
+
+    tags = {ROLE: "failed", "pipeline": spec.name, "family": spec.family, "profile": profile}
+    with mlflow.start_run(run_name=spec.name, nested=True, tags=tags) as run:
+        mlflow.log_text(trace, "traceback.txt")
+    mlflow.MlflowClient().set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
 
 
 def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
@@ -238,7 +262,8 @@ def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
     parent = client.get_run(parent_run_id)
     runs = client.search_runs(
         [parent.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{ROLE} = 'final'",
+        filter_string=(f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{ROLE} = 'final' "
+                       "and attributes.status = 'FINISHED'"),
         max_results=1000,
     )
     return [

@@ -7,13 +7,16 @@ the best validation epoch.
 
 from __future__ import annotations
 
+import inspect
 import io
+import math
 import os
 import pickle
 import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,6 +40,7 @@ class FitResult:
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch, networks only
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
     notes: list[str] = field(default_factory=list)  # e.g. "did not converge in max_iter"
+    info: dict[str, Any] = field(default_factory=dict)  # runtime facts, e.g. the precision used
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return predict_proba(self.model, self.kind, images)
@@ -65,6 +69,25 @@ def split_params(spec: PipelineSpec, params: dict[str, Any]) -> tuple[dict, dict
     return model, reducer, fit
 
 
+_FIT_CACHE = None
+
+
+def fit_cache():
+    """A joblib cache of fitted reducers for this process, removed when the process ends."""
+    global _FIT_CACHE
+    if _FIT_CACHE is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        from joblib import Memory
+
+        folder = tempfile.mkdtemp(prefix="study-fit-cache-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _FIT_CACHE = Memory(folder, verbose=0)
+    return _FIT_CACHE
+
+
 def build_sklearn(spec: PipelineSpec, params: dict[str, Any], seed: int):
     """The reducer and the model as one Pipeline, with every random_state set to `seed`."""
     from sklearn.pipeline import Pipeline
@@ -76,19 +99,51 @@ def build_sklearn(spec: PipelineSpec, params: dict[str, Any], seed: int):
         reducer = build_reducer(spec.reducer, **reducer_kw)
     except TypeError as exc:
         raise ConfigError(f"pipeline {spec.name}: bad parameter for {spec.model} ({exc})") from None
-    pipe = Pipeline([("reduce", reducer), ("model", estimator)])
+    # Fitted reducers are cached by (parameters, data): pipelines that share a reducer setting
+    # on the same rows (umap_knn and umap_svm, repeated PCA sizes in a study) fit it once.
+    memory = fit_cache() if spec.reducer != "none" else None
+    pipe = Pipeline([("reduce", reducer), ("model", estimator)], memory=memory)
     seeds = {k: seed for k in pipe.get_params() if k.endswith("random_state")}
     return pipe.set_params(**seeds)
 
 
+_TF_THREADS_SET = False
+
+
 def configure_tensorflow(seed: int) -> None:
-    """Seeds and determinism for Keras; thread settings only work before TF initialises."""
+    """Threads (once, before TF runs anything: later calls would raise), seeds, determinism."""
+    global _TF_THREADS_SET
     import keras
     import tensorflow as tf
 
+    if not _TF_THREADS_SET:
+        cores = int(os.environ.get("STUDY_TF_THREADS", os.cpu_count() or 1))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cores)
+            tf.config.threading.set_inter_op_parallelism_threads(
+                int(os.environ.get("STUDY_TF_INTER_THREADS", 1)))
+        except RuntimeError:  # TF already initialised by the caller: keep its settings
+            pass
+        _TF_THREADS_SET = True
     tf.get_logger().setLevel("ERROR")  # retracing notices are expected: one graph per trial
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
+
+
+def cpu_supports_bf16() -> bool:
+    """bfloat16 arithmetic in hardware (AVX512-BF16 or AMX); elsewhere it is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str) -> tuple[str, str]:
+    """(precision to use, why): mixed_bfloat16 only where the CPU computes bf16 natively."""
+    if requested == "mixed_bfloat16" and not cpu_supports_bf16():
+        return "float32", "mixed_bfloat16 requested, but this CPU has no bf16 instructions"
+    return requested, "as configured"
 
 
 def _progress_callback(prefix: str, epochs: int):
@@ -113,12 +168,18 @@ def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_va
 
     configure_tensorflow(seed)
     model_kw, _, fit_kw = split_params(spec, params)
+    precision, why = resolve_precision(model_kw.get("precision", "float32"))
+    model_kw["precision"] = precision
     epochs = int(fit_kw.get("epochs", 10))
     batch_size = int(fit_kw.get("batch_size", 128))
     patience = int(fit_kw.get("patience", 3))
+    build = get_builder(spec.model).build
+    accepted = inspect.signature(build).parameters
+    if "steps_per_epoch" in accepted:  # learning-rate schedules are sized from the real run
+        model_kw.update(steps_per_epoch=math.ceil(len(x_train) / batch_size), epochs=epochs)
     try:
-        model = get_builder(spec.model).build(**model_kw)
-    except TypeError as exc:
+        model = build(**model_kw)
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"pipeline {spec.name}: bad parameter for {spec.model} ({exc})") from None
     # Data stays in memory; shuffling is seeded so two runs see the same batches.
     train = (tf.data.Dataset.from_tensor_slices((features("keras", x_train), y_train))
@@ -139,7 +200,10 @@ def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_va
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1
     if stopper.best_weights is not None:  # also when training ran all epochs without stopping
         model.set_weights(stopper.best_weights)
-    return FitResult(model, "keras", seconds, history, best_epoch)
+    result = FitResult(model, "keras", seconds, history, best_epoch)
+    result.info.update(precision=precision, precision_reason=why,
+                       images_per_second=len(x_train) * len(history["loss"]) / seconds)
+    return result
 
 
 def fit(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val=None, y_val=None,
@@ -160,6 +224,7 @@ def fit(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val=None
         except ValueError as exc:  # sklearn's own parameter validation
             raise ConfigError(f"pipeline {spec.name}: {str(exc).splitlines()[0]}") from None
     seconds = time.perf_counter() - start
+    pipe.memory = None  # the cache is this process's; a saved model must not point at it
     notes = sorted({str(w.message).splitlines()[0] for w in caught
                     if issubclass(w.category, ConvergenceWarning)})
     return FitResult(pipe, kind, seconds, notes=notes)
@@ -182,6 +247,8 @@ def count_params(model: Any, kind: str) -> int:
             tree = getattr(est, "tree_", None)
             if tree is not None:
                 total += int(tree.node_count)
+            for round_ in getattr(est, "_predictors", []):  # HistGradientBoosting trees
+                total += sum(len(predictor.nodes) for predictor in round_)
     return total
 
 

@@ -105,8 +105,10 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
         study_name=name,
         storage=storage if storage is not None else open_storage(),
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+        # Small budgets: a third of the trials explore at random, the rest follow TPE.
+        sampler=optuna.samplers.TPESampler(seed=seed,
+                                           n_startup_trials=min(10, max(2, budget.n_trials // 3))),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
         load_if_exists=True,
     )
     study.set_user_attr("pipeline", spec.name)
@@ -115,6 +117,9 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
     rows = stratified_subsample(np.arange(len(splits.y_train)), splits.y_train,
                                 budget.tune_subsample, seed)
     x_tr, y_tr = splits.x_train[rows], splits.y_train[rows]
+    vrows = stratified_subsample(np.arange(len(splits.y_val)), splits.y_val,
+                                 budget.tune_val_subsample, seed)
+    x_va, y_va = splits.x_val[vrows], splits.y_val[vrows]
     kind = get_builder(spec.model).kind
     base = {**spec.params, **spec.fit, **budget.fit, **budget.tune_fit}
     history: list[dict[str, Any]] = []
@@ -125,13 +130,13 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
         label = f"[{spec.name}] trial {trial.number + 1}/{budget.n_trials}"
         start = time.perf_counter()
         try:
-            result = training.fit(spec, params, x_tr, y_tr, splits.x_val, splits.y_val, seed,
+            result = training.fit(spec, params, x_tr, y_tr, x_va, y_va, seed,
                                   callbacks=cbs, progress=label if kind == "keras" else None)
             trial.set_user_attr("fit_seconds", result.fit_seconds)
             if result.notes:
                 trial.set_user_attr("notes", result.notes)
-            proba = result.predict_proba(splits.x_val)
-            return float(np.mean(proba.argmax(axis=1) == splits.y_val))
+            proba = result.predict_proba(x_va)
+            return float(np.mean(proba.argmax(axis=1) == y_va))
         finally:  # pruned trials too: their time is part of the tuning cost
             trial.set_user_attr("seconds", time.perf_counter() - start)
             trial.set_user_attr("fit_seconds", trial.user_attrs.get("fit_seconds",

@@ -49,7 +49,8 @@ def test_mlflow_run_compare_smoke(tmp_path, fmnist):
         for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "fit_seconds",
                     "predict_seconds", "n_params"):
             assert key in m, key
-        assert 0.1 < m["test_accuracy"] <= 1.0
+        floor = 0.1 if child.data.tags["family"] == "baseline" else 0.2
+        assert floor <= m["test_accuracy"] <= 1.0
         assert child.data.tags["rank"] in {str(i) for i in range(1, len(children) + 1)}
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
         assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt"} <= artifacts

@@ -26,7 +26,11 @@ BUILDERS: dict[str, Builder] = {
     "random_forest": Builder(sklearn_models.random_forest, "sklearn"),
     "knn": Builder(sklearn_models.knn, "sklearn"),
     "hgb": Builder(sklearn_models.hgb, "sklearn"),
+    "mlp_seed": Builder(keras_models.mlp_seed, "keras"),
     "cnn_seed1": Builder(keras_models.cnn_seed1, "keras"),
+    "cnn_seed2": Builder(keras_models.cnn_seed2, "keras"),
+    "cnn_seed3": Builder(keras_models.cnn_seed3, "keras"),
+    "cnn_modern": Builder(keras_models.cnn_modern, "keras"),
 }
 
 
