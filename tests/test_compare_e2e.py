@@ -49,7 +49,7 @@ def test_mlflow_run_compare_smoke(tmp_path, fmnist):
         for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "fit_seconds",
                     "predict_seconds", "n_params"):
             assert key in m, key
-        floor = 0.1 if child.data.tags["family"] == "baseline" else 0.2
+        floor = 0.1 if child.data.tags["family"] == "baseline" else 0.15  # smoke-sized fits
         assert floor <= m["test_accuracy"] <= 1.0
         assert child.data.tags["rank"] in {str(i) for i in range(1, len(children) + 1)}
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
