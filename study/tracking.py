@@ -329,7 +329,3 @@ def _now_ms() -> int:
     import time
 
     return int(time.time() * 1000)
-
-
-def warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
