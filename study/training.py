@@ -237,10 +237,7 @@ def count_params(model: Any, kind: str) -> int:
     total = 0
     steps = [s for _, s in getattr(model, "steps", [("", model)]) if s != "passthrough"]
     for step in steps:
-        for est in [step, *getattr(step, "estimators_", [])]:
-            est = est if not isinstance(est, np.ndarray) else None
-            if est is None:
-                continue
+        for est in [step, *getattr(step, "estimators_", [])]:  # a forest's trees too
             for name, value in vars(est).items():
                 if name.endswith("_") and isinstance(value, np.ndarray) and value.dtype.kind == "f":
                     total += value.size
