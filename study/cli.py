@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--storage", type=_optional, default=None,
                      help="Optuna storage: 'local' journal file, a journal path, or an RDB URL")
 
+    rep = sub.add_parser("report", help="rebuild the leaderboard and report of a compare run")
+    rep.add_argument("--run-id", default="latest", help="a compare (parent) run id, or 'latest'")
+    rep.add_argument("--out", type=_optional, default=None,
+                     help="report folder (default reports/<timestamp>-<profile>/)")
+    rep.add_argument("--data-dir", type=_optional, default=None)
+
     dat = sub.add_parser("data", help="find or fetch the dataset and verify it")
     dat.add_argument("--data-dir", type=_optional, default=None)
 
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                 spec = pipelines.load(name)
                 print(f"{name:14s} {spec.family:12s} reducer={spec.reducer:5s} {spec.description}")
             return 0
+        if args.command == "report":
+            return _report(args)
         return _compare(args)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -95,5 +103,27 @@ def _compare(args) -> int:
         print(f"\n{len(result.failures)} pipeline(s) failed (traceback.txt in their runs):")
         for name, reason in result.failures.items():
             print(f"  {name}: {reason}")
+    if result.registry:
+        reg = result.registry
+        print(f"Champion registered: models:/{reg['name']}/{reg['version']} "
+              + (f"(alias @champion now points to it)" if reg["alias_moved"] else
+                 f"(alias @champion stays on version {reg['alias_version']}, test accuracy "
+                 f"{reg['previous_accuracy']:.4f} >= {reg['test_accuracy']:.4f})"))
+    print(f"Report: {result.report}/report.html")
     print(f"Explore the runs: {tracking.ui_command()}")
     return 1 if result.failures else 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from study import leaderboard, report, tracking
+
+    tracking.configure()
+    built = report.build(args.run_id, Path(args.out) if args.out else None, args.data_dir)
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run . -e report`: link the two runs
+        tracking.set_tags(os.environ["MLFLOW_RUN_ID"],
+                          {tracking.ROLE: "report", "compare_run_id": built.run_id})
+    print(leaderboard.render_text(built.rows))
+    print(f"\nReport: {built.html}")
+    return 0

@@ -20,6 +20,8 @@ class CompareResult:
     rows: list[dict[str, Any]]
     seconds: float
     failures: dict[str, str] = field(default_factory=dict)  # pipeline -> one-line reason
+    report: Any = None  # the report folder
+    registry: dict[str, Any] = field(default_factory=dict)  # champion version, alias moved
 
 
 def log(message: str) -> None:
@@ -40,7 +42,7 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, storage,
     params = tuning.final_params(spec, profile, tuned.best_params)
     log(f"[{spec.name}] final fit on {len(splits.y_train)} rows with {tuned.best_params or 'fixed parameters'}")
     fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
-                       seed, progress=f"[{spec.name}] final")
+                       seed, progress=f"[{spec.name}] final", cache=False)
     val_accuracy = float(np.mean(fit.predict_proba(splits.x_val).argmax(axis=1) == splits.y_val))
     start = time.perf_counter()
     proba = fit.predict_proba(splits.x_test)  # the one and only look at the test set
@@ -91,12 +93,14 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     specs = pipelines.resolve(pipeline_names)  # validate everything before any work starts
     optuna_storage = tuning.open_storage(storage)
     tracking.configure()
+    start = time.perf_counter()
     dataset = data.load(data_dir)
     splits = data.make_splits(dataset, config.PROFILES[profile])
+    data_seconds = time.perf_counter() - start
     log(f"data: {dataset.source} -> train {len(splits.y_train)}, validation {len(splits.y_val)}, "
         f"test {len(splits.y_test)} ({profile} profile)")
-    start = time.perf_counter()
     with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
+        tracking.log_metrics({"data_seconds": data_seconds})
         failures: dict[str, str] = {}
         for i, spec in enumerate(specs, start=1):
             log(f"=== pipeline {i}/{len(specs)}: {spec.name} ({spec.description or spec.model})")
@@ -110,12 +114,21 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
                 log(f"[{spec.name}] FAILED ({reason}); continuing with the other pipelines")
                 continue
             tracking.log_metric(run_id, "pipeline_seconds", time.perf_counter() - started)
+        started = time.perf_counter()
         reduction_figures(specs, splits, seed)
-        rows = leaderboard.rank(tracking.final_runs(parent_id))
-        for row in rows:
-            tracking.set_rank(row["run_id"], row["rank"])
-        table = leaderboard.render_text(rows)
-        tracking.log_text(table + "\n", "leaderboard.txt")
+        tracking.log_metrics({"figures_seconds": time.perf_counter() - started,
+                              "compare_seconds": time.perf_counter() - start})
         if failures:
             tracking.log_text("".join(f"{k}: {v}\n" for k, v in failures.items()), "failures.txt")
-    return CompareResult(parent_id, rows, time.perf_counter() - start, failures)
+    # The parent run is closed (FINISHED) before the report reads it back from MLflow.
+    result = CompareResult(parent_id, [], time.perf_counter() - start, failures)
+    from study import report
+
+    built = report.build(parent_id, data_dir=data_dir)
+    result.rows, result.report = built.rows, built.folder
+    log(f"report: {built.html}")
+    if built.rows:
+        result.registry = tracking.register_champion(built.rows[0]["run_id"])
+    tracking.log_text(leaderboard.render_text(built.rows, wide=True) + "\n", "leaderboard.txt",
+                      run_id=parent_id)
+    return result

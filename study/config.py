@@ -42,6 +42,8 @@ DEBIAN_PACKAGE = "dataset-fashion-mnist"
 EXPERIMENT_NAME = "fashion-mnist"
 TUNING_SUFFIX = "-tuning"  # tuning runs live in their own experiment, out of the leaderboard's way
 REGISTERED_MODEL = "fashion-mnist-classifier"
+CHAMPION_ALIAS = "champion"
+REPORTS_ENV = "STUDY_REPORTS_DIR"  # where report folders go (default: reports/ of the project)
 
 
 def keras_cache_dir() -> Path:
@@ -51,6 +53,10 @@ def keras_cache_dir() -> Path:
 def download_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "fashion-mnist-study"
+
+
+def reports_dir() -> Path:
+    return Path(os.environ.get(REPORTS_ENV) or REPORTS_DIR)
 
 
 def pipelines_dir() -> Path:

@@ -1,20 +1,40 @@
-"""Rank final runs and render the leaderboard. Ranking uses test scores of final models only."""
+"""Rank final runs and render the leaderboard. Ranking uses test scores of final models only.
+
+Honest ranking: each model's test accuracy carries a 95% Wilson interval, and an exact McNemar
+test on the same 10,000 test images says whether it is distinguishable from rank 1 at 5%.
+"""
 
 from __future__ import annotations
 
+import csv
+import html
+import io
+import math
 from typing import Any
 
+import numpy as np
+
+ALPHA = 0.05
+
+# (key, title) of every rendering: terminal, CSV, Markdown and HTML.
 COLUMNS = (
     ("rank", "rank"),
     ("pipeline", "pipeline"),
     ("family", "family"),
     ("reducer", "reducer"),
     ("test_accuracy", "test acc"),
+    ("test_ci", "95% CI"),
+    ("vs_champion", "vs #1 (McNemar p)"),
     ("test_macro_f1", "macro F1"),
     ("val_accuracy", "val acc"),
     ("fit_seconds", "fit s"),
+    ("predict_ms_per_1000", "predict ms/1k"),
+    ("size", "params / size"),
     ("n_trials", "trials"),
+    ("best_params", "best parameters"),
 )
+NUMERIC = {"rank", "test_accuracy", "test_macro_f1", "val_accuracy", "fit_seconds",
+           "predict_ms_per_1000", "n_trials"}
 
 
 def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -22,16 +42,24 @@ def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         m = run.get("metrics", {})
+        params = run.get("params", {})
         rows.append({
             "run_id": run["run_id"],
             "pipeline": run.get("pipeline", "?"),
             "family": run.get("family", ""),
             "reducer": run.get("reducer", ""),
+            "kind": run.get("kind", ""),
             "test_accuracy": m.get("test_accuracy", float("nan")),
             "test_macro_f1": m.get("test_macro_f1", float("nan")),
             "val_accuracy": m.get("val_accuracy", float("nan")),
             "fit_seconds": m.get("fit_seconds", float("nan")),
+            "predict_ms_per_1000": m.get("predict_ms_per_1000", float("nan")),
+            "n_params": int(m.get("n_params", 0)),
+            "model_bytes": int(m.get("model_bytes", 0)),
             "n_trials": int(m.get("n_trials", 0)),
+            "tuning_seconds": m.get("tuning_seconds", float("nan")),
+            "best_params": {k[len("best."):]: v for k, v in sorted(params.items())
+                            if k.startswith("best.")},
         })
     rows.sort(key=lambda r: (-_num(r["test_accuracy"]), -_num(r["test_macro_f1"]),
                              _num(r["fit_seconds"], worst=float("inf"))))
@@ -44,19 +72,143 @@ def _num(value: float, worst: float = float("-inf")) -> float:
     return worst if value != value else value  # NaN sorts last
 
 
-def render_text(rows: list[dict[str, Any]]) -> str:
-    """A fixed-width table for the terminal."""
-    def cell(row, key):
-        value = row[key]
-        if key in ("test_accuracy", "test_macro_f1", "val_accuracy"):
-            return f"{value:.4f}"
-        if key == "fit_seconds":
-            return f"{value:.1f}"
-        return str(value)
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: sound near 0 and 1, unlike the normal one."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
-    table = [[title for _, title in COLUMNS]] + [[cell(r, k) for k, _ in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
-    lines = ["  ".join(v.rjust(w) if i in (0, 4, 5, 6, 7, 8) else v.ljust(w)
-                       for i, (v, w) in enumerate(zip(line, widths))) for line in table]
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant pairs: b images only model A got
+    right, c only model B. Under H0 each discordant image is a fair coin: p = 2 P(X <= min)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    from scipy.stats import binom  # exact tail, stable for thousands of discordant images
+
+    return float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
+
+
+def add_significance(rows: list[dict[str, Any]], predictions: dict[str, np.ndarray],
+                     y_true: np.ndarray) -> list[dict[str, Any]]:
+    """Wilson interval per row and McNemar against rank 1, on the same test images."""
+    if not rows:
+        return rows
+    champion = predictions.get(rows[0]["run_id"])
+    for row in rows:
+        pred = predictions.get(row["run_id"])
+        if pred is None or len(pred) != len(y_true):
+            row.update(ci_low=float("nan"), ci_high=float("nan"), p_value=float("nan"),
+                       b=0, c=0, indistinguishable=None)
+            continue
+        right = pred == y_true
+        row["ci_low"], row["ci_high"] = wilson_interval(int(right.sum()), len(y_true))
+        if row["rank"] == 1 or champion is None:
+            row.update(p_value=1.0, b=0, c=0, indistinguishable=True)
+            continue
+        champ_right = champion == y_true
+        b = int(np.sum(champ_right & ~right))  # only the champion right
+        c = int(np.sum(~champ_right & right))  # only this model right
+        p = mcnemar_exact(b, c)
+        row.update(p_value=p, b=b, c=c, indistinguishable=p >= ALPHA)
+    return rows
+
+
+def _size(row: dict[str, Any]) -> str:
+    n, size = row.get("n_params", 0), row.get("model_bytes", 0)
+    parts = []
+    if n:
+        parts.append(f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}k" if n >= 1e3 else str(n))
+    if size:
+        parts.append(f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} kB")
+    return " / ".join(parts) or "-"
+
+
+def cell(row: dict[str, Any], key: str) -> str:
+    """The text of one leaderboard cell, the same in every rendering."""
+    value = row.get(key)
+    if key in ("test_accuracy", "test_macro_f1", "val_accuracy"):
+        return "-" if value is None or value != value else f"{value:.4f}"
+    if key == "test_ci":
+        lo, hi = row.get("ci_low"), row.get("ci_high")
+        return "-" if lo is None or lo != lo else f"{lo:.4f}-{hi:.4f}"
+    if key == "vs_champion":
+        p = row.get("p_value")
+        if p is None or p != p:
+            return "-"
+        if row["rank"] == 1:
+            return "champion"
+        return f"{'same' if row.get('indistinguishable') else 'worse'} (p={p:.2g})"
+    if key == "fit_seconds":
+        return "-" if value is None or value != value else f"{value:.1f}"
+    if key == "predict_ms_per_1000":
+        return "-" if value is None or value != value else f"{value:.1f}"
+    if key == "size":
+        return _size(row)
+    if key == "best_params":
+        return ", ".join(f"{k}={_short(v)}" for k, v in (value or {}).items()) or "fixed"
+    return str(value)
+
+
+def _short(value: str) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(value) if number.is_integer() else f"{number:.4g}"
+
+
+def render_text(rows: list[dict[str, Any]], wide: bool = False) -> str:
+    """A fixed-width table for the terminal (best parameters only when `wide`)."""
+    columns = [c for c in COLUMNS if wide or c[0] != "best_params"]
+    table = [[title for _, title in columns]] + [[cell(r, k) for k, _ in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    right = {i for i, (k, _) in enumerate(columns) if k in NUMERIC}
+    lines = ["  ".join(v.rjust(w) if i in right else v.ljust(w)
+                       for i, (v, w) in enumerate(zip(line, widths))).rstrip() for line in table]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def render_csv(rows: list[dict[str, Any]]) -> str:
+    """Raw numbers (not rounded) for spreadsheets, plus the run id of each model."""
+    out = io.StringIO()
+    fields = ["rank", "pipeline", "family", "reducer", "test_accuracy", "test_ci_low",
+              "test_ci_high", "mcnemar_p_vs_champion", "indistinguishable_from_champion",
+              "test_macro_f1", "val_accuracy", "fit_seconds", "predict_ms_per_1000", "n_params",
+              "model_bytes", "n_trials", "best_params", "run_id"]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({
+            **{k: r.get(k) for k in fields if k in r},
+            "test_ci_low": r.get("ci_low"), "test_ci_high": r.get("ci_high"),
+            "mcnemar_p_vs_champion": r.get("p_value"),
+            "indistinguishable_from_champion": r.get("indistinguishable"),
+            "best_params": cell(r, "best_params"),
+        })
+    return out.getvalue()
+
+
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(t for _, t in COLUMNS) + " |"
+    rule = "|" + "|".join("---:" if k in NUMERIC else "---" for k, _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(cell(r, k).replace("|", "\\|") for k, _ in COLUMNS) + " |"
+            for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+def render_html(rows: list[dict[str, Any]]) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
+    body = []
+    for r in rows:
+        cls = "champion" if r["rank"] == 1 else ("same" if r.get("indistinguishable") else "")
+        tds = "".join(f'<td class="{"num" if k in NUMERIC else ""}">{html.escape(cell(r, k))}</td>'
+                      for k, _ in COLUMNS)
+        body.append(f'<tr class="{cls}">{tds}</tr>')
+    return (f'<table class="leaderboard"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')

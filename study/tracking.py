@@ -74,7 +74,41 @@ def compare_run(profile: str, seed: int, pipelines: list[str]) -> Iterator[str]:
         given = mlflow.get_run(run.info.run_id).data.params
         mine = {"profile": profile, "seed": seed, "selected_pipelines": ",".join(pipelines)}
         mlflow.log_params({k: v for k, v in mine.items() if k not in given})
+        mlflow.log_dict(environment(), "environment.json")
         yield run.info.run_id
+
+
+def environment() -> dict[str, Any]:
+    """What a reader needs to reproduce the numbers: versions, CPU, commit."""
+    import platform
+    import subprocess
+
+    versions = {}
+    for name in ("mlflow", "optuna", "scikit-learn", "numpy", "keras", "tensorflow-cpu",
+                 "tensorflow", "umap-learn", "matplotlib"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=config.PROJECT_ROOT, text=True,
+                                capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=config.PROJECT_ROOT, text=True, capture_output=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = "", ""
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "git_commit": commit or "unknown",
+            "git_dirty": bool(dirty), "packages": versions, "split_seed": config.SEED}
 
 
 def tuning_experiment_id(parent_run_id: str) -> str:
@@ -134,6 +168,8 @@ class TuningLog:
             self.client.log_metric(self.run_id, "tuning_seconds", result.seconds)
             if result.best_value is not None:
                 self.client.log_metric(self.run_id, "best_val_accuracy", result.best_value)
+            if result.importances:
+                self.client.log_dict(self.run_id, result.importances, "param_importances.json")
         self.client.set_terminated(self.run_id, status)
 
 
@@ -214,6 +250,8 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
                 plot_learning_curves(fit.history, f"{spec.name}: learning curves",
                                      tmp / "learning_curves.png")
             np.save(tmp / "test_predictions.npy", evaluation.predictions.astype(np.int8))
+            # float16 keeps the report's confidences (3 digits) at 200 kB per model
+            np.save(tmp / "test_proba.npy", evaluation.proba.astype(np.float16))
             mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
         proba_example = fit.predict_proba(x_example)
         from study.training import features
@@ -241,6 +279,32 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
                                             pyfunc_predict_fn="predict_proba")
         mlflow.set_tag("model_uri", info.model_uri)
         return run.info.run_id
+
+
+def register_champion(run_id: str, name: str = config.REGISTERED_MODEL,
+                      alias: str = config.CHAMPION_ALIAS) -> dict[str, Any]:
+    """Register a compare's rank-1 model as a new version; move the alias only when it beats
+    the current alias holder's test accuracy (an earlier champion stays as an older version)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    accuracy = run.data.metrics["test_accuracy"]
+    model_uri = run.data.tags.get("model_uri") or f"runs:/{run_id}/model"
+    tags = {"pipeline": run.data.tags.get("pipeline", ""), "profile": run.data.tags.get("profile", ""),
+            "test_accuracy": f"{accuracy:.6f}", "run_id": run_id}
+    version = mlflow.register_model(model_uri, name, tags=tags).version
+    try:
+        holder = client.get_model_version_by_alias(name, alias)
+        previous = float(holder.tags.get("test_accuracy", "nan"))
+    except Exception:  # no alias yet (MLflow raises RestException for a missing alias)
+        holder, previous = None, float("-inf")
+    moved = not accuracy <= previous  # NaN previous: move
+    if moved:
+        client.set_registered_model_alias(name, alias, version)
+    return {"name": name, "version": int(version), "alias_moved": moved,
+            "alias_version": int(version) if moved else int(holder.version),
+            "previous_accuracy": None if holder is None else previous, "test_accuracy": accuracy}
 
 
 def log_failure(spec, profile: str, trace: str) -> str:
@@ -273,6 +337,115 @@ def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def failed_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """Pipelines of one compare that raised (their runs hold traceback.txt)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], max_results=1000, filter_string=(
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{ROLE} = 'failed'"))
+    return [{"run_id": r.info.run_id, "pipeline": r.data.tags.get("pipeline", "?")} for r in runs]
+
+
+def find_compare_run(run_id: str | None = None):
+    """A compare run by id, or the latest finished one in any experiment."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if run_id and run_id not in ("latest", "-"):
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            raise ConfigError(f"no MLflow run {run_id!r} in {config.tracking_uri()}; "
+                              "pass a compare run id from the leaderboard or 'latest'") from None
+        if run.data.tags.get(ROLE) != "compare":
+            raise ConfigError(f"run {run_id} is not a compare run (role="
+                              f"{run.data.tags.get(ROLE, 'none')}); pass the parent run's id")
+        return run
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.{ROLE} = 'compare' and "
+                              "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ConfigError(f"no finished compare run in {config.tracking_uri()}; run "
+                          "`mlflow run . -e compare` first or set MLFLOW_TRACKING_URI")
+    return runs[0]
+
+
+def tuning_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """Each pipeline's tuning run of one compare, with its trial runs (number order)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    exp = client.get_experiment_by_name(
+        client.get_experiment(parent.info.experiment_id).name + config.TUNING_SUFFIX)
+    if exp is None:
+        return []
+    out = []
+    for run in client.search_runs([exp.experiment_id], max_results=1000, filter_string=(
+            f"tags.compare_run_id = '{parent_run_id}' and tags.{ROLE} = 'tuning'")):
+        trials = client.search_runs([exp.experiment_id], max_results=5000, filter_string=(
+            f"tags.mlflow.parentRunId = '{run.info.run_id}' and tags.{ROLE} = 'trial'"))
+        out.append({
+            "run_id": run.info.run_id, "pipeline": run.data.tags.get("pipeline", "?"),
+            "metrics": run.data.metrics, "params": run.data.params,
+            "importances": load_json(run.info.run_id, "param_importances.json") or {},
+            "trials": sorted(({"number": int(t.data.tags.get("trial_number", 0)),
+                               "state": t.data.tags.get("trial_state", ""),
+                               "val_accuracy": t.data.metrics.get("val_accuracy"),
+                               "fit_seconds": t.data.metrics.get("fit_seconds"),
+                               "params": t.data.params} for t in trials),
+                             key=lambda t: t["number"]),
+        })
+    return sorted(out, key=lambda r: r["pipeline"])
+
+
+def artifact_path(run_id: str, path: str, dst: str | Path) -> Path | None:
+    """Download one artifact of a run; None when it does not exist."""
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                        dst_path=str(dst)))
+    except Exception:  # missing artifact: the report leaves that part out and says so
+        return None
+
+
+def load_json(run_id: str, path: str) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = artifact_path(run_id, path, tmp)
+        return json.loads(local.read_text()) if local else None
+
+
+def load_npy(run_id: str, path: str) -> np.ndarray | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = artifact_path(run_id, path, tmp)
+        return np.load(local) if local else None
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def log_artifacts_to(run_id: str, folder, artifact_path: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 def set_rank(run_id: str, rank: int) -> None:
     import mlflow
 
@@ -301,10 +474,14 @@ def log_artifacts(folder, artifact_path: str) -> None:
     mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
 
 
-def log_text(text: str, artifact_file: str) -> None:
+def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
+    """On the given run, else on the active one."""
     import mlflow
 
-    mlflow.log_text(text, artifact_file)
+    if run_id:
+        mlflow.MlflowClient().log_text(run_id, text, artifact_file)
+    else:
+        mlflow.log_text(text, artifact_file)
 
 
 def ui_command() -> str:

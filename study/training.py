@@ -88,7 +88,7 @@ def fit_cache():
     return _FIT_CACHE
 
 
-def build_sklearn(spec: PipelineSpec, params: dict[str, Any], seed: int):
+def build_sklearn(spec: PipelineSpec, params: dict[str, Any], seed: int, cache: bool = True):
     """The reducer and the model as one Pipeline, with every random_state set to `seed`."""
     from sklearn.pipeline import Pipeline
 
@@ -99,9 +99,9 @@ def build_sklearn(spec: PipelineSpec, params: dict[str, Any], seed: int):
         reducer = build_reducer(spec.reducer, **reducer_kw)
     except TypeError as exc:
         raise ConfigError(f"pipeline {spec.name}: bad parameter for {spec.model} ({exc})") from None
-    # Fitted reducers are cached by (parameters, data): pipelines that share a reducer setting
-    # on the same rows (umap_knn and umap_svm, repeated PCA sizes in a study) fit it once.
-    memory = fit_cache() if spec.reducer != "none" else None
+    # Fitted reducers are cached by (parameters, data) during tuning: trials that repeat a reducer
+    # setting on the same rows fit it once. Final fits do not cache, so fit_seconds is the real cost.
+    memory = fit_cache() if cache and spec.reducer != "none" else None
     pipe = Pipeline([("reduce", reducer), ("model", estimator)], memory=memory)
     seeds = {k: seed for k in pipe.get_params() if k.endswith("random_state")}
     return pipe.set_params(**seeds)
@@ -207,14 +207,16 @@ def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_va
 
 
 def fit(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val=None, y_val=None,
-        seed: int = 2020, callbacks: Sequence[Any] = (), progress: str | None = None) -> FitResult:
-    """Build from (spec, params) and fit on the training rows; validation rows guide early stopping."""
+        seed: int = 2020, callbacks: Sequence[Any] = (), progress: str | None = None,
+        cache: bool = True) -> FitResult:
+    """Build from (spec, params) and fit on the training rows; validation rows guide early stopping.
+    `cache=False` for final fits: a cached reducer would hide its fitting time."""
     kind = get_builder(spec.model).kind
     if kind == "keras":
         return fit_keras(spec, params, x_train, y_train, x_val, y_val, seed, callbacks, progress)
     from sklearn.exceptions import ConvergenceWarning
 
-    pipe = build_sklearn(spec, params, seed)
+    pipe = build_sklearn(spec, params, seed, cache)
     start = time.perf_counter()
     # A capped iteration count is part of the budget: record it in one line, not a warning page.
     with warnings.catch_warnings(record=True) as caught:
@@ -241,6 +243,8 @@ def count_params(model: Any, kind: str) -> int:
             for name, value in vars(est).items():
                 if name.endswith("_") and isinstance(value, np.ndarray) and value.dtype.kind == "f":
                     total += value.size
+                elif name.endswith("_") and hasattr(value, "get_params"):  # PcaUmap's PCA, UMAP
+                    total += count_params(value, kind)
             tree = getattr(est, "tree_", None)
             if tree is not None:
                 total += int(tree.node_count)

@@ -32,6 +32,7 @@ class TuneResult:
     n_pruned: int
     seconds: float  # tuning wall time of this invocation
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished trial
+    importances: dict[str, float] = field(default_factory=dict)  # fANOVA, over all complete trials
 
 
 def open_storage(storage: str | None = None):
@@ -185,7 +186,23 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
         n_pruned=len(trials) - len(complete),
         seconds=time.perf_counter() - start,
         history=history,
+        importances=param_importances(study, seed),
     )
+
+
+def param_importances(study, seed: int) -> dict[str, float]:
+    """fANOVA importance of each searched parameter; empty when the study is too small to say."""
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        return {k: float(v) for k, v in
+                optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):  # e.g. no parameter varied
+        return {}
 
 
 def _fmt(value: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,9 +18,13 @@ from study import config, pipelines
 pytestmark = pytest.mark.slow
 
 
-def test_mlflow_run_compare_smoke(tmp_path, fmnist):
+@pytest.fixture(scope="module")
+def smoke_compare(tmp_path_factory):
+    """One `mlflow run . -e compare -P profile=smoke` of every pipeline into a temporary store."""
+    tmp_path = tmp_path_factory.mktemp("e2e")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_JOURNAL": str(tmp_path / "o.journal"),
+           config.REPORTS_ENV: str(tmp_path / "reports"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)
@@ -29,9 +34,15 @@ def test_mlflow_run_compare_smoke(tmp_path, fmnist):
          "--env-manager", "local", "--experiment-name", "e2e"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
+    return {"tmp": tmp_path, "uri": uri, "env": env, "proc": proc, "mlflow": mlflow_bin}
+
+
+def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
+    proc, uri = smoke_compare["proc"], smoke_compare["uri"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Leaderboard" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
     assert "trial 2/2" in proc.stderr and "epoch" in proc.stderr  # progress was shown
+    assert "Champion registered: models:/fashion-mnist-classifier/1" in proc.stdout
 
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
@@ -76,6 +87,81 @@ def test_mlflow_run_compare_smoke(tmp_path, fmnist):
             "reduction/umap_map.png"} <= figures
     assert parent.data.metrics["pca_components_90pct"] > 10
     assert not (config.PROJECT_ROOT / "mlruns").exists()  # artifacts stayed in the store's folder
+
+    # the champion is registered and its alias resolves to the rank-1 run
+    champion = next(c for c in children if c.data.tags["rank"] == "1")
+    version = client.get_model_version_by_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS)
+    assert version.run_id == champion.info.run_id
+    # the report sits in reports/<timestamp>-smoke/ and in the parent run's artifacts
+    (folder,) = (smoke_compare["tmp"] / "reports").glob("*-smoke")
+    assert {"report.html", "report.md", "leaderboard.csv"} <= {p.name for p in folder.iterdir()}
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/report.md"} <= logged
+
+
+def _sections_and_images(markdown: str) -> None:
+    from study.report import SECTIONS
+
+    for i, title in enumerate(SECTIONS, start=1):
+        assert f"## {i}. {title}" in markdown, title
+    for image in ("accuracy_vs_fit_time.png", "accuracy_vs_predict_time.png", "per_class_f1.png",
+                  "champion_confusion.png", "champion_misclassified.png",
+                  "pca_explained_variance.png", "pca_map.png", "umap_map.png",
+                  "learning_curves.png", "tuning_history.png"):
+        assert f"]({image})" in markdown, image
+    assert "not available" not in markdown
+
+
+def test_report_entry_point_rebuilds_from_mlflow_alone(smoke_compare):
+    """`mlflow run . -e report` rebuilds leaderboard and report without retraining."""
+    assert smoke_compare["proc"].returncode == 0
+    mlflow.set_tracking_uri(smoke_compare["uri"])
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("e2e")
+    parent = client.search_runs([exp.experiment_id], "tags.role = 'compare'")[0]
+    finals_before = client.search_runs([exp.experiment_id], "tags.role = 'final'")
+    (folder,) = (smoke_compare["tmp"] / "reports").glob("*-smoke")
+    original = (folder / "leaderboard.csv").read_text()
+    shutil.rmtree(folder)
+    proc = subprocess.run(
+        [smoke_compare["mlflow"], "run", str(config.PROJECT_ROOT), "-e", "report",
+         "-P", f"run_id={parent.info.run_id}", "--env-manager", "local"],
+        cwd=smoke_compare["tmp"], env=smoke_compare["env"], capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Report:" in proc.stdout
+    assert (folder / "leaderboard.csv").read_text() == original  # same ranking, same numbers
+    _sections_and_images((folder / "report.md").read_text())
+    finals_after = client.search_runs([exp.experiment_id], "tags.role = 'final'")
+    assert len(finals_after) == len(finals_before)  # nothing was retrained
+
+
+def test_report_renders_in_headless_chromium(smoke_compare, tmp_path):
+    """Every section and every image of report.html is present in Chromium's rendered DOM."""
+    assert smoke_compare["proc"].returncode == 0
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("STUDY_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    (html_path,) = (smoke_compare["tmp"] / "reports").glob("*-smoke/report.html")
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", html_path.as_uri()],
+        capture_output=True, text=True, timeout=180)
+    dom = proc.stdout
+    assert proc.returncode == 0 and "</html>" in dom, proc.stderr[-2000:]
+    from study.report import SECTIONS
+
+    for i, title in enumerate(SECTIONS, start=1):
+        assert f'<h2 id="s{i}">{i}. {title}</h2>' in dom, title
+    images = re.findall(r"<img [^>]*>", dom)
+    assert len(images) >= 10
+    decoded = [img for img in images if 'data-loaded="1"' in img]
+    assert len(decoded) == len(images), [i[:120] for i in images if i not in decoded]
+    assert "data-broken" not in dom
 
 
 @pytest.mark.parametrize("args, message", [

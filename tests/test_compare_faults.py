@@ -34,3 +34,6 @@ def test_failing_pipeline_is_isolated(tmp_path, tracking_store, monkeypatch, cap
     trace = mlflow.artifacts.load_text(f"runs:/{failed[0].info.run_id}/traceback.txt")
     assert "max_iter" in trace and "Traceback" in trace
     assert "broken" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/failures.txt")
+    # the report lists the failure beside the leaderboard
+    (report,) = (tmp_path / "reports").glob("*-smoke/report.md")
+    assert f"broken (run {failed[0].info.run_id})" in report.read_text()

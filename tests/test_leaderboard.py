@@ -2,6 +2,9 @@
 
 import math
 
+import numpy as np
+import pytest
+
 from study import leaderboard
 
 
@@ -36,3 +39,66 @@ def test_text_rendering_has_header_and_one_line_per_run():
     lines = text.splitlines()
     assert lines[0].split()[:2] == ["rank", "pipeline"]
     assert len(lines) == 4 and "0.9000" in lines[2] and lines[3].split()[1] == "b"
+
+
+def test_mcnemar_exact_matches_a_hand_computed_case():
+    # b=10 images only A got right, c=2 only B: p = 2 * P(X <= 2), X ~ Binomial(12, 1/2)
+    # = 2 * (1 + 12 + 66) / 4096 = 158 / 4096
+    assert leaderboard.mcnemar_exact(10, 2) == pytest.approx(158 / 4096)
+    assert leaderboard.mcnemar_exact(2, 10) == pytest.approx(158 / 4096)  # symmetric
+    assert leaderboard.mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert leaderboard.mcnemar_exact(7, 7) == 1.0 and leaderboard.mcnemar_exact(0, 0) == 1.0
+    from scipy.stats import binomtest
+
+    for b, c in ((40, 61), (120, 80), (3, 19)):
+        assert leaderboard.mcnemar_exact(b, c) == pytest.approx(binomtest(b, b + c, 0.5).pvalue)
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    lo, hi = leaderboard.wilson_interval(90, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.8256, 0.9448)
+    lo, hi = leaderboard.wilson_interval(100, 100)
+    assert hi == 1.0 and 0.96 < lo < 0.97
+
+
+def test_significance_marks_models_indistinguishable_from_the_champion():
+    y = np.zeros(100, dtype=int)
+    champ = y.copy()
+    champ[:5] = 1  # 95 right
+    worse = y.copy()
+    worse[:15] = 1  # the same 5 wrong, 10 more: b=10, c=0 -> p = 2/1024
+    close = y.copy()
+    close[3:9] = 1  # b=4 (5..8), c=3 (0..2): p = 1
+    rows = leaderboard.rank([run("champ", 0.95, 0.9, 1.0), run("worse", 0.85, 0.8, 1.0),
+                             run("close", 0.94, 0.9, 1.0)])
+    leaderboard.add_significance(rows, {"champ": champ, "worse": worse, "close": close}, y)
+    by = {r["pipeline"]: r for r in rows}
+    assert by["worse"]["p_value"] == pytest.approx(2 / 1024) and not by["worse"]["indistinguishable"]
+    assert (by["close"]["b"], by["close"]["c"]) == (4, 3) and by["close"]["indistinguishable"]
+    assert by["champ"]["ci_low"] < 0.95 < by["champ"]["ci_high"]
+    assert leaderboard.cell(by["worse"], "vs_champion").startswith("worse")
+    assert leaderboard.cell(by["close"], "vs_champion").startswith("same")
+
+
+def test_every_rendering_has_every_column():
+    rows = leaderboard.rank([run("a", 0.9, 0.9, 1.0), run("b", 0.8, 0.8, 2.0)])
+    rows[0]["best_params"] = {"C": "0.123456"}
+    leaderboard.add_significance(rows, {}, np.zeros(3, dtype=int))
+    md = leaderboard.render_markdown(rows)
+    html = leaderboard.render_html(rows)
+    text = leaderboard.render_text(rows, wide=True)
+    for _, title in leaderboard.COLUMNS:
+        assert title in md and title in text
+        assert title.replace("/", "/") in html
+    assert "C=0.1235" in md and "C=0.1235" in html
+    header = leaderboard.render_csv(rows).splitlines()[0].split(",")
+    assert header[:4] == ["rank", "pipeline", "family", "reducer"] and "test_ci_low" in header
+    assert len(md.splitlines()) == 4 and html.count("<tr") == 3
+
+
+def test_pareto_front():
+    from study.report import pareto_front
+
+    # (cost, accuracy): 1 dominates 0; 3 is slower but better; 2 is dominated by 1
+    points = [(10.0, 0.80), (5.0, 0.85), (20.0, 0.84), (50.0, 0.90)]
+    assert pareto_front(points) == [1, 3]
