@@ -51,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="report folder (default reports/<timestamp>-<profile>/)")
     rep.add_argument("--data-dir", type=_optional, default=None)
 
+    pre = sub.add_parser("predict", help="classify image files with the champion (or any model)")
+    pre.add_argument("paths", nargs="+", help="image files, directories or glob patterns")
+    pre.add_argument("--model-uri", default=None,
+                     help="an MLflow model URI (default models:/fashion-mnist-classifier@champion)")
+    pre.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    pre.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    pre.add_argument("--save-preprocessed", metavar="DIR", default=None,
+                     help="save the 28x28 image the model saw, per file, into DIR")
+    pre.add_argument("--print-request", action="store_true",
+                     help="print the JSON body `mlflow models serve` accepts for these images")
+
     dat = sub.add_parser("data", help="find or fetch the dataset and verify it")
     dat.add_argument("--data-dir", type=_optional, default=None)
 
@@ -79,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "report":
             return _report(args)
+        if args.command == "predict":
+            return _predict(args)
         return _compare(args)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -127,3 +140,21 @@ def _report(args) -> int:
     print(leaderboard.render_text(built.rows))
     print(f"\nReport: {built.html}")
     return 0
+
+
+def _predict(args) -> int:
+    from study import predict, tracking
+
+    if not 1 <= args.top <= config.N_CLASSES:
+        raise ConfigError(f"--top must be between 1 and {config.N_CLASSES}, got {args.top}")
+    tracking.configure()
+    uri = _optional(args.model_uri) or predict.DEFAULT_MODEL_URI
+    if args.print_request:
+        print(predict.request_body(args.paths, uri))
+        return 0
+    results = predict.classify(args.paths, uri, args.top, _optional(args.save_preprocessed or ""))
+    print(predict.render(results, args.json))
+    bad = [r for r in results if r.error]
+    for r in bad:  # one line per bad file on stderr too, for scripts that only read stderr
+        print(f"error: {r.path}: {r.error}", file=sys.stderr)
+    return 1 if bad else 0
