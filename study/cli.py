@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--print-request", action="store_true",
                      help="print the JSON body `mlflow models serve` accepts for these images")
 
+    abl = sub.add_parser("ablation", help="the seed report's MLP experiments, one run per setting")
+    abl.add_argument("--profile", default=config.DEFAULT_PROFILE)
+    abl.add_argument("--seed", type=_seed, default=config.SEED)
+    abl.add_argument("--data-dir", type=_optional, default=None)
+
     dat = sub.add_parser("data", help="find or fetch the dataset and verify it")
     dat.add_argument("--data-dir", type=_optional, default=None)
 
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return _report(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "ablation":
+            return _ablation(args)
         return _compare(args)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -158,3 +165,13 @@ def _predict(args) -> int:
     for r in bad:  # one line per bad file on stderr too, for scripts that only read stderr
         print(f"error: {r.path}: {r.error}", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _ablation(args) -> int:
+    from study import ablation
+
+    result = ablation.run(args.profile, args.seed, args.data_dir)
+    print(ablation.render_markdown(result["rows"]))
+    print(f"\nablation run {result['run_id']} ({args.profile} profile): "
+          f"{result['seconds'] / 60:.1f} min; best setting {result['best']}")
+    return 0

@@ -428,6 +428,23 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
     doc.para("Wall time per stage (seconds):")
     doc.table(["stage", "seconds"], stages)
 
+    # 10. The MLP ablation, when one has been run against this store
+    ablation_run = tracking.latest_ablation_run()
+    if ablation_run is not None:
+        doc.section(10, "MLP ablation (the seed report's experiments)")
+        table = tracking.load_json(ablation_run.info.run_id, "ablation/ablation.json") or {}
+        doc.para(f"Ablation run {ablation_run.info.run_id} ({ablation_run.data.tags.get('profile', '?')} "
+                 f"profile, {ablation_run.data.metrics.get('ablation_seconds', 0) / 60:.1f} min). "
+                 "Each experiment starts from the best setting so far, chosen on validation "
+                 f"accuracy; best overall: {table.get('best')}.")
+        doc.table(["experiment", "setting", "best val acc", "test acc", "epochs (best)"],
+                  [[r["experiment"], r["setting"], f"{r['best_val_accuracy']:.4f}",
+                    f"{r['test_accuracy']:.4f}", f"{r['epochs']} ({r['best_epoch']})"]
+                   for r in table.get("rows", [])])
+        for key in ("lr_batch", "l2", "activation", "topology"):
+            doc.image(_fetch(ablation_run.info.run_id, f"ablation/ablation_{key}.png", folder),
+                      f"Ablation: {key} (validation accuracy and loss per epoch)")
+
     md_path = folder / "report.md"
     html_path = folder / "report.html"
     (folder / "leaderboard.csv").write_text(leaderboard.render_csv(rows))

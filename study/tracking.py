@@ -348,6 +348,20 @@ def failed_runs(parent_run_id: str) -> list[dict[str, Any]]:
     return [{"run_id": r.info.run_id, "pipeline": r.data.tags.get("pipeline", "?")} for r in runs]
 
 
+def latest_ablation_run():
+    """The newest finished MLP ablation in this store, or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("ablation")
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.{ROLE} = 'ablation' and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
 def find_compare_run(run_id: str | None = None):
     """A compare run by id, or the latest finished one in any experiment."""
     import mlflow

@@ -11,7 +11,7 @@ from __future__ import annotations
 def _policy(precision: str):
     import keras
 
-    if precision not in ("float32", "mixed_bfloat16"):
+    if precision not in ("float32", "mixed_bfloat16", "float64"):  # float64: gradient checks
         raise ValueError(f"precision must be float32 or mixed_bfloat16, got {precision!r}")
     return keras.mixed_precision.DTypePolicy(precision)
 
@@ -148,7 +148,8 @@ def mlp_seed(hidden: str = "50x50", activation: str = "tanh", learning_rate: flo
     stack = [keras.Input(shape=(28, 28, 1)), layers.Flatten(dtype=p)]
     for units in parse_hidden(hidden):
         stack.append(layers.Dense(units, activation=activation, kernel_regularizer=reg, dtype=p))
-    stack.append(layers.Dense(10, activation="softmax", kernel_regularizer=reg, dtype="float32",
+    stack.append(layers.Dense(10, activation="softmax", kernel_regularizer=reg,
+                              dtype="float64" if precision == "float64" else "float32",
                               name="probabilities"))
     model = keras.Sequential(stack, name="mlp_seed")
     return _compile(model, keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum))

@@ -1,0 +1,179 @@
+"""The seed report's MLP experiments (section 4) as one ablation: one MLflow run per setting.
+
+Experiments, in order, each starting from the best setting found so far (chosen on validation
+accuracy only; test accuracy is reported, never used to choose):
+  1. learning rate x mini-batch size (SGD, momentum 0.9)
+  2. L2 strength, at the best learning rate (batch 128, the seed's)
+  3. hidden activation
+  4. topology at about the same parameter count
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from study import config, data, pipelines, training
+
+EXPERIMENT = "ablation"
+BASE = {"hidden": "50x50", "activation": "tanh", "learning_rate": 1.2e-2, "momentum": 0.9,
+        "l2": 1e-4, "batch_size": 128, "precision": "float32"}
+# Epoch caps per profile; early stopping (patience 3, best weights kept) usually ends sooner.
+BUDGET = {"smoke": {"epochs": 2, "patience": 2}, "quick": {"epochs": 8, "patience": 3},
+          "full": {"epochs": 100, "patience": 8}}
+
+
+@dataclass
+class Experiment:
+    key: str
+    title: str
+    vary: str  # the parameter this experiment varies (the figure's legend)
+    settings: list[dict[str, Any]]
+
+
+def experiments(best: dict[str, Any]) -> list[Experiment]:
+    """The four experiments; 2-4 start from `best` (updated as results come in)."""
+    return [
+        Experiment("lr_batch", "Learning rate and mini-batch size", "learning_rate, batch_size",
+                   [{"learning_rate": lr, "batch_size": bs}
+                    for lr in (1e-3, 1.2e-2) for bs in (32, 128, 512)]),
+        Experiment("l2", "L2 regularisation", "l2", [{"l2": v} for v in (0.0, 1e-5, 1e-4, 1e-3)]),
+        Experiment("activation", "Hidden activation", "activation",
+                   [{"activation": a} for a in ("tanh", "sigmoid", "relu", "leaky_relu")]),
+        Experiment("topology", "Topology (about 40k parameters each)", "hidden",
+                   [{"hidden": h} for h in ("50x50", "50x100", "100x50", "25x50", "50x25", "53",
+                                            "47x47x47")]),
+    ]
+
+
+def label(setting: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in setting.items())
+
+
+def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
+        data_dir: str | None = None) -> dict[str, Any]:
+    """Train every setting, log each as a run of the `ablation` experiment; return the table."""
+    import mlflow
+
+    from study import tracking
+
+    if profile not in config.PROFILES:
+        from study.errors import ConfigError
+
+        raise ConfigError(f"unknown profile {profile!r}; valid: {', '.join(config.PROFILES)}")
+    tracking.configure()
+    splits = data.make_splits(data.load(data_dir), config.PROFILES[profile])
+    spec = pipelines.load("mlp_seed")
+    budget = BUDGET[profile]
+    exp_id = tracking.ensure_experiment(EXPERIMENT)
+    client = mlflow.MlflowClient()
+    parent_id = client.create_run(exp_id, run_name=f"ablation-{profile}", tags={
+        tracking.ROLE: "ablation", "profile": profile}).info.run_id
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
+    best = {"learning_rate": BASE["learning_rate"], "batch_size": BASE["batch_size"]}
+    try:
+        for exp in experiments(best):
+            found = []
+            for i, setting in enumerate(exp.settings, start=1):
+                params = {**BASE, **best_overrides(exp.key, best), **setting, **budget}
+                if exp.key != "lr_batch":
+                    params["batch_size"] = BASE["batch_size"]
+                fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val,
+                                   splits.y_val, seed)
+                proba = fit.predict_proba(splits.x_test)
+                test_acc = float(np.mean(proba.argmax(axis=1) == splits.y_test))
+                best_val = float(max(fit.history["val_accuracy"]))
+                row = {"experiment": exp.key, "setting": label(setting), "params": setting,
+                       "best_val_accuracy": best_val, "test_accuracy": test_acc,
+                       "epochs": len(fit.history["loss"]), "best_epoch": fit.best_epoch,
+                       "fit_seconds": fit.fit_seconds}
+                rows.append(row)
+                found.append(row)
+                curves.setdefault(exp.key, []).append((label(setting), fit.history))
+                _log_setting(exp_id, parent_id, f"{exp.key}: {label(setting)}", params, row,
+                             fit.history)
+                print(f"[ablation] {exp.key} {i}/{len(exp.settings)} {label(setting)}: "
+                      f"val {best_val:.4f} test {test_acc:.4f} epochs {row['epochs']} "
+                      f"({fit.fit_seconds:.1f}s)", file=sys.stderr, flush=True)
+            winner = max(found, key=lambda r: r["best_val_accuracy"])  # validation only
+            best.update(winner["params"])
+        seconds = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            for exp in experiments(best):
+                plot_experiment(exp.title, curves.get(exp.key, []), tmp / f"ablation_{exp.key}.png")
+            (tmp / "ablation.md").write_text(render_markdown(rows) + "\n")
+            client.log_artifacts(parent_id, str(tmp), "ablation")
+        client.log_metric(parent_id, "ablation_seconds", seconds)
+        client.log_dict(parent_id, {"rows": rows, "best": best}, "ablation/ablation.json")
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    client.set_terminated(parent_id, "FINISHED")
+    return {"rows": rows, "best": best, "seconds": seconds, "run_id": parent_id}
+
+
+def best_overrides(key: str, best: dict[str, Any]) -> dict[str, Any]:
+    """Experiment 1 starts from the seed's setting; later ones from the best so far."""
+    return {} if key == "lr_batch" else {k: v for k, v in best.items() if k != "batch_size"}
+
+
+def _log_setting(exp_id: str, parent_id: str, name: str, params: dict[str, Any],
+                 row: dict[str, Any], history: dict[str, list[float]]) -> None:
+    import mlflow
+    from mlflow.entities import Metric, Param
+
+    client = mlflow.MlflowClient()
+    run = client.create_run(exp_id, run_name=name, tags={
+        "role": "ablation_setting", "experiment_step": row["experiment"],
+        "mlflow.parentRunId": parent_id})
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(row[k]), now, 0) for k in
+               ("best_val_accuracy", "test_accuracy", "epochs", "fit_seconds")]
+    metrics += [Metric(f"epoch/{k}", float(v), now, step + 1)
+                for k, values in history.items() for step, v in enumerate(values)]
+    client.log_batch(run.info.run_id, metrics=metrics,
+                     params=[Param(k, str(v)) for k, v in params.items()])
+    client.set_terminated(run.info.run_id, "FINISHED")
+
+
+def plot_experiment(title: str, curves: list[tuple[str, dict[str, list[float]]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, hist in curves:
+        epochs = range(1, len(hist["val_accuracy"]) + 1)
+        axes[0].plot(epochs, hist["val_accuracy"], marker=".", label=name)
+        axes[1].plot(epochs, hist["val_loss"], marker=".", label=name)
+    for ax, what in zip(axes, ("validation accuracy", "validation loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| experiment | setting | best val acc | test acc | epochs (best) | fit s |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['experiment']} | {r['setting']} | {r['best_val_accuracy']:.4f} | "
+                     f"{r['test_accuracy']:.4f} | {r['epochs']} ({r['best_epoch']}) | "
+                     f"{r['fit_seconds']:.1f} |")
+    return "\n".join(lines)
