@@ -129,7 +129,8 @@ def _compare(args) -> int:
               + (f"(alias @champion now points to it)" if reg["alias_moved"] else
                  f"(alias @champion stays on version {reg['alias_version']}, test accuracy "
                  f"{reg['previous_accuracy']:.4f} >= {reg['test_accuracy']:.4f})"))
-    print(f"Report: {result.report}/report.html")
+    if result.report:
+        print(f"Report: {result.report}/report.html")
     print(f"Explore the runs: {tracking.ui_command()}")
     return 1 if result.failures else 0
 
@@ -171,6 +172,11 @@ def _ablation(args) -> int:
     from study import ablation
 
     result = ablation.run(args.profile, args.seed, args.data_dir)
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run . -e ablation`: link the two runs
+        from study import tracking
+
+        tracking.set_tags(os.environ["MLFLOW_RUN_ID"],
+                          {tracking.ROLE: "ablation_launcher", "ablation_run_id": result["run_id"]})
     print(ablation.render_markdown(result["rows"]))
     print(f"\nablation run {result['run_id']} ({args.profile} profile): "
           f"{result['seconds'] / 60:.1f} min; best setting {result['best']}")

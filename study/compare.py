@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from study import config, data, leaderboard, pipelines, tracking, training, tuning
+from study import config, data, leaderboard, pipelines, report, tracking, training, tuning
 from study.errors import ConfigError
 
 
@@ -121,14 +121,23 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
         if failures:
             tracking.log_text("".join(f"{k}: {v}\n" for k, v in failures.items()), "failures.txt")
     # The parent run is closed (FINISHED) before the report reads it back from MLflow.
-    result = CompareResult(parent_id, [], time.perf_counter() - start, failures)
-    from study import report
+    result = CompareResult(parent_id, leaderboard.rank(tracking.final_runs(parent_id)),
+                           time.perf_counter() - start, failures)
+    for row in result.rows:
+        tracking.set_rank(row["run_id"], row["rank"])
+    if result.rows:  # before the report: a report problem must not cost the registration
+        result.registry = tracking.register_champion(result.rows[0]["run_id"])
 
-    built = report.build(parent_id, data_dir=data_dir)
-    result.rows, result.report = built.rows, built.folder
-    log(f"report: {built.html}")
-    if built.rows:
-        result.registry = tracking.register_champion(built.rows[0]["run_id"])
-    tracking.log_text(leaderboard.render_text(built.rows, wide=True) + "\n", "leaderboard.txt",
+    try:
+        built = report.build(parent_id, data_dir=data_dir)
+    except Exception as exc:  # every number is in MLflow already; the report can be rebuilt
+        failures["report"] = (f"{type(exc).__name__}: {exc}; rebuild it with `mlflow run . -e "
+                              f"report -P run_id={parent_id}`")
+        tracking.log_text(traceback.format_exc(), "report_traceback.txt", run_id=parent_id)
+        log(f"report FAILED ({failures['report']})")
+    else:
+        result.rows, result.report = built.rows, built.folder
+        log(f"report: {built.html}")
+    tracking.log_text(leaderboard.render_text(result.rows, wide=True) + "\n", "leaderboard.txt",
                       run_id=parent_id)
     return result

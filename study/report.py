@@ -215,8 +215,10 @@ class _Doc:
         self.md: list[str] = []
         self.html: list[str] = []
         self.images: list[str] = []
+        self.sections: list[tuple[int, str]] = []
 
     def section(self, number: int, title: str) -> None:
+        self.sections.append((number, title))
         self.md.append(f"\n## {number}. {title}\n")
         self.html.append(f'<h2 id="s{number}">{number}. {html.escape(title)}</h2>')
 
@@ -452,7 +454,7 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
     (folder / "leaderboard.txt").write_text(leaderboard.render_text(rows, wide=True) + "\n")
     md_tmp, html_tmp = folder / ".report.md.tmp", folder / ".report.html.tmp"
     md_tmp.write_text("\n".join(doc.md).lstrip() + "\n")
-    toc = " · ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, t in enumerate(SECTIONS, 1))
+    toc = " · ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, t in doc.sections)
     html_tmp.write_text(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>Fashion-MNIST comparison {html.escape(profile)} {pid}</title>"
