@@ -60,6 +60,8 @@ def tracking_store(tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
+    # mlflow remembers the last active experiment id per process; in a new store it is stale
+    mlflow.set_experiment("Default")
     yield uri
     while mlflow.active_run():
         mlflow.end_run()

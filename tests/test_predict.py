@@ -29,6 +29,7 @@ def model(fmnist, tmp_path_factory):
     clf = LogisticRegression(C=0.1, max_iter=300).fit(x, fmnist.y_train[rows])
     store = tmp_path_factory.mktemp("predict-store")
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    mlflow.set_experiment("predict-tests")  # not a stale experiment id from an earlier test
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(clf, name="model", pyfunc_predict_fn="predict_proba",
                                         signature=infer_signature(x[:5], clf.predict_proba(x[:5])))
@@ -138,6 +139,7 @@ def test_an_unreadable_path(tmp_path, model):
 
 def _registered_champion(model) -> dict[str, str]:
     mlflow.set_tracking_uri(f"sqlite:///{model['store'] / 'mlflow.db'}")
+    mlflow.set_experiment("predict-tests")
     client = mlflow.MlflowClient()
     version = mlflow.register_model(model["uri"], config.REGISTERED_MODEL).version
     client.set_registered_model_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS, version)
