@@ -10,6 +10,7 @@ accuracy only; test accuracy is reported, never used to choose):
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from study import config, data, pipelines, training
+from study.evaluation import plot_validation_curves
 
 EXPERIMENT = "ablation"
 BASE = {"hidden": "50x50", "activation": "tanh", "learning_rate": 1.2e-2, "momentum": 0.9,
@@ -60,8 +62,6 @@ def label(setting: dict[str, Any]) -> str:
 def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
         data_dir: str | None = None) -> dict[str, Any]:
     """Train every setting, log each as a run of the `ablation` experiment; return the table."""
-    import mlflow
-
     from study import tracking
 
     if profile not in config.PROFILES:
@@ -72,10 +72,7 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
     splits = data.make_splits(data.load(data_dir), config.PROFILES[profile])
     spec = pipelines.load("mlp_seed")
     budget = BUDGET[profile]
-    exp_id = tracking.ensure_experiment(EXPERIMENT)
-    client = mlflow.MlflowClient()
-    parent_id = client.create_run(exp_id, run_name=f"ablation-{profile}", tags={
-        tracking.ROLE: "ablation", "profile": profile}).info.run_id
+    parent_id = tracking.start_ablation(EXPERIMENT, profile)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
@@ -99,8 +96,8 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
                 rows.append(row)
                 found.append(row)
                 curves.setdefault(exp.key, []).append((label(setting), fit.history))
-                _log_setting(exp_id, parent_id, f"{exp.key}: {label(setting)}", params, row,
-                             fit.history)
+                tracking.log_ablation_setting(parent_id, f"{exp.key}: {label(setting)}", params,
+                                              row, fit.history)
                 print(f"[ablation] {exp.key} {i}/{len(exp.settings)} {label(setting)}: "
                       f"val {best_val:.4f} test {test_acc:.4f} epochs {row['epochs']} "
                       f"({fit.fit_seconds:.1f}s)", file=sys.stderr, flush=True)
@@ -110,63 +107,20 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             for exp in experiments(best):
-                plot_experiment(exp.title, curves.get(exp.key, []), tmp / f"ablation_{exp.key}.png")
+                plot_validation_curves(dict(curves.get(exp.key, [])), exp.title,
+                                       tmp / f"ablation_{exp.key}.png")
             (tmp / "ablation.md").write_text(render_markdown(rows) + "\n")
-            client.log_artifacts(parent_id, str(tmp), "ablation")
-        client.log_metric(parent_id, "ablation_seconds", seconds)
-        client.log_dict(parent_id, {"rows": rows, "best": best}, "ablation/ablation.json")
+            (tmp / "ablation.json").write_text(json.dumps({"rows": rows, "best": best}, indent=1))
+            tracking.finish_ablation(parent_id, tmp, seconds)
     except BaseException:
-        client.set_terminated(parent_id, "FAILED")
+        tracking.finish_ablation(parent_id, None, None, status="FAILED")
         raise
-    client.set_terminated(parent_id, "FINISHED")
     return {"rows": rows, "best": best, "seconds": seconds, "run_id": parent_id}
 
 
 def best_overrides(key: str, best: dict[str, Any]) -> dict[str, Any]:
     """Experiment 1 starts from the seed's setting; later ones from the best so far."""
     return {} if key == "lr_batch" else {k: v for k, v in best.items() if k != "batch_size"}
-
-
-def _log_setting(exp_id: str, parent_id: str, name: str, params: dict[str, Any],
-                 row: dict[str, Any], history: dict[str, list[float]]) -> None:
-    import mlflow
-    from mlflow.entities import Metric, Param
-
-    client = mlflow.MlflowClient()
-    run = client.create_run(exp_id, run_name=name, tags={
-        "role": "ablation_setting", "experiment_step": row["experiment"],
-        "mlflow.parentRunId": parent_id})
-    now = int(time.time() * 1000)
-    metrics = [Metric(k, float(row[k]), now, 0) for k in
-               ("best_val_accuracy", "test_accuracy", "epochs", "fit_seconds")]
-    metrics += [Metric(f"epoch/{k}", float(v), now, step + 1)
-                for k, values in history.items() for step, v in enumerate(values)]
-    client.log_batch(run.info.run_id, metrics=metrics,
-                     params=[Param(k, str(v)) for k, v in params.items()])
-    client.set_terminated(run.info.run_id, "FINISHED")
-
-
-def plot_experiment(title: str, curves: list[tuple[str, dict[str, list[float]]]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, hist in curves:
-        epochs = range(1, len(hist["val_accuracy"]) + 1)
-        axes[0].plot(epochs, hist["val_accuracy"], marker=".", label=name)
-        axes[1].plot(epochs, hist["val_loss"], marker=".", label=name)
-    for ax, what in zip(axes, ("validation accuracy", "validation loss")):
-        ax.set_xlabel("epoch")
-        ax.set_title(what)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
 
 
 def render_markdown(rows: list[dict[str, Any]]) -> str:

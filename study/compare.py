@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from study import config, data, leaderboard, pipelines, report, tracking, training, tuning
-from study.errors import ConfigError
+from study.errors import ConfigError, first_line
 
 
 @dataclass
@@ -108,7 +108,7 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
             try:
                 run_id = run_pipeline(spec, profile, splits, seed, optuna_storage, parent_id)
             except Exception as exc:  # one broken pipeline must not cost the others' results
-                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                reason = f"{type(exc).__name__}: {first_line(exc)}"
                 failures[spec.name] = reason
                 tracking.log_failure(spec, profile, traceback.format_exc())
                 log(f"[{spec.name}] FAILED ({reason}); continuing with the other pipelines")

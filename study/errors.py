@@ -13,3 +13,9 @@ class DataError(StudyError):
 
 class ConfigError(StudyError):
     """An unknown pipeline, profile or parameter, or a malformed pipeline YAML."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first message line (its type name when it has no message)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

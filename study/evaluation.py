@@ -38,12 +38,19 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
     )
 
 
-def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
-    """Counts with class names on both axes; the diagonal is what the model got right."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
+    """Counts with class names on both axes; the diagonal is what the model got right."""
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(8, 7), dpi=100)
     ax.imshow(cm, cmap="Blues")
@@ -65,10 +72,7 @@ def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:
 
 def plot_learning_curves(history: dict[str, list[float]], title: str, path: Path) -> Path:
     """Loss and accuracy per epoch, training against validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
     epochs = range(1, len(history.get("loss", [])) + 1)
@@ -82,5 +86,26 @@ def plot_learning_curves(history: dict[str, list[float]], title: str, path: Path
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_validation_curves(curves: dict[str, dict[str, list[float]]], title: str,
+                           path: Path) -> Path:
+    """Validation accuracy and loss per epoch, one line per model or setting."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, hist in curves.items():
+        for ax, key in zip(axes, ("val_accuracy", "val_loss")):
+            if hist.get(key):
+                ax.plot(range(1, len(hist[key]) + 1), hist[key], marker=".", label=name)
+    for ax, what in zip(axes, ("validation accuracy", "validation loss")):
+        ax.set_xlabel("epoch")
+        ax.set_title(what)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

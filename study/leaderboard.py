@@ -58,6 +58,7 @@ def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "model_bytes": int(m.get("model_bytes", 0)),
             "n_trials": int(m.get("n_trials", 0)),
             "tuning_seconds": m.get("tuning_seconds", float("nan")),
+            "pipeline_seconds": m.get("pipeline_seconds", float("nan")),
             "best_params": {k[len("best."):]: v for k, v in sorted(params.items())
                             if k.startswith("best.")},
         })
@@ -143,9 +144,7 @@ def cell(row: dict[str, Any], key: str) -> str:
         if row["rank"] == 1:
             return "champion"
         return f"{'same' if row.get('indistinguishable') else 'worse'} (p={p:.2g})"
-    if key == "fit_seconds":
-        return "-" if value is None or value != value else f"{value:.1f}"
-    if key == "predict_ms_per_1000":
+    if key in ("fit_seconds", "predict_ms_per_1000"):
         return "-" if value is None or value != value else f"{value:.1f}"
     if key == "size":
         return _size(row)

@@ -134,36 +134,40 @@ def model_input(model, images: np.ndarray) -> np.ndarray:
         shape = model.metadata.get_input_schema().inputs[0].shape
     except Exception:  # no signature: the classical models' flat layout
         shape = (-1, 784)
-    return x.reshape(len(x), *[d for d in shape[1:]]) if shape else x.reshape(len(x), -1)
+    return x.reshape(len(x), *shape[1:]) if shape else x.reshape(len(x), -1)
 
 
 def load_model(uri: str):
-    import mlflow
+    from study import tracking
 
-    try:
-        return mlflow.pyfunc.load_model(uri)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load model {uri} ({first[:200]}); run `make compare` to "
-                          "register a champion, or pass --model-uri") from None
+    return tracking.load_pyfunc(uri, "run `make compare` to register a champion, or pass "
+                                     "--model-uri")
+
+
+def prepared(paths: list[str]) -> list[tuple[Path, np.ndarray | ImageError]]:
+    """Each named file with its 28x28 view, or the reason it has none."""
+    out: list[tuple[Path, np.ndarray | ImageError]] = []
+    for path in expand(paths):
+        try:
+            out.append((path, preprocess(load_image(path))))
+        except ImageError as exc:
+            out.append((path, exc))
+    return out
 
 
 def classify(paths: list[str], model_uri: str = DEFAULT_MODEL_URI, top: int = 3,
              save_preprocessed: str | None = None, model=None) -> list[Prediction]:
     """Top-k classes per file; a bad file gets its error and the others are still classified."""
-    files = expand(paths)
     results: list[Prediction] = []
     good: list[tuple[Prediction, np.ndarray]] = []
     out_dir = Path(save_preprocessed) if save_preprocessed else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for path in files:
+    for path, small in prepared(paths):
         pred = Prediction(str(path))
         results.append(pred)
-        try:
-            small = preprocess(load_image(path))
-        except ImageError as exc:
-            pred.error = str(exc)
+        if isinstance(small, ImageError):
+            pred.error = str(small)
             continue
         if out_dir:
             from PIL import Image
@@ -184,11 +188,10 @@ def classify(paths: list[str], model_uri: str = DEFAULT_MODEL_URI, top: int = 3,
 def request_body(paths: list[str], model_uri: str = DEFAULT_MODEL_URI) -> str:
     """The JSON a served model takes for these images: {"inputs": tensor in its signature's shape}."""
     images = []
-    for path in expand(paths):
-        try:
-            images.append(preprocess(load_image(path)))
-        except ImageError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+    for path, small in prepared(paths):
+        if isinstance(small, ImageError):
+            raise ConfigError(f"{path}: {small}")
+        images.append(small)
     if not images:
         raise ConfigError("no image files given")
     model = load_model(model_uri)

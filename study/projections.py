@@ -12,15 +12,7 @@ import numpy as np
 
 from study.config import CLASS_NAMES
 from study.data import as_flat
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from study.evaluation import pyplot
 
 
 def explained_variance(x_train: np.ndarray, path: Path) -> dict[str, int]:
@@ -32,7 +24,7 @@ def explained_variance(x_train: np.ndarray, path: Path) -> dict[str, int]:
     cumulative = np.cumsum(pca.explained_variance_ratio_)
     needed = {f"pca_components_{int(q * 100)}pct": int(np.searchsorted(cumulative, q) + 1)
               for q in (0.8, 0.9, 0.95, 0.99)}
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(np.arange(1, len(cumulative) + 1), cumulative)
     for key, k in needed.items():
@@ -51,7 +43,7 @@ def explained_variance(x_train: np.ndarray, path: Path) -> dict[str, int]:
 
 
 def scatter_map(embedding: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=80)  # 10k points: keeps the PNG small
     cmap = plt.get_cmap("tab10")
     for c, name in enumerate(CLASS_NAMES):

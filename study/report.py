@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 
 from study import config, leaderboard, tracking
 from study.config import CLASS_NAMES
+from study.evaluation import plot_validation_curves, pyplot
 
 # Published references, side by side with ours (section 7).
 ZALANDO = [  # Xiao et al. 2017, Table 3 / the repository's benchmark: best of each family
@@ -45,23 +46,12 @@ class Report:
     markdown: Path
     html: Path
     rows: list[dict[str, Any]]
-    images: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # parts left out, and why
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    _plt().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -77,7 +67,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def fig_cost(rows, key: str, label: str, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     pts = [(r[key], r["test_accuracy"]) for r in rows if r[key] > 0]
     named = [r for r in rows if r[key] > 0]
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -101,7 +91,7 @@ def fig_cost(rows, key: str, label: str, path: Path) -> Path:
 
 
 def fig_f1_heatmap(names: list[str], f1: np.ndarray, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(names) + 2))
     im = ax.imshow(f1, cmap="viridis", vmin=max(0.0, float(np.nanmin(f1)) - 0.02), vmax=1.0,
                    aspect="auto")
@@ -118,7 +108,7 @@ def fig_f1_heatmap(names: list[str], f1: np.ndarray, path: Path) -> Path:
 
 def fig_misclassified(images: np.ndarray, y_true, y_pred, confidence, path: Path,
                       n: int = 24) -> Path:
-    plt = _plt()
+    plt = pyplot()
     wrong = np.flatnonzero(y_true != y_pred)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:n]  # most confident mistakes
     cols = 8
@@ -133,23 +123,8 @@ def fig_misclassified(images: np.ndarray, y_true, y_pred, confidence, path: Path
     return _save(fig, path)
 
 
-def fig_learning_curves(curves: dict[str, dict[str, list[float]]], path: Path) -> Path:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, hist in curves.items():
-        for ax, key in zip(axes, ("epoch/val_accuracy", "epoch/val_loss")):
-            if hist.get(key):
-                ax.plot(range(1, len(hist[key]) + 1), hist[key], marker=".", label=name)
-    for ax, title in zip(axes, ("validation accuracy", "validation loss")):
-        ax.set_xlabel("epoch")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
 def fig_tuning(tunings: list[dict[str, Any]], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     shown = [t for t in tunings if t["trials"]]
     cols = 4
     rows = max(1, int(np.ceil(len(shown) / cols)))
@@ -214,7 +189,6 @@ class _Doc:
         self.folder = folder
         self.md: list[str] = []
         self.html: list[str] = []
-        self.images: list[str] = []
         self.sections: list[tuple[int, str]] = []
 
     def section(self, number: int, title: str) -> None:
@@ -238,7 +212,6 @@ class _Doc:
         if path is None or not path.exists():
             self.para(f"({alt}: not available in this compare run)")
             return
-        self.images.append(path.name)
         self.md.append(f"![{alt}]({path.name})\n")
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         # onload/onerror leave a mark that a headless browser check can read back from the DOM
@@ -264,8 +237,7 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
     parent = tracking.find_compare_run(run_id)
     pid = parent.info.run_id
     profile = parent.data.tags.get("profile", parent.data.params.get("profile", "?"))
-    runs = tracking.final_runs(pid)
-    rows = leaderboard.rank(runs)
+    rows = leaderboard.rank(tracking.final_runs(pid))
     from study import data
 
     given_dir = parent.data.params.get("data_dir")
@@ -283,7 +255,6 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
     folder = Path(out_dir) if out_dir else config.reports_dir() / f"{stamp:%Y%m%d-%H%M%S}-{profile}"
     folder.mkdir(parents=True, exist_ok=True)
     doc = _Doc(folder)
-    missing: list[str] = []
     env = tracking.load_json(pid, "environment.json") or {}
 
     doc.raw(f"# Fashion-MNIST model comparison ({profile} profile)\n\n"
@@ -353,7 +324,6 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
                   f"The champion's 24 most confident mistakes ({int((champ_pred != y_test).sum())} "
                   "misclassified in all): true label, prediction, confidence")
     else:
-        missing.append("misclassified grid: the champion has no stored test probabilities")
         doc.para("(no stored test probabilities for the champion)")
 
     # 5. Dimensionality reduction
@@ -370,12 +340,12 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
 
     # 6. Learning curves
     doc.section(6, SECTIONS[5])
-    curves = {r["pipeline"]: {k: tracking.metric_history(r["run_id"], k)
-                              for k in ("epoch/val_accuracy", "epoch/val_loss")}
+    curves = {r["pipeline"]: {k: tracking.metric_history(r["run_id"], f"epoch/{k}")
+                              for k in ("val_accuracy", "val_loss")}
               for r in rows if r.get("kind") == "keras"}
-    curves = {k: v for k, v in curves.items() if v["epoch/val_accuracy"]}
+    curves = {k: v for k, v in curves.items() if v["val_accuracy"]}
     if curves:
-        doc.image(fig_learning_curves(curves, folder / "learning_curves.png"),
+        doc.image(plot_validation_curves(curves, "Neural models", folder / "learning_curves.png"),
                   "Validation accuracy and loss per epoch of the neural models (the kept "
                   "weights are each model's best validation epoch)")
     else:
@@ -421,10 +391,9 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
     m = parent.data.metrics
     stages = [["data load and split", f"{m.get('data_seconds', float('nan')):.1f}"]]
     for r in sorted(rows, key=lambda r: r["pipeline"]):
-        run_m = next((x["metrics"] for x in runs if x["run_id"] == r["run_id"]), {})
         stages.append([f"{r['pipeline']}: tuning / final fit / total",
-                       f"{run_m.get('tuning_seconds', 0):.1f} / {run_m.get('fit_seconds', 0):.1f}"
-                       f" / {run_m.get('pipeline_seconds', float('nan')):.1f}"])
+                       f"{r['tuning_seconds']:.1f} / {r['fit_seconds']:.1f}"
+                       f" / {r['pipeline_seconds']:.1f}"])
     stages.append(["reduction figures", f"{m.get('figures_seconds', float('nan')):.1f}"])
     stages.append(["compare, all stages", f"{m.get('compare_seconds', float('nan')):.1f}"])
     doc.para("Wall time per stage (seconds):")
@@ -465,7 +434,7 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
     if log:
         tracking.log_artifacts_to(pid, folder, "report")
         tracking.log_metric(pid, "report_seconds", time.perf_counter() - start)
-    return Report(pid, folder, md_path, html_path, rows, doc.images, missing)
+    return Report(pid, folder, md_path, html_path, rows)
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
@@ -474,7 +443,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     same = [r["pipeline"] for r in rows[1:] if r.get("indistinguishable")]
     first = (f"**{champ['pipeline']}** ranks first with test accuracy {champ['test_accuracy']:.4f}"
              + (f" (95% CI {champ['ci_low']:.4f}-{champ['ci_high']:.4f})"
-                if champ.get("ci_low") == champ.get("ci_low") and "ci_low" in champ else "")
+                if champ.get("ci_low", float("nan")) == champ.get("ci_low") else "")  # not NaN
              + (f"; {', '.join(same)} {'is' if len(same) == 1 else 'are'} statistically "
                 "indistinguishable from it (exact McNemar, 5%)." if same else
                 "; every other model is significantly worse (exact McNemar, 5%)."))

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from study import config
-from study.errors import ConfigError
+from study.errors import ConfigError, first_line
 
 ROLE = "role"  # tag key: compare | final | tuning | trial
 
@@ -38,7 +38,7 @@ def configure() -> str:
     try:
         mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as exc:  # connection refused, bad scheme, unreadable db...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"cannot reach MLflow tracking store {uri} ({first[:200]}); "
                           f"check MLFLOW_TRACKING_URI or start the server") from None
     return uri
@@ -348,6 +348,49 @@ def failed_runs(parent_run_id: str) -> list[dict[str, Any]]:
     return [{"run_id": r.info.run_id, "pipeline": r.data.tags.get("pipeline", "?")} for r in runs]
 
 
+def start_ablation(experiment: str, profile: str) -> str:
+    """The ablation's parent run in its own experiment; settings become its children."""
+    import mlflow
+
+    exp_id = ensure_experiment(experiment)
+    return mlflow.MlflowClient().create_run(exp_id, run_name=f"ablation-{profile}", tags={
+        ROLE: "ablation", "profile": profile}).info.run_id
+
+
+def log_ablation_setting(parent_id: str, name: str, params: dict[str, Any], row: dict[str, Any],
+                         history: dict[str, list[float]]) -> str:
+    """One ablation setting: its parameters, scores and per-epoch curves, as a finished child."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    run_id = client.create_run(parent.info.experiment_id, run_name=name, tags={
+        ROLE: "ablation_setting", "experiment_step": row["experiment"],
+        "mlflow.parentRunId": parent_id}).info.run_id
+    now = _now_ms()
+    metrics = [Metric(k, float(row[k]), now, 0) for k in
+               ("best_val_accuracy", "test_accuracy", "epochs", "fit_seconds")]
+    metrics += [Metric(f"epoch/{k}", float(v), now, step + 1)
+                for k, values in history.items() for step, v in enumerate(values)]
+    client.log_batch(run_id, metrics=metrics, params=[_p(k, v) for k, v in params.items()])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def finish_ablation(parent_id: str, folder: Path | None, seconds: float | None,
+                    status: str = "FINISHED") -> None:
+    """Figures and table under ablation/ of the parent run, then close it."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if folder is not None:
+        client.log_artifacts(parent_id, str(folder), "ablation")
+    if seconds is not None:
+        client.log_metric(parent_id, "ablation_seconds", seconds)
+    client.set_terminated(parent_id, status)
+
+
 def latest_ablation_run():
     """The newest finished MLP ablation in this store, or None."""
     import mlflow
@@ -360,6 +403,17 @@ def latest_ablation_run():
         f"tags.{ROLE} = 'ablation' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+
+def load_pyfunc(uri: str, hint: str):
+    """A logged or registered model as a pyfunc; a one-line ConfigError when it cannot load."""
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # unknown alias, missing run, unreachable store...
+        first = first_line(exc)
+        raise ConfigError(f"cannot load model {uri} ({first[:200]}); {hint}") from None
 
 
 def find_compare_run(run_id: str | None = None):

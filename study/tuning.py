@@ -16,7 +16,7 @@ import numpy as np
 
 from study import config, training
 from study.data import Splits, stratified_subsample
-from study.errors import ConfigError
+from study.errors import ConfigError, first_line
 from study.models import get_builder
 from study.pipelines import PipelineSpec
 
@@ -46,7 +46,7 @@ def open_storage(storage: str | None = None):
         try:
             return optuna.storages.RDBStorage(storage)
         except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ConfigError(f"cannot open Optuna storage {storage} ({first}); "
                               f"check the URL and that the database server is up") from None
     path = Path(storage) if storage and storage != "local" else config.default_optuna_journal()
