@@ -20,6 +20,36 @@ def _seed(text: str) -> int:
     return int(value)
 
 
+def _positive(what: str, auto: bool = False):
+    """A whole number >= 1 (MLproject passes floats such as 2.0); 'auto' -> None if allowed."""
+
+    def parse(text: str) -> int | None:
+        if auto and text in ("auto", "-", ""):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= 1 or value != int(value):
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a whole number >= 1{' or auto' if auto else ''}, got {text!r}")
+        return int(value)
+
+    return parse
+
+
+def _seconds(text: str) -> float | None:
+    if text in ("auto", "-", ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"timeout must be seconds > 0 or auto, got {text!r}")
+    return value
+
+
 def _optional(text: str) -> str | None:
     """MLproject cannot pass an empty value, so '-' and 'auto' mean 'not given'."""
     return None if text in ("", "-", "auto", "local", "default") else text
@@ -44,6 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
                           "package, the Keras cache, then a download)")
     cmp.add_argument("--storage", type=_optional, default=None,
                      help="Optuna storage: 'local' journal file, a journal path, or an RDB URL")
+    cmp.add_argument("--workers", type=_positive("workers"), default=1,
+                     help="processes that share each pipeline's tuning study (default 1)")
+
+    tun = sub.add_parser("tune", help="join a pipeline's shared Optuna study as a worker")
+    tun.add_argument("--pipeline", required=True, help="a pipeline name (see `study pipelines`)")
+    tun.add_argument("--profile", default=config.DEFAULT_PROFILE)
+    tun.add_argument("--seed", type=_seed, default=config.SEED)
+    tun.add_argument("--storage", type=_optional, default=None,
+                     help="the study's storage: 'local' journal, a journal path, or an RDB URL")
+    tun.add_argument("--n-trials", type=_positive("n_trials", auto=True), default=None,
+                     help="trials to run (default auto: what the profile's budget still misses)")
+    tun.add_argument("--timeout", type=_seconds, default=None,
+                     help="seconds after which no new trial starts (default: the profile's)")
+    tun.add_argument("--workers", type=_positive("workers"), default=1,
+                     help="processes on this machine, each running a share of the trials")
+    tun.add_argument("--data-dir", type=_optional, default=None)
+    # set by a parallel compare for the workers it starts
+    tun.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    tun.add_argument("--tuning-run-id", type=_optional, default=None, help=argparse.SUPPRESS)
 
     rep = sub.add_parser("report", help="rebuild the leaderboard and report of a compare run")
     rep.add_argument("--run-id", default="latest", help="a compare (parent) run id, or 'latest'")
@@ -99,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "ablation":
             return _ablation(args)
+        if args.command == "tune":
+            return _tune(args)
         return _compare(args)
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -113,7 +164,8 @@ def _compare(args) -> int:
         raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
     from study import compare, leaderboard, tracking
 
-    result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage)
+    result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
+                             args.workers)
     print()
     print(f"Leaderboard (compare run {result.run_id}, {args.profile} profile, "
           f"{result.seconds / 60:.1f} min)")
@@ -133,6 +185,54 @@ def _compare(args) -> int:
         print(f"Report: {result.report}/report.html")
     print(f"Explore the runs: {tracking.ui_command()}")
     return 1 if result.failures else 0
+
+
+def _tune(args) -> int:
+    """A worker: a share of a parallel compare's trials, or a machine joining a study."""
+    import zlib
+
+    from study import data, pipelines, tracking, tuning
+
+    if args.profile not in config.PROFILES:
+        raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
+    (spec,) = pipelines.resolve([args.pipeline])
+    if not spec.search:
+        raise ConfigError(f"pipeline {spec.name} has no search space, nothing to tune; "
+                          "compare fits it with its fixed parameters")
+    storage = tuning.resolve_storage(args.storage)
+    tuning.open_storage(storage)  # unreachable storage: one line, before anything is written
+    tracking.configure()
+    worker = args.tuning_run_id is not None
+    if worker:
+        tuning.exit_with_parent()
+    name = tuning.study_name(spec, args.profile, args.seed)
+    log = tracking.TuningLog(spec.name, name, args.profile, run_id=args.tuning_run_id)
+    if not worker and os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run . -e tune`
+        tracking.set_tags(os.environ["MLFLOW_RUN_ID"],
+                          {tracking.ROLE: "tuning_launcher", "tuning_run_id": log.run_id})
+    try:
+        if args.workers > 1:
+            result = tuning.tune_parallel(spec, args.profile, args.seed, storage, args.workers,
+                                          args.data_dir, log.run_id, args.n_trials, args.timeout)
+        else:
+            splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
+            index = args.worker_index
+            if index is None:  # a machine joining on its own: its own sampler seed
+                index = zlib.crc32(tuning.worker_id().encode()) % 100_000
+            result = tuning.tune(spec, args.profile, splits, args.seed, storage,
+                                 log_trial=log.log_trial, n_trials=args.n_trials,
+                                 timeout=args.timeout, worker_index=index, require_best=False)
+    except BaseException:
+        if not worker:
+            log.finish(None, status="FAILED")
+        raise
+    if not worker:
+        log.finish(result)
+        best = (f"best val_accuracy {result.best_value:.4f} with {result.best_params}"
+                if result.best_value is not None else "no complete trial yet")
+        print(f"{spec.name}: study {name} holds {result.n_trials} finished trials "
+              f"({len(result.history)} new); {best}")
+    return 0
 
 
 def _report(args) -> int:

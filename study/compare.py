@@ -28,13 +28,28 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, storage,
+@dataclass
+class Tuner:
+    """Where and how the trials run: one Optuna storage, in this process or in N workers."""
+
+    storage_url: str
+    storage: Any  # the opened storage, for in-process tuning
+    workers: int = 1
+    data_dir: str | None = None
+
+
+def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tuner,
                  parent_run_id: str) -> str:
     """Tune one pipeline, fit its final model, score it on the test set once, log it."""
-    tuning_log = tracking.TuningLog(parent_run_id, spec.name,
-                                    tuning.study_name(spec, profile, seed), profile)
+    tuning_log = tracking.TuningLog(spec.name, tuning.study_name(spec, profile, seed), profile,
+                                    parent_run_id=parent_run_id)
     try:
-        tuned = tuning.tune(spec, profile, splits, seed, storage, log_trial=tuning_log.log_trial)
+        if tuner.workers > 1 and spec.search:
+            tuned = tuning.tune_parallel(spec, profile, seed, tuner.storage_url, tuner.workers,
+                                         tuner.data_dir, tuning_log.run_id)
+        else:
+            tuned = tuning.tune(spec, profile, splits, seed, tuner.storage,
+                                log_trial=tuning_log.log_trial)
     except BaseException:
         tuning_log.finish(None, status="FAILED")
         raise
@@ -55,6 +70,7 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, storage,
         evaluation=evaluation, val_accuracy=val_accuracy, predict_seconds=predict_seconds,
         n_params=training.count_params(fit.model, fit.kind),
         model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
+        data_digest=data.fingerprint(splits),
     )
     log(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} test_macro_f1={evaluation.macro_f1:.4f} "
         f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s"
@@ -84,29 +100,52 @@ def reduction_figures(specs, splits: data.Splits, seed: int) -> None:
         tracking.log_metrics(needed)
 
 
+def _redact(url: str) -> str:
+    """A storage URL without its password, fit for logging."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
 def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = "all",
             seed: int = config.SEED, data_dir: str | None = None,
-            storage: str | None = None) -> CompareResult:
-    """Run every selected pipeline and return the ranked leaderboard of this invocation."""
+            storage: str | None = None, workers: int = 1) -> CompareResult:
+    """Run every selected pipeline and return the ranked leaderboard of this invocation.
+
+    Rerunning after an interruption resumes: studies continue from their stored trials and
+    finished pipelines of the interrupted compare are reused, not retrained."""
     if profile not in config.PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; valid: {', '.join(config.PROFILES)}")
+    if workers < 1:
+        raise ConfigError(f"workers must be a whole number >= 1, got {workers}")
     specs = pipelines.resolve(pipeline_names)  # validate everything before any work starts
-    optuna_storage = tuning.open_storage(storage)
-    tracking.configure()
     start = time.perf_counter()
-    dataset = data.load(data_dir)
+    dataset = data.load(data_dir)  # bad data stops us before any store is touched
     splits = data.make_splits(dataset, config.PROFILES[profile])
     data_seconds = time.perf_counter() - start
+    storage_url = tuning.resolve_storage(storage)
+    tuner = Tuner(storage_url, tuning.open_storage(storage_url), workers, data_dir)
+    tracking.configure()
+    stale = tracking.mark_stale_runs()
+    if stale:
+        log(f"resume: {len(stale)} interrupted compare run(s) marked KILLED ({', '.join(stale)})")
     log(f"data: {dataset.source} -> train {len(splits.y_train)}, validation {len(splits.y_val)}, "
         f"test {len(splits.y_test)} ({profile} profile)")
     with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
         tracking.log_metrics({"data_seconds": data_seconds})
+        tracking.log_params({"workers": workers, "optuna_storage": _redact(storage_url)})
+        reused = tracking.adopt_finished(parent_id, profile, seed, data.fingerprint(splits),
+                                         {s.name: s.digest for s in specs})
         failures: dict[str, str] = {}
         for i, spec in enumerate(specs, start=1):
+            if spec.name in reused:
+                log(f"=== pipeline {i}/{len(specs)}: {spec.name}: reusing run {reused[spec.name]} "
+                    "of the interrupted compare (same definition, data and profile)")
+                continue
             log(f"=== pipeline {i}/{len(specs)}: {spec.name} ({spec.description or spec.model})")
             started = time.perf_counter()
             try:
-                run_id = run_pipeline(spec, profile, splits, seed, optuna_storage, parent_id)
+                run_id = run_pipeline(spec, profile, splits, seed, tuner, parent_id)
             except Exception as exc:  # one broken pipeline must not cost the others' results
                 reason = f"{type(exc).__name__}: {first_line(exc)}"
                 failures[spec.name] = reason

@@ -85,6 +85,21 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+THREADS_ENV = "STUDY_THREADS"  # cores one process may use; compare's workers split the machine
+
+
+def threads() -> int:
+    """Cores this process may use (n_jobs, BLAS, TensorFlow): all of them unless a parallel
+    compare gave each worker its share."""
+    return max(1, int(os.environ.get(THREADS_ENV) or os.cpu_count() or 1))
+
+
+def thread_env(n: int) -> dict[str, str]:
+    """Environment that holds a child process and its native libraries to n threads."""
+    return {THREADS_ENV: str(n), "OMP_NUM_THREADS": str(n), "OPENBLAS_NUM_THREADS": str(n),
+            "MKL_NUM_THREADS": str(n), "LOKY_MAX_CPU_COUNT": str(n)}
+
+
 def default_optuna_journal() -> Path:
     """Journal file storage: safe for several processes on one machine, no server needed."""
     return Path(os.environ.get("OPTUNA_JOURNAL", Path.cwd() / "optuna.journal"))

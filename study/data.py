@@ -251,3 +251,14 @@ def as_flat(images: np.ndarray) -> np.ndarray:
 def as_image(images: np.ndarray) -> np.ndarray:
     """(n, 28, 28) uint8 -> (n, 28, 28, 1) float32 in [0, 1]: the networks' input."""
     return images[..., None].astype(np.float32) / 255.0
+
+
+def fingerprint(splits: Splits) -> str:
+    """Which data a model saw: the verified files' digests and the exact train/validation
+    rows. Equal fingerprints let an interrupted compare's finished models be reused."""
+    h = hashlib.sha256()
+    for spec in sorted(FILES.values(), key=lambda s: s.filename):
+        h.update(spec.sha256.encode())
+    h.update(np.asarray(splits.train_idx, dtype=np.int64).tobytes())
+    h.update(np.asarray(splits.val_idx, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]

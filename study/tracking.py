@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -36,6 +37,11 @@ def configure() -> str:
     uri = config.tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
+        if uri.startswith(("http://", "https://")):
+            # the client retries a dead server for minutes; one short probe says it at once
+            import requests
+
+            requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
         mlflow.MlflowClient().search_experiments(max_results=1)
     except Exception as exc:  # connection refused, bad scheme, unreadable db...
         first = first_line(exc)
@@ -69,13 +75,19 @@ def compare_run(profile: str, seed: int, pipelines: list[str]) -> Iterator[str]:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME))
         run = mlflow.start_run(run_name=f"compare-{profile}")
     with run:
-        mlflow.set_tags({ROLE: "compare", "profile": profile})
+        # host and pid let a later compare tell a run whose process died (SIGKILL, power cut)
+        mlflow.set_tags({ROLE: "compare", "profile": profile, "host": socket.gethostname(),
+                         "pid": str(os.getpid())})
         # `mlflow run` already logged its entry-point parameters as given; keep those.
         given = mlflow.get_run(run.info.run_id).data.params
         mine = {"profile": profile, "seed": seed, "selected_pipelines": ",".join(pipelines)}
         mlflow.log_params({k: v for k, v in mine.items() if k not in given})
         mlflow.log_dict(environment(), "environment.json")
-        yield run.info.run_id
+        try:
+            yield run.info.run_id
+        except KeyboardInterrupt:  # interrupted, not broken: the next compare resumes it
+            mlflow.end_run("KILLED")
+            raise
 
 
 def environment() -> dict[str, Any]:
@@ -126,19 +138,29 @@ def tuning_experiment_id(parent_run_id: str) -> str:
 
 class TuningLog:
     """One tuning run per pipeline with a nested run per trial, written through the client API
-    so it never disturbs the active (parent) run."""
+    so it never disturbs the active (parent) run. Parallel workers attach to the run their
+    compare created (run_id); a standalone `study tune` creates its own."""
 
-    def __init__(self, parent_run_id: str, pipeline: str, study_name: str, profile: str):
+    def __init__(self, pipeline: str, study_name: str, profile: str,
+                 parent_run_id: str | None = None, run_id: str | None = None):
         import mlflow
 
         self.client = mlflow.MlflowClient()
-        self.experiment_id = tuning_experiment_id(parent_run_id)
         self.pipeline = pipeline
-        run = self.client.create_run(
-            self.experiment_id, run_name=f"{pipeline}-tuning",
-            tags={ROLE: "tuning", "pipeline": pipeline, "compare_run_id": parent_run_id,
-                  "optuna_study": study_name, "profile": profile},
-        )
+        if run_id:
+            self.run_id = run_id
+            self.experiment_id = self.client.get_run(run_id).info.experiment_id
+            return
+        if parent_run_id:
+            self.experiment_id = tuning_experiment_id(parent_run_id)
+        else:
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME)
+            self.experiment_id = ensure_experiment(name + config.TUNING_SUFFIX)
+        tags = {ROLE: "tuning", "pipeline": pipeline, "optuna_study": study_name,
+                "profile": profile, "host": socket.gethostname(), "pid": str(os.getpid())}
+        if parent_run_id:
+            tags["compare_run_id"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=f"{pipeline}-tuning", tags=tags)
         self.run_id = run.info.run_id
 
     def log_trial(self, entry: dict[str, Any]) -> None:
@@ -147,7 +169,8 @@ class TuningLog:
         run = self.client.create_run(
             self.experiment_id, run_name=f"{self.pipeline}-trial-{entry['number']}",
             tags={ROLE: "trial", "pipeline": self.pipeline, "mlflow.parentRunId": self.run_id,
-                  "trial_state": entry["state"], "trial_number": str(entry["number"])},
+                  "trial_state": entry["state"], "trial_number": str(entry["number"]),
+                  "worker": f"{socket.gethostname()}:{os.getpid()}"},
         )
         now = _now_ms()
         metrics = [Metric("fit_seconds", float(entry["fit_seconds"]), now, 0)]
@@ -192,7 +215,7 @@ def pip_requirements(kind: str, reducer: str) -> list[str]:
 
 def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fit, evaluation,
               val_accuracy: float, predict_seconds: float, n_params: int, model_bytes: int,
-              x_example: np.ndarray) -> str:
+              x_example: np.ndarray, data_digest: str = "") -> str:
     """The pipeline's final model as a child of the active compare run; returns its run id."""
     import mlflow
     from mlflow.models import infer_signature
@@ -201,7 +224,8 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
 
     tags = {ROLE: "final", "pipeline": spec.name, "family": spec.family, "reducer": spec.reducer,
             "model": spec.model, "kind": fit.kind, "profile": profile,
-            "optuna_study": tune.study_name, "pipeline_digest": spec.digest}
+            "optuna_study": tune.study_name, "pipeline_digest": spec.digest,
+            "data_digest": data_digest}
     with mlflow.start_run(run_name=spec.name, nested=True, tags=tags) as run:
         mlflow.log_params({"pipeline": spec.name, "reducer": spec.reducer, "model": spec.model,
                            "profile": profile, "seed": seed,
@@ -279,6 +303,88 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
                                             pyfunc_predict_fn="predict_proba")
         mlflow.set_tag("model_uri", info.model_uri)
         return run.info.run_id
+
+
+def _process_gone(run) -> bool:
+    """A RUNNING run started on this host by a process that no longer exists."""
+    tags = run.data.tags
+    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
+        return False  # another machine's run may well be alive: leave it alone
+    try:
+        os.kill(int(tags["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def mark_stale_runs() -> list[str]:
+    """Compare runs left RUNNING by a dead process on this host (SIGKILL, crash): mark them,
+    their unfinished children and their tuning runs KILLED, so the next compare can resume."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    marked = []
+    for run in client.search_runs(experiments, max_results=1000, filter_string=(
+            f"tags.{ROLE} = 'compare' and attributes.status = 'RUNNING'")):
+        if not _process_gone(run):
+            continue
+        run_id = run.info.run_id
+        orphans = [r for key in ("tags.mlflow.parentRunId", "tags.compare_run_id")
+                   for r in client.search_runs(experiments, max_results=1000, filter_string=(
+                       f"attributes.status = 'RUNNING' and {key} = '{run_id}'"))]
+        for child in orphans:
+            client.set_terminated(child.info.run_id, "KILLED")
+        client.set_terminated(run_id, "KILLED")
+        marked.append(run_id)
+    return marked
+
+
+def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str,
+                   digests: dict[str, str]) -> dict[str, str]:
+    """Finished final runs of interrupted (KILLED) compares in this experiment whose pipeline
+    definition, data, profile and seed match: moved under this compare instead of retrained.
+    Returns {pipeline: run_id}."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    killed = client.search_runs([exp_id], max_results=100, order_by=["attributes.start_time DESC"],
+                                filter_string=f"tags.{ROLE} = 'compare' and "
+                                              "attributes.status = 'KILLED'")
+    adopted: dict[str, Any] = {}
+    for old in killed:
+        finals = client.search_runs([exp_id], max_results=1000, filter_string=(
+            f"tags.mlflow.parentRunId = '{old.info.run_id}' and tags.{ROLE} = 'final' and "
+            "attributes.status = 'FINISHED'"))
+        for run in finals:
+            tags, name = run.data.tags, run.data.tags.get("pipeline", "")
+            if (name in digests and name not in adopted
+                    and tags.get("pipeline_digest") == digests[name]
+                    and tags.get("data_digest") == data_digest and tags.get("profile") == profile
+                    and _same_seed(run.data.params.get("seed"), seed)):
+                adopted[name] = (run, old.info.run_id)
+    tuning_exp = client.get_experiment_by_name(
+        client.get_experiment(exp_id).name + config.TUNING_SUFFIX)
+    for name, (run, old_parent) in adopted.items():
+        client.set_tag(run.info.run_id, "mlflow.parentRunId", parent_run_id)
+        client.set_tag(run.info.run_id, "reused_from_compare", old_parent)
+        if tuning_exp is not None:  # its tuning run and trials follow it into the new report
+            for tun in client.search_runs([tuning_exp.experiment_id], filter_string=(
+                    f"tags.compare_run_id = '{old_parent}' and tags.pipeline = '{name}'")):
+                client.set_tag(tun.info.run_id, "compare_run_id", parent_run_id)
+    return {name: run.info.run_id for name, (run, _) in adopted.items()}
+
+
+def _same_seed(logged: str | None, seed: int) -> bool:
+    try:
+        return logged is not None and float(logged) == float(seed)
+    except ValueError:
+        return False
 
 
 def register_champion(run_id: str, name: str = config.REGISTERED_MODEL,
@@ -526,6 +632,14 @@ def log_metric(run_id: str, key: str, value: float) -> None:
     import mlflow
 
     mlflow.MlflowClient().log_metric(run_id, key, value)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """On the active (compare) run; keys `mlflow run` already logged as given are kept."""
+    import mlflow
+
+    given = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: _param_str(v) for k, v in params.items() if k not in given})
 
 
 def log_metrics(metrics: dict[str, float]) -> None:

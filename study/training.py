@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from study import config
 from study import data as fmnist
 from study.errors import ConfigError
 from study.models import get_builder
@@ -117,7 +118,7 @@ def configure_tensorflow(seed: int) -> None:
     import tensorflow as tf
 
     if not _TF_THREADS_SET:
-        cores = int(os.environ.get("STUDY_TF_THREADS", os.cpu_count() or 1))
+        cores = int(os.environ.get("STUDY_TF_THREADS") or config.threads())
         try:
             tf.config.threading.set_intra_op_parallelism_threads(cores)
             tf.config.threading.set_inter_op_parallelism_threads(

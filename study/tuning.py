@@ -6,8 +6,12 @@ rerunning compare continues a study: it only runs the trials still missing from 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -35,23 +39,77 @@ class TuneResult:
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, over all complete trials
 
 
+# RDB storages: a worker that has not beaten for GRACE seconds is dead, its trial FAILED.
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
+
+
+def resolve_storage(storage: str | None = None) -> str:
+    """What workers are told: an RDB URL as given, else the absolute path of a journal file
+    ('local' or nothing: the default journal beside the tracking store)."""
+    if storage and "://" in storage:
+        return storage
+    path = Path(storage) if storage and storage != "local" else config.default_optuna_journal()
+    return str(path.resolve())
+
+
 def open_storage(storage: str | None = None):
-    """'local' (default): a journal file beside the tracking store; a URL: an RDB storage;
-    any other string: a journal file at that path."""
+    """A journal file (safe for several processes on one machine) or an RDB storage
+    (PostgreSQL, MySQL: for workers on several machines)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    if storage and "://" in storage:
+    url = resolve_storage(storage)
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(url))
+    warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental",
+                            category=optuna.exceptions.ExperimentalWarning)
+    for attempt in range(4):
         try:
-            return optuna.storages.RDBStorage(storage)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                engine_kwargs={"pool_pre_ping": True})
         except Exception as exc:  # sqlalchemy raises many kinds; the user needs one line
             first = first_line(exc)
-            raise ConfigError(f"cannot open Optuna storage {storage} ({first}); "
+            # Workers that meet a fresh database at once race on creating its tables.
+            if attempt < 3 and ("already exists" in first or "duplicate key" in first):
+                time.sleep(0.5 + attempt)
+                continue
+            raise ConfigError(f"cannot open Optuna storage {url} ({first[:200]}); "
                               f"check the URL and that the database server is up") from None
-    path = Path(storage) if storage and storage != "local" else config.default_optuna_journal()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def worker_id() -> str:
+    """host:pid, stored on every trial so a later run can tell a dead worker's trial."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(study) -> list[int]:
+    """Mark FAIL the RUNNING trials whose worker process on this host is gone (a killed
+    compare or worker); trials of live workers, here or on other hosts, are left alone
+    (RDB storages fail those through Optuna's heartbeat)."""
+    import optuna
+
+    host, failed = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            study._storage.set_trial_user_attr(trial._trial_id, "failed_because", "worker died")
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            failed.append(trial.number)
+    return failed
 
 
 def study_name(spec: PipelineSpec, profile: str, seed: int) -> str:
@@ -92,29 +150,49 @@ def _keras_pruning_callback(trial):
     return Pruning()
 
 
-def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=None,
-         log_trial: TrialLogger | None = None) -> TuneResult:
-    """Run the trials still missing from the profile's budget; return the best parameters."""
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def open_study(spec: PipelineSpec, profile: str, seed: int, storage, worker_index: int | None = None):
+    """Create or load the pipeline's study. Each parallel worker seeds its sampler apart, so
+    workers do not draw the same random start-up trials."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     budget = spec.budget(profile)
-    name = study_name(spec, profile, seed)
-    if not spec.search:  # nothing to choose: the fixed parameters are the answer
-        return TuneResult(name, {}, None, 0, 0, 0.0)
+    sampler_seed = seed if worker_index is None else seed + 7919 * (worker_index + 1)
     study = optuna.create_study(
-        study_name=name,
-        storage=storage if storage is not None else open_storage(),
+        study_name=study_name(spec, profile, seed),
+        storage=storage,
         direction="maximize",
         # Small budgets: a third of the trials explore at random, the rest follow TPE.
-        sampler=optuna.samplers.TPESampler(seed=seed,
+        sampler=optuna.samplers.TPESampler(seed=sampler_seed,
                                            n_startup_trials=min(10, max(2, budget.n_trials // 3))),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
         load_if_exists=True,
     )
     study.set_user_attr("pipeline", spec.name)
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = budget.n_trials - len(study.get_trials(deepcopy=False, states=finished))
+    return study
+
+
+def finished_trials(study) -> list:
+    import optuna
+
+    states = tuple(getattr(optuna.trial.TrialState, s) for s in FINISHED)
+    return study.get_trials(deepcopy=False, states=states)
+
+
+def missing_trials(spec: PipelineSpec, profile: str, study) -> int:
+    """How many trials the profile's budget still asks of this study."""
+    return max(0, spec.budget(profile).n_trials - len(finished_trials(study)))
+
+
+def run_trials(study, spec: PipelineSpec, profile: str, splits: Splits, seed: int, n_trials: int,
+               timeout: float | None = None, log_trial: TrialLogger | None = None,
+               of_budget: bool = True) -> list[dict]:
+    """Run n_trials trials of the study in this process (fewer if the timeout strikes).
+    Progress says "trial 3/5" against the budget, or "trial #3" for a worker's explicit share."""
+    budget = spec.budget(profile)
     rows = stratified_subsample(np.arange(len(splits.y_train)), splits.y_train,
                                 budget.tune_subsample, seed)
     x_tr, y_tr = splits.x_train[rows], splits.y_train[rows]
@@ -126,9 +204,10 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
     history: list[dict[str, Any]] = []
 
     def objective(trial) -> float:
+        trial.set_user_attr("worker", worker_id())
         params = {**base, **suggest(trial, spec.search)}
         cbs = [_keras_pruning_callback(trial)] if kind == "keras" else []
-        label = f"[{spec.name}] trial {trial.number + 1}/{budget.n_trials}"
+        label = f"[{spec.name}] {_trial_label(trial.number, budget.n_trials, of_budget)}"
         start = time.perf_counter()
         try:
             result = training.fit(spec, params, x_tr, y_tr, x_va, y_va, seed,
@@ -144,50 +223,156 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
                                                                     time.perf_counter() - start))
 
     def after_trial(study, frozen) -> None:
-        if frozen.state not in finished:
+        if frozen.state.name not in FINISHED:
             return
-        value = frozen.value if frozen.value is not None else (
-            list(frozen.intermediate_values.values())[-1] if frozen.intermediate_values else None)
-        entry = {
-            "number": frozen.number,
-            "state": frozen.state.name,
-            "params": dict(frozen.params),
-            "val_accuracy": value,
-            "fit_seconds": frozen.user_attrs.get("fit_seconds", 0.0),
-            "intermediate": dict(frozen.intermediate_values),
-        }
+        entry = trial_entry(frozen)
         history.append(entry)
         best = study.best_value if any(t.state.name == "COMPLETE" for t in study.trials) else None
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
-        print(f"[{spec.name}] trial {frozen.number + 1}/{budget.n_trials} {frozen.state.name.lower()} "
-              f"val_accuracy={_fmt(value)} best={_fmt(best)} {shown} "
+        print(f"[{spec.name}] {_trial_label(frozen.number, budget.n_trials, of_budget)} "
+              f"{frozen.state.name.lower()} "
+              f"val_accuracy={_fmt(entry['val_accuracy'])} best={_fmt(best)} {shown} "
               f"({frozen.user_attrs.get('seconds', 0.0):.1f}s)"
               f"{' [' + '; '.join(frozen.user_attrs['notes']) + ']' if frozen.user_attrs.get('notes') else ''}",
               file=sys.stderr, flush=True)
         if log_trial is not None:
             log_trial(entry)
 
-    start = time.perf_counter()
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, timeout=budget.timeout, callbacks=[after_trial])
-    else:
-        print(f"[{spec.name}] study {name} already holds {budget.n_trials} trials; reusing it",
-              file=sys.stderr, flush=True)
-    trials = study.get_trials(deepcopy=False, states=finished)
+    if n_trials > 0:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout or budget.timeout,
+                       callbacks=[after_trial])
+    return history
+
+
+def trial_entry(frozen) -> dict[str, Any]:
+    """One finished trial as the logs and the report see it."""
+    value = frozen.value if frozen.value is not None else (
+        list(frozen.intermediate_values.values())[-1] if frozen.intermediate_values else None)
+    return {"number": frozen.number, "state": frozen.state.name, "params": dict(frozen.params),
+            "val_accuracy": value, "fit_seconds": frozen.user_attrs.get("fit_seconds", 0.0),
+            "intermediate": dict(frozen.intermediate_values)}
+
+
+def summarize(study, spec: PipelineSpec, profile: str, seed: int, seconds: float,
+              history: list[dict], require_best: bool = True) -> TuneResult:
+    """The study's best trial over every worker's trials, this invocation's and earlier ones."""
+    import optuna
+
+    trials = finished_trials(study)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    if not complete and require_best:
         raise ConfigError(f"pipeline {spec.name}: no tuning trial completed within the "
-                          f"{profile} budget ({budget.timeout:.0f}s); raise budget.{profile}.timeout")
+                          f"{profile} budget ({spec.budget(profile).timeout:.0f}s); "
+                          f"raise budget.{profile}.timeout")
     return TuneResult(
-        study_name=name,
-        best_params=dict(study.best_params),
-        best_value=float(study.best_value),
+        study_name=study.study_name,
+        best_params=dict(study.best_params) if complete else {},
+        best_value=float(study.best_value) if complete else None,
         n_trials=len(trials),
         n_pruned=len(trials) - len(complete),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         history=history,
-        importances=param_importances(study, seed),
+        importances=param_importances(study, seed) if complete else {},
     )
+
+
+def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=None,
+         log_trial: TrialLogger | None = None, n_trials: int | None = None,
+         timeout: float | None = None, worker_index: int | None = None,
+         require_best: bool = True) -> TuneResult:
+    """Run the trials still missing from the profile's budget (or exactly n_trials) in this
+    process; return the best parameters of the whole study."""
+    name = study_name(spec, profile, seed)
+    if not spec.search:  # nothing to choose: the fixed parameters are the answer
+        return TuneResult(name, {}, None, 0, 0, 0.0)
+    if storage is None or isinstance(storage, str):
+        storage = open_storage(storage)
+    study = open_study(spec, profile, seed, storage, worker_index)
+    stale = fail_stale_trials(study)
+    if stale:
+        _say(f"[{spec.name}] trials {', '.join(str(n + 1) for n in stale)} were left running "
+             "by a process that is gone: marked FAIL, their budget is run again")
+    todo = missing_trials(spec, profile, study) if n_trials is None else n_trials
+    if todo == 0:
+        _say(f"[{spec.name}] study {name} already holds {spec.budget(profile).n_trials} trials; "
+             "reusing it")
+    start = time.perf_counter()
+    history = run_trials(study, spec, profile, splits, seed, todo, timeout, log_trial,
+                         of_budget=n_trials is None)
+    return summarize(study, spec, profile, seed, time.perf_counter() - start, history, require_best)
+
+
+def shares(n_trials: int, workers: int) -> list[int]:
+    """n_trials split over workers as evenly as possible, so that the total is exact."""
+    return [n for n in (n_trials // workers + (i < n_trials % workers) for i in range(workers)) if n]
+
+
+def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, workers: int,
+                  data_dir: str | None = None, tuning_run_id: str | None = None,
+                  n_trials: int | None = None, timeout: float | None = None) -> TuneResult:
+    """Run the missing trials (or exactly n_trials) in `workers` processes that share the
+    study: each runs a fixed share, so the total is exact whatever the timing. The study is
+    created here, before any worker starts; each worker gets its share of the cores."""
+    name = study_name(spec, profile, seed)
+    if not spec.search:
+        return TuneResult(name, {}, None, 0, 0, 0.0)
+    storage = resolve_storage(storage)
+    study = open_study(spec, profile, seed, open_storage(storage))
+    fail_stale_trials(study)
+    before = {t.number for t in study.get_trials(deepcopy=False)}
+    todo = missing_trials(spec, profile, study) if n_trials is None else n_trials
+    parts = shares(todo, workers)
+    if not parts:
+        _say(f"[{spec.name}] study {name} already holds {spec.budget(profile).n_trials} trials; "
+             "reusing it")
+    else:
+        _say(f"[{spec.name}] {todo} trials on {len(parts)} workers ({'+'.join(map(str, parts))})")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    env.update(config.thread_env(max(1, config.threads() // len(parts or [1]))))
+    env["MLFLOW_TRACKING_URI"] = config.tracking_uri()
+    start = time.perf_counter()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "study", "tune", "--pipeline", spec.name, "--profile", profile,
+         "--seed", str(seed), "--storage", storage, "--n-trials", str(share),
+         "--timeout", str(timeout or spec.budget(profile).timeout), "--worker-index", str(i),
+         "--data-dir", str(data_dir or "auto"), "--tuning-run-id", tuning_run_id or "-"],
+        env=env) for i, share in enumerate(parts)]
+    try:
+        codes = [p.wait() for p in procs]
+    finally:  # interrupted: take the workers down too, their trials are marked stale later
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    if any(codes):
+        raise RuntimeError(f"{sum(1 for c in codes if c)} of {len(parts)} tuning workers of "
+                           f"{spec.name} failed (exit codes {codes}); their errors are above")
+    study = open_study(spec, profile, seed, open_storage(storage))
+    history = [trial_entry(t) for t in finished_trials(study) if t.number not in before]
+    return summarize(study, spec, profile, seed, time.perf_counter() - start,
+                     sorted(history, key=lambda e: e["number"]))
+
+
+def exit_with_parent() -> None:
+    """In a worker: exit as soon as the compare that started it is gone, however it died
+    (a watchdog thread; preexec_fn hooks are unsafe in a threaded parent)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(137)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _trial_label(number: int, budget: int, of_budget: bool) -> str:
+    return f"trial {number + 1}/{budget}" if of_budget else f"trial #{number + 1}"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def param_importances(study, seed: int) -> dict[str, float]:

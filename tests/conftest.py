@@ -65,3 +65,43 @@ def tracking_store(tmp_path, monkeypatch) -> str:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """A real PostgreSQL server on loopback: STUDY_TEST_POSTGRES (`.ci/run` starts one with
+    `.ci/postgres`), else one started here from Debian's binaries, else skip (fail in CI)."""
+    import subprocess
+
+    url = os.environ.get("STUDY_TEST_POSTGRES")
+    if not url:
+        script = config.PROJECT_ROOT / ".ci" / "postgres"
+        proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
+        url = proc.stdout.strip() if proc.returncode == 0 else ""
+    if not url:
+        if os.environ.get("STUDY_REQUIRE_POSTGRES") == "1":
+            pytest.fail("no PostgreSQL server: run .ci/postgres (apt-get install postgresql)")
+        pytest.skip("no PostgreSQL server (apt-get install postgresql, then .ci/postgres)")
+    return url
+
+
+@pytest.fixture
+def postgres_db(postgres_server):
+    """A URL factory: each call creates a fresh, empty database on the real server."""
+    import uuid
+
+    import psycopg
+
+    made = []
+
+    def make(prefix: str = "study") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(postgres_server, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return postgres_server.rsplit("/", 1)[0] + "/" + name
+
+    yield make
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        for name in made:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -2,7 +2,7 @@
 
 Seeds are not parameters here: the trainer sets every `random_state` it finds, so a model
 rebuilt from `study.best_params` is the same model. Estimators that can use both cores get
-n_jobs=-1 (libsvm cannot: SVC is single-threaded).
+config.threads() jobs (libsvm cannot: SVC is single-threaded).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassif
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import SVC
+
+from study import config
 
 
 def dummy(strategy: str = "most_frequent") -> DummyClassifier:
@@ -36,10 +38,9 @@ class SoftmaxSVC(SVC):
 
     def decision_function(self, X):
         """libsvm predicts without the GIL: score row chunks on all cores in threads."""
-        import os
         from concurrent.futures import ThreadPoolExecutor
 
-        n = min(os.cpu_count() or 1, max(1, len(X) // 2000))
+        n = min(config.threads(), max(1, len(X) // 2000))
         if n == 1:
             return super().decision_function(X)
         parts = np.array_split(np.asarray(X), n)
@@ -66,12 +67,13 @@ def random_forest(n_estimators: int = 100, max_features: str | float = "sqrt",
     """Random forest on both cores."""
     return RandomForestClassifier(n_estimators=n_estimators, max_features=max_features,
                                   min_samples_leaf=min_samples_leaf, criterion=criterion,
-                                  max_depth=max_depth, n_jobs=-1)
+                                  max_depth=max_depth, n_jobs=config.threads())
 
 
 def knn(n_neighbors: int = 5, weights: str = "distance", p: int = 2) -> KNeighborsClassifier:
     """k nearest neighbours; meant for reduced features, where distances mean more."""
-    return KNeighborsClassifier(n_neighbors=n_neighbors, weights=weights, p=p, n_jobs=-1)
+    return KNeighborsClassifier(n_neighbors=n_neighbors, weights=weights, p=p,
+                                n_jobs=config.threads())
 
 
 def hgb(learning_rate: float = 0.1, max_iter: int = 300, max_leaf_nodes: int = 31,

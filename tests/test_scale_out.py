@@ -1,0 +1,202 @@
+"""Scale-out and resilience on real engines: workers sharing one Optuna study (journal file and
+PostgreSQL), a real `mlflow server` backed by PostgreSQL, and a compare killed and resumed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from study import config, pipelines, tuning
+
+pytestmark = pytest.mark.slow
+
+
+def study_env(tmp_path: Path, tracking_uri: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{tmp_path / 'm.db'}",
+           "OPTUNA_JOURNAL": str(tmp_path / "o.journal"), config.REPORTS_ENV: str(tmp_path / "r"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    return env
+
+
+def study_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "study", *args]
+
+
+def check_trials(storage: str, expected: int, tracking_uri: str, workers: int) -> list:
+    """Exactly `expected` complete trials, numbered 0.., drawn apart, each logged once."""
+    spec = pipelines.load("logreg")
+    study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", config.SEED),
+                              storage=tuning.open_storage(storage))
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * expected
+    assert sorted(t.number for t in trials) == list(range(expected))  # none lost, none twice
+    assert len({t.params["C"] for t in trials}) == expected  # workers' samplers are seeded apart
+    assert len({t.user_attrs["worker"] for t in trials}) == workers
+
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(config.EXPERIMENT_NAME + config.TUNING_SUFFIX)
+    logged = client.search_runs([exp.experiment_id], "tags.role = 'trial'", max_results=1000)
+    assert sorted(int(r.data.tags["trial_number"]) for r in logged) == list(range(expected))
+    return trials
+
+
+@pytest.mark.parametrize("backend", ["journal", "postgresql"])
+def test_three_workers_run_exactly_the_requested_trials(backend, tmp_path, request):
+    storage = (str(tmp_path / "shared.journal") if backend == "journal"
+               else request.getfixturevalue("postgres_db")("optuna"))
+    env = study_env(tmp_path)
+    proc = subprocess.run(study_cmd("tune", "--pipeline", "logreg", "--profile", "smoke",
+                                    "--storage", storage, "--n-trials", "7", "--workers", "3"),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "7 trials on 3 workers (3+2+2)" in proc.stderr
+    assert "holds 7 finished trials (7 new)" in proc.stdout
+    check_trials(storage, 7, env["MLFLOW_TRACKING_URI"], workers=3)
+
+    # Three more workers join the same study at once, as machines would: 3 x 2 trials more.
+    joins = [subprocess.Popen(study_cmd("tune", "--pipeline", "logreg", "--profile", "smoke",
+                                        "--storage", storage, "--n-trials", "2"),
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in joins]
+    assert [p.returncode for p in joins] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    check_trials(storage, 13, env["MLFLOW_TRACKING_URI"], workers=6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(postgres_db, tmp_path):
+    """A real `mlflow server` on loopback: runs and registry in PostgreSQL, artifacts proxied."""
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--backend-store-uri", postgres_db("mlflow"),
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
+        time.sleep(1)
+    yield url
+    mlflow.set_registry_uri(None)  # the test pointed this process's registry at the server
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+    log.close()
+
+
+def test_smoke_compare_against_a_real_mlflow_server(mlflow_server, postgres_db, tmp_path):
+    storage = postgres_db("optuna")
+    env = study_env(tmp_path, tracking_uri=mlflow_server)
+    proc = subprocess.run(study_cmd("compare", "--profile", "smoke", "--pipelines",
+                                    "dummy,logreg,knn", "--storage", storage, "--workers", "2"),
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Champion registered: models:/fashion-mnist-classifier/1" in proc.stdout
+    assert f"open {mlflow_server} in a browser" in proc.stdout
+
+    mlflow.set_tracking_uri(mlflow_server)
+    mlflow.set_registry_uri(mlflow_server)
+    client = mlflow.MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    assert parent.info.status == "FINISHED" and parent.data.params["workers"] == "2"
+    assert "***" not in parent.data.params["optuna_storage"] or ":" in storage
+    finals = client.search_runs([exp.experiment_id], "tags.role = 'final'")
+    assert sorted(r.data.tags["pipeline"] for r in finals) == ["dummy", "knn", "logreg"]
+    # artifacts went through the server into its artifact root, models load back through it
+    champion = client.get_model_version_by_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS)
+    model = mlflow.pyfunc.load_model(f"models:/{config.REGISTERED_MODEL}@{config.CHAMPION_ALIAS}")
+    assert model.metadata.run_id == champion.run_id
+    assert any((tmp_path / "server-artifacts").rglob("MLmodel"))
+    report = next((tmp_path / "r").glob("*-smoke/report.html"))
+    assert "logreg" in report.read_text()
+    # trials of both workers are in PostgreSQL, as many as the smoke budget asks
+    for name in ("logreg", "knn"):
+        spec = pipelines.load(name)
+        study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", config.SEED),
+                                  storage=tuning.open_storage(storage))
+        assert len(study.trials) == spec.budget("smoke").n_trials
+        assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+
+
+def test_sigkilled_compare_resumes_without_retraining(tmp_path):
+    env = study_env(tmp_path)
+    command = [shutil.which("mlflow", path=env["PATH"]), "run", str(config.PROJECT_ROOT), "-e",
+               "compare", "--env-manager", "local", "--experiment-name", "resume",
+               "-P", "profile=smoke", "-P", "pipelines=dummy,logreg,knn,cnn_seed1"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in first.stderr:  # kill as soon as the last pipeline starts: three are finished
+        seen.append(line)
+        if line.startswith("=== pipeline 4/4"):
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("resume")
+    (killed,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    assert killed.info.status == "RUNNING"  # nobody could mark it: SIGKILL
+    before = {r.data.tags["pipeline"]: r.info.run_id for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{killed.info.run_id}' and "
+                             "tags.role = 'final' and attributes.status = 'FINISHED'")}
+    assert sorted(before) == ["dummy", "knn", "logreg"]
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "1 interrupted compare run(s) marked KILLED" in again.stderr
+    for name, run_id in before.items():
+        assert f"{name}: reusing run {run_id}" in again.stderr
+
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    resumed = next(r for r in runs if r.info.run_id != killed.info.run_id)
+    assert resumed.info.status == "FINISHED"
+    finals = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = "
+                                f"'{resumed.info.run_id}' and tags.role = 'final'")
+    rows = {r.data.tags["pipeline"]: r.info.run_id for r in finals}
+    assert sorted(rows) == ["cnn_seed1", "dummy", "knn", "logreg"]  # one row per pipeline
+    assert {k: rows[k] for k in before} == before  # the same runs: nothing retrained
+    assert all(r.data.tags.get("rank") for r in finals)
+    # nothing is left RUNNING: not the killed compare's children, not its tuning runs
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                    "attributes.status = 'RUNNING'")
+    assert everything == []
+    csv = next((tmp_path / "r").glob("*-smoke/leaderboard.csv")).read_text().splitlines()
+    assert len(csv) == 1 + 4
+    # the interrupted study holds no trial RUNNING from the dead process
+    spec = pipelines.load("cnn_seed1")
+    study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", config.SEED),
+                              storage=tuning.open_storage(str(tmp_path / "o.journal")))
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
+    assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == \
+        spec.budget("smoke").n_trials
