@@ -31,22 +31,27 @@ ROLE = "role"  # tag key: compare | final | tuning | trial
 
 
 def configure() -> str:
-    """Point MLflow at the configured store and check that it answers."""
+    """Point MLflow at the configured store and check that it (and the registry) answers."""
     import mlflow
 
     uri = config.tracking_uri()
     mlflow.set_tracking_uri(uri)
-    try:
-        if uri.startswith(("http://", "https://")):
-            # the client retries a dead server for minutes; one short probe says it at once
-            import requests
+    stores = {uri: "MLFLOW_TRACKING_URI"}
+    stores.setdefault(mlflow.get_registry_uri(), "MLFLOW_REGISTRY_URI")
+    for store, variable in stores.items():
+        try:
+            if store.startswith(("http://", "https://")):
+                # the client retries a dead server for minutes; one short probe says it at once
+                import requests
 
-            requests.get(uri.rstrip("/") + "/health", timeout=10).raise_for_status()
-        mlflow.MlflowClient().search_experiments(max_results=1)
-    except Exception as exc:  # connection refused, bad scheme, unreadable db...
-        first = first_line(exc)
-        raise ConfigError(f"cannot reach MLflow tracking store {uri} ({first[:200]}); "
-                          f"check MLFLOW_TRACKING_URI or start the server") from None
+                requests.get(store.rstrip("/") + "/health", timeout=10).raise_for_status()
+            elif variable == "MLFLOW_TRACKING_URI":
+                mlflow.MlflowClient().search_experiments(max_results=1)
+        except Exception as exc:  # connection refused, bad scheme, unreadable db...
+            first = first_line(exc)
+            what = "tracking store" if variable == "MLFLOW_TRACKING_URI" else "model registry"
+            raise ConfigError(f"cannot reach MLflow {what} {store} ({first[:200]}); "
+                              f"check {variable} or start the server") from None
     return uri
 
 

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -166,16 +167,37 @@ def test_report_renders_in_headless_chromium(smoke_compare, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--pipelines", "logreg,bogus"], "unknown pipeline(s) bogus; valid:"),
-    (["--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, full"),
-    (["--seed", "1.5"], "seed must be a whole number"),
-    (["--storage", "postgresql://x@127.0.0.1:1/db"], "cannot open Optuna storage"),
+    (["compare", "--pipelines", "logreg,bogus"], "unknown pipeline(s) bogus; valid:"),
+    (["compare", "--profile", "huge"], "unknown profile 'huge'; valid: smoke, quick, full"),
+    (["compare", "--seed", "1.5"], "seed must be a whole number"),
+    (["compare", "--storage", "postgresql://x@127.0.0.1:1/db"], "cannot open Optuna storage"),
+    (["compare", "--workers", "0"], "workers must be a whole number >= 1, got '0'"),
+    (["compare", "--workers", "1.5"], "workers must be a whole number >= 1, got '1.5'"),
+    (["compare", "--data-dir", "/nonexistent"], "/nonexistent"),
+    (["tune", "--pipeline", "logreg", "--n-trials", "0"], "n_trials must be a whole number >= 1"),
+    (["tune", "--pipeline", "logreg", "--n-trials", "-3"], "n_trials must be a whole number >= 1"),
+    (["tune", "--pipeline", "logreg", "--workers", "-1"], "workers must be a whole number >= 1"),
+    (["tune", "--pipeline", "logreg", "--timeout", "0"], "timeout must be seconds > 0"),
+    (["tune", "--pipeline", "bogus"], "unknown pipeline(s) bogus; valid:"),
+    (["tune", "--pipeline", "dummy"], "pipeline dummy has no search space"),
+    (["tune", "--pipeline", "logreg", "--storage", "postgresql://x@127.0.0.1:1/db"],
+     "cannot open Optuna storage"),
+    (["compare", "--tracking", "http://127.0.0.1:1"], "cannot reach MLflow tracking store "
+                                                      "http://127.0.0.1:1"),
+    (["tune", "--pipeline", "logreg", "--tracking", "http://127.0.0.1:1"],
+     "cannot reach MLflow tracking store"),
 ])
-def test_bad_compare_input_is_one_line_exit_2(args, message, tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"}
-    proc = subprocess.run([sys.executable, "-m", "study", "compare", "--profile", "smoke", *args],
+def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    if "--tracking" in args:  # an unreachable tracking server, given the usual way
+        uri = args[args.index("--tracking") + 1]
+        args = args[:args.index("--tracking")]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_JOURNAL": str(tmp_path / "o.j")}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "study", args[0], "--profile", "smoke", *args[1:]],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert not (tmp_path / "m.db").exists()  # rejected before anything was written
+    assert time.monotonic() - started < 60  # said at once, not after minutes of retries

@@ -26,7 +26,8 @@ def study_env(tmp_path: Path, tracking_uri: str | None = None) -> dict[str, str]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{tmp_path / 'm.db'}",
            "OPTUNA_JOURNAL": str(tmp_path / "o.journal"), config.REPORTS_ENV: str(tmp_path / "r"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                   "MLFLOW_REGISTRY_URI"):
         env.pop(leaked, None)
     return env
 
@@ -75,6 +76,35 @@ def test_three_workers_run_exactly_the_requested_trials(backend, tmp_path, reque
     assert [p.returncode for p in joins] == [0, 0, 0], [err[-2000:] for _, err in outs]
     check_trials(storage, 13, env["MLFLOW_TRACKING_URI"], workers=6)
 
+    # optuna-dashboard reads the storage as it is
+    port = free_port()
+    dash = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage,
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}/api/studies"
+        (summary,) = wait_json(base, dash)["study_summaries"]
+        study = wait_json(f"{base}/{summary['study_id']}?after=0", dash)
+    finally:
+        dash.terminate()
+        dash.wait(timeout=30)
+    assert study["name"] == tuning.study_name(pipelines.load("logreg"), "smoke", config.SEED)
+    assert sorted(t["number"] for t in study["trials"]) == list(range(13))
+
+
+def wait_json(url: str, proc, seconds: float = 90):
+    import json
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.load(response)
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -104,7 +134,9 @@ def mlflow_server(postgres_db, tmp_path):
             raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
         time.sleep(1)
     yield url
-    mlflow.set_registry_uri(None)  # the test pointed this process's registry at the server
+    # the test pointed this process's registry at the server (mlflow exports it to children)
+    mlflow.set_registry_uri(None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=30)
     log.close()

@@ -13,7 +13,7 @@ def test_two_trials_log_two_nested_runs_and_resume(tiny, tracking_store, tmp_pat
     storage = tuning.open_storage(str(tmp_path / "o.journal"))
     mlflow.set_experiment("t")
     with mlflow.start_run() as parent:
-        log = tracking.TuningLog(parent.info.run_id, spec.name, "s", "smoke")
+        log = tracking.TuningLog(spec.name, "s", "smoke", parent_run_id=parent.info.run_id)
         result = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage, log_trial=log.log_trial)
         log.finish(result)
     assert result.n_trials == 2 and len(result.history) == 2
