@@ -4,6 +4,7 @@ Each setting runs `study tune --pipeline P --n-trials K --workers W` (the comman
 compare and a remote worker use) on a fresh Optuna journal and MLflow store, with the profile's
 tuning data. Throughput is counted two ways: over the study's own clock (first trial start to
 last trial end: what the workers deliver) and over the command's wall time (start-up included).
+Both settings run the same parameter sets, drawn at random once and queued in the study.
 Goal (issue 6): 2 workers >= 1.6x the trials per minute of 1 on two cores.
 
     .venv/bin/python benchmarks/parallel_tuning.py [--pipelines pca_svm] [--trials 8]
@@ -38,7 +39,13 @@ def run(pipeline: str, profile: str, trials: int, workers: int, storage: str | N
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("MLFLOW_RUN_ID", None)
     spec = pipelines.load(pipeline)
-    seed = config.SEED + workers  # a study of its own per setting, also on a shared RDB
+    # the same seed, so the same tuning rows; a study of its own per setting on a shared RDB
+    seed = config.SEED if storage is None else config.SEED + workers
+    # Both settings evaluate the same parameter sets (queued; workers pop each exactly once),
+    # so the comparison is of throughput, not of which parameters each sampler happened to draw.
+    study = tuning.open_study(spec, profile, seed, tuning.open_storage(url))
+    for params in same_params(spec, trials):
+        study.enqueue_trial(params)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "study", "tune", "--pipeline", pipeline,
                            "--profile", profile, "--n-trials", str(trials), "--workers",
@@ -56,6 +63,15 @@ def run(pipeline: str, profile: str, trials: int, workers: int, storage: str | N
     return {"pipeline": pipeline, "workers": workers, "trials": len(done), "span": span,
             "wall": wall, "per_min": 60 * len(done) / span, "per_min_wall": 60 * len(done) / wall,
             "best": study.best_value}
+
+
+def same_params(spec, n: int) -> list[dict]:
+    import optuna
+
+    from study import config, tuning
+
+    draw = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=config.SEED))
+    return [tuning.suggest(draw.ask(), spec.search) for _ in range(n)]
 
 
 def main() -> int:

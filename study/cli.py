@@ -38,6 +38,13 @@ def _positive(what: str, auto: bool = False):
     return parse
 
 
+QUEUED = -1  # `--n-trials queued`: pop the study's queued trials (a parallel compare's queue)
+
+
+def _trials(text: str) -> int | None:
+    return QUEUED if text == "queued" else _positive("n_trials", auto=True)(text)
+
+
 def _seconds(text: str) -> float | None:
     if text in ("auto", "-", ""):
         return None
@@ -83,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--seed", type=_seed, default=config.SEED)
     tun.add_argument("--storage", type=_optional, default=None,
                      help="the study's storage: 'local' journal, a journal path, or an RDB URL")
-    tun.add_argument("--n-trials", type=_positive("n_trials", auto=True), default=None,
-                     help="trials to run (default auto: what the profile's budget still misses)")
+    tun.add_argument("--n-trials", type=_trials, default=None,
+                     help="trials to run (default auto: what the profile's budget still misses; "
+                          "queued: help drain the queue of a running parallel compare)")
     tun.add_argument("--timeout", type=_seconds, default=None,
                      help="seconds after which no new trial starts (default: the profile's)")
     tun.add_argument("--workers", type=_positive("workers"), default=1,
@@ -199,6 +207,10 @@ def _tune(args) -> int:
     if not spec.search:
         raise ConfigError(f"pipeline {spec.name} has no search space, nothing to tune; "
                           "compare fits it with its fixed parameters")
+    if args.n_trials == QUEUED and args.workers > 1:
+        raise ConfigError("--n-trials queued takes one worker per process; start more "
+                          "processes instead of --workers")
+    splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
     storage = tuning.resolve_storage(args.storage)
     tuning.open_storage(storage)  # unreachable storage: one line, before anything is written
     tracking.configure()
@@ -213,15 +225,17 @@ def _tune(args) -> int:
     try:
         if args.workers > 1:
             result = tuning.tune_parallel(spec, args.profile, args.seed, storage, args.workers,
-                                          args.data_dir, log.run_id, args.n_trials, args.timeout)
+                                          splits, args.data_dir, log.run_id, log.log_trial,
+                                          args.n_trials, args.timeout)
         else:
-            splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
             index = args.worker_index
             if index is None:  # a machine joining on its own: its own sampler seed
                 index = zlib.crc32(tuning.worker_id().encode()) % 100_000
             result = tuning.tune(spec, args.profile, splits, args.seed, storage,
-                                 log_trial=log.log_trial, n_trials=args.n_trials,
-                                 timeout=args.timeout, worker_index=index, require_best=False)
+                                 log_trial=log.log_trial, timeout=args.timeout,
+                                 n_trials=None if args.n_trials == QUEUED else args.n_trials,
+                                 queued=args.n_trials == QUEUED, worker_index=index,
+                                 require_best=False)
     except BaseException:
         if not worker:
             log.finish(None, status="FAILED")

@@ -46,7 +46,8 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
     try:
         if tuner.workers > 1 and spec.search:
             tuned = tuning.tune_parallel(spec, profile, seed, tuner.storage_url, tuner.workers,
-                                         tuner.data_dir, tuning_log.run_id)
+                                         splits, tuner.data_dir, tuning_log.run_id,
+                                         log_trial=tuning_log.log_trial)
         else:
             tuned = tuning.tune(spec, profile, splits, seed, tuner.storage,
                                 log_trial=tuning_log.log_trial)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -187,10 +188,12 @@ def missing_trials(spec: PipelineSpec, profile: str, study) -> int:
     return max(0, spec.budget(profile).n_trials - len(finished_trials(study)))
 
 
-def run_trials(study, spec: PipelineSpec, profile: str, splits: Splits, seed: int, n_trials: int,
+def run_trials(study, spec: PipelineSpec, profile: str, splits: Splits, seed: int,
+               n_trials: int | None,
                timeout: float | None = None, log_trial: TrialLogger | None = None,
                of_budget: bool = True) -> list[dict]:
-    """Run n_trials trials of the study in this process (fewer if the timeout strikes).
+    """Run n_trials trials of the study in this process (fewer if the timeout strikes), or
+    with n_trials None pop queued trials until the queue is empty (a parallel worker).
     Progress says "trial 3/5" against the budget, or "trial #3" for a worker's explicit share."""
     budget = spec.budget(profile)
     rows = stratified_subsample(np.arange(len(splits.y_train)), splits.y_train,
@@ -238,10 +241,51 @@ def run_trials(study, spec: PipelineSpec, profile: str, splits: Splits, seed: in
         if log_trial is not None:
             log_trial(entry)
 
-    if n_trials > 0:
+    if n_trials is None:
+        drain_queue(study, objective, after_trial, timeout or budget.timeout)
+    elif n_trials > 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout or budget.timeout,
                        callbacks=[after_trial])
     return history
+
+
+def queue_trials(study, n: int) -> int:
+    """Put n trials in the study's queue (WAITING, parameters left to the sampler). Workers
+    pop them atomically, so n trials run in all, each once, however fast each worker is."""
+    for _ in range(n):
+        study.enqueue_trial({}, user_attrs={"queued_by": worker_id()})
+    return n
+
+
+def waiting_trials(study) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+
+
+def drain_queue(study, objective, after_trial, timeout: float) -> int:
+    """Pop queued trials and run them until the queue is empty or the timeout has passed.
+    Unlike `optimize`, never creates a trial of its own: the queue holds the exact budget."""
+    import optuna
+
+    deadline, ran = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline:
+        trial_id = study._pop_waiting_trial_id()  # atomic WAITING -> RUNNING in every storage
+        if trial_id is None:
+            break
+        trial = optuna.Trial(study, trial_id)
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except BaseException:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        else:
+            frozen = study.tell(trial, value)
+        after_trial(study, frozen)
+        ran += 1
+    return ran
 
 
 def trial_entry(frozen) -> dict[str, Any]:
@@ -279,9 +323,10 @@ def summarize(study, spec: PipelineSpec, profile: str, seed: int, seconds: float
 def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=None,
          log_trial: TrialLogger | None = None, n_trials: int | None = None,
          timeout: float | None = None, worker_index: int | None = None,
-         require_best: bool = True) -> TuneResult:
-    """Run the trials still missing from the profile's budget (or exactly n_trials) in this
-    process; return the best parameters of the whole study."""
+         require_best: bool = True, queued: bool = False) -> TuneResult:
+    """Run the trials still missing from the profile's budget (or exactly n_trials, or with
+    queued=True the study's queued trials) in this process; return the best parameters of
+    the whole study."""
     name = study_name(spec, profile, seed)
     if not spec.search:  # nothing to choose: the fixed parameters are the answer
         return TuneResult(name, {}, None, 0, 0, 0.0)
@@ -293,63 +338,87 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
         _say(f"[{spec.name}] trials {', '.join(str(n + 1) for n in stale)} were left running "
              "by a process that is gone: marked FAIL, their budget is run again")
     todo = missing_trials(spec, profile, study) if n_trials is None else n_trials
-    if todo == 0:
+    if todo == 0 and not queued:
         _say(f"[{spec.name}] study {name} already holds {spec.budget(profile).n_trials} trials; "
              "reusing it")
     start = time.perf_counter()
-    history = run_trials(study, spec, profile, splits, seed, todo, timeout, log_trial,
-                         of_budget=n_trials is None)
+    history = run_trials(study, spec, profile, splits, seed, None if queued else todo, timeout,
+                         log_trial, of_budget=n_trials is None and not queued)
     return summarize(study, spec, profile, seed, time.perf_counter() - start, history, require_best)
 
 
-def shares(n_trials: int, workers: int) -> list[int]:
-    """n_trials split over workers as evenly as possible, so that the total is exact."""
-    return [n for n in (n_trials // workers + (i < n_trials % workers) for i in range(workers)) if n]
-
-
 def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, workers: int,
-                  data_dir: str | None = None, tuning_run_id: str | None = None,
-                  n_trials: int | None = None, timeout: float | None = None) -> TuneResult:
+                  splits: Splits, data_dir: str | None = None, tuning_run_id: str | None = None,
+                  log_trial: TrialLogger | None = None, n_trials: int | None = None,
+                  timeout: float | None = None) -> TuneResult:
     """Run the missing trials (or exactly n_trials) in `workers` processes that share the
-    study: each runs a fixed share, so the total is exact whatever the timing. The study is
-    created here, before any worker starts; each worker gets its share of the cores."""
+    study: this one and workers-1 children. The trials are queued in the study first, and
+    every worker pops from the queue until it is empty: the total is exact, and a worker that
+    starts late or draws slow trials simply runs fewer. Each process gets its share of cores."""
     name = study_name(spec, profile, seed)
     if not spec.search:
         return TuneResult(name, {}, None, 0, 0, 0.0)
     storage = resolve_storage(storage)
-    study = open_study(spec, profile, seed, open_storage(storage))
+    study = open_study(spec, profile, seed, open_storage(storage), worker_index=0)
     fail_stale_trials(study)
     before = {t.number for t in study.get_trials(deepcopy=False)}
-    todo = missing_trials(spec, profile, study) if n_trials is None else n_trials
-    parts = shares(todo, workers)
-    if not parts:
+    # trials already queued (left by an interrupted run, or put there on purpose) run first
+    # and count towards the budget or n_trials
+    queued = waiting_trials(study)
+    todo = max(0, (missing_trials(spec, profile, study) if n_trials is None else n_trials)
+               - queued)
+    queue_trials(study, todo)
+    queued += todo
+    if not queued:
         _say(f"[{spec.name}] study {name} already holds {spec.budget(profile).n_trials} trials; "
              "reusing it")
-    else:
-        _say(f"[{spec.name}] {todo} trials on {len(parts)} workers ({'+'.join(map(str, parts))})")
+        return summarize(study, spec, profile, seed, 0.0, [], require_best=n_trials is None)
+    n_workers = min(workers, queued)
+    _say(f"[{spec.name}] {queued} trials queued for {n_workers} workers")
+    threads = max(1, config.threads() // n_workers)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    env.update(config.thread_env(max(1, config.threads() // len(parts or [1]))))
+    env.update(config.thread_env(threads))
     env["MLFLOW_TRACKING_URI"] = config.tracking_uri()
+    timeout = timeout or spec.budget(profile).timeout
     start = time.perf_counter()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "study", "tune", "--pipeline", spec.name, "--profile", profile,
-         "--seed", str(seed), "--storage", storage, "--n-trials", str(share),
-         "--timeout", str(timeout or spec.budget(profile).timeout), "--worker-index", str(i),
-         "--data-dir", str(data_dir or "auto"), "--tuning-run-id", tuning_run_id or "-"],
-        env=env) for i, share in enumerate(parts)]
+         "--seed", str(seed), "--storage", storage, "--n-trials", "queued",
+         "--timeout", str(timeout), "--worker-index", str(i), "--data-dir", str(data_dir or "auto"),
+         "--tuning-run-id", tuning_run_id or "-"],
+        env=env) for i in range(1, n_workers)]
     try:
+        with _limited_threads(threads):  # worker 0 is this process: its data is loaded already
+            run_trials(study, spec, profile, splits, seed, None, timeout, log_trial,
+                       of_budget=n_trials is None)
         codes = [p.wait() for p in procs]
     finally:  # interrupted: take the workers down too, their trials are marked stale later
         for p in procs:
             if p.poll() is None:
                 p.kill()
     if any(codes):
-        raise RuntimeError(f"{sum(1 for c in codes if c)} of {len(parts)} tuning workers of "
+        raise RuntimeError(f"{sum(1 for c in codes if c)} of {n_workers} tuning workers of "
                            f"{spec.name} failed (exit codes {codes}); their errors are above")
-    study = open_study(spec, profile, seed, open_storage(storage))
     history = [trial_entry(t) for t in finished_trials(study) if t.number not in before]
     return summarize(study, spec, profile, seed, time.perf_counter() - start,
-                     sorted(history, key=lambda e: e["number"]))
+                     sorted(history, key=lambda e: e["number"]), require_best=n_trials is None)
+
+
+@contextmanager
+def _limited_threads(n: int):
+    """This process's native thread pools and n_jobs held to n while children share the cores."""
+    from threadpoolctl import threadpool_limits
+
+    saved = os.environ.get(config.THREADS_ENV)
+    os.environ[config.THREADS_ENV] = str(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        if saved is None:
+            os.environ.pop(config.THREADS_ENV, None)
+        else:
+            os.environ[config.THREADS_ENV] = saved
 
 
 def exit_with_parent() -> None:
