@@ -4,7 +4,7 @@ Prints per-pipeline tuning, final-fit and total seconds with test accuracy again
 Zalando benchmark's best of the same family, and the total wall time (goal: <= 11 minutes,
 PyCaret's compare_models time for 10 untuned models on this machine).
 
-    .venv/bin/python benchmarks/classical.py [--profile quick] [--pipelines a,b]
+    .venv/bin/python benchmarks/classical.py [--profile quick] [--pipelines a,b] [--workers 2]
 
 Runs in a temporary MLflow store and Optuna journal, so nothing is reused between runs.
 Time it on a quiet machine: there are only 2 cores.
@@ -32,6 +32,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--pipelines", default=",".join(CLASSICAL))
+    parser.add_argument("--workers", type=int, default=1, help="tuning workers per pipeline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
@@ -40,7 +41,7 @@ def main() -> int:
         from study import compare, tracking
 
         start = time.perf_counter()
-        result = compare.compare(args.profile, args.pipelines)
+        result = compare.compare(args.profile, args.pipelines, workers=args.workers)
         wall = time.perf_counter() - start
         runs = {r["pipeline"]: r for r in tracking.final_runs(result.run_id)}
         print(f"\n{'pipeline':12s} {'family':18s} {'tune s':>7s} {'fit s':>7s} {'total s':>8s} "

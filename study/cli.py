@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--timeout", type=_seconds, default=None,
                      help="seconds after which no new trial starts (default: the profile's)")
     tun.add_argument("--workers", type=_positive("workers"), default=1,
-                     help="processes on this machine, each running a share of the trials")
+                     help="processes on this machine popping the trials from the study's queue")
     tun.add_argument("--data-dir", type=_optional, default=None)
     # set by a parallel compare for the workers it starts
     tun.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
