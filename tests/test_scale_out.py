@@ -236,3 +236,36 @@ def test_sigkilled_compare_resumes_without_retraining(tmp_path):
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
     assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == \
         spec.budget("smoke").n_trials
+
+
+def test_ctrl_c_marks_the_compare_killed_and_the_rerun_reuses_its_work(tmp_path):
+    env = study_env(tmp_path)
+    command = study_cmd("compare", "--profile", "smoke", "--pipelines", "dummy,logreg,cnn_seed1")
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    for line in first.stderr:
+        if line.startswith("=== pipeline 3/3"):
+            first.send_signal(signal.SIGINT)
+            break
+    rest = first.stderr.read()
+    assert first.wait(timeout=120) == 130, rest[-2000:]
+    assert "interrupted" in rest
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    (stopped,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    assert stopped.info.status == "KILLED"  # said by the process itself, not by a later run
+    finals = client.search_runs([exp.experiment_id], "tags.role = 'final'")
+    done = {r.data.tags["pipeline"]: r.info.run_id for r in finals}
+    assert sorted(done) == ["dummy", "logreg"]
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "marked KILLED" not in again.stderr  # nothing stale this time
+    parent = next(r for r in client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+                  if r.info.run_id != stopped.info.run_id)
+    rows = {r.data.tags["pipeline"]: r.info.run_id for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert sorted(rows) == ["cnn_seed1", "dummy", "logreg"]
+    assert {k: rows[k] for k in done} == done
