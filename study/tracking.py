@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from study import config
+from study import config, processes
 from study.errors import ConfigError, first_line
 
 ROLE = "role"  # tag key: compare | final | tuning | trial
@@ -175,7 +175,7 @@ class TuningLog:
             self.experiment_id, run_name=f"{self.pipeline}-trial-{entry['number']}",
             tags={ROLE: "trial", "pipeline": self.pipeline, "mlflow.parentRunId": self.run_id,
                   "trial_state": entry["state"], "trial_number": str(entry["number"]),
-                  "worker": f"{socket.gethostname()}:{os.getpid()}"},
+                  "worker": processes.this_process()},
         )
         now = _now_ms()
         metrics = [Metric("fit_seconds", float(entry["fit_seconds"]), now, 0)]
@@ -310,20 +310,6 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
         return run.info.run_id
 
 
-def _process_gone(run) -> bool:
-    """A RUNNING run started on this host by a process that no longer exists."""
-    tags = run.data.tags
-    if tags.get("host") != socket.gethostname() or not tags.get("pid", "").isdigit():
-        return False  # another machine's run may well be alive: leave it alone
-    try:
-        os.kill(int(tags["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def mark_stale_runs() -> list[str]:
     """Compare runs left RUNNING by a dead process on this host (SIGKILL, crash): mark them,
     their unfinished children and their tuning runs KILLED, so the next compare can resume."""
@@ -336,7 +322,7 @@ def mark_stale_runs() -> list[str]:
     marked = []
     for run in client.search_runs(experiments, max_results=1000, filter_string=(
             f"tags.{ROLE} = 'compare' and attributes.status = 'RUNNING'")):
-        if not _process_gone(run):
+        if not processes.died_here(run.data.tags.get("host", ""), run.data.tags.get("pid", "")):
             continue
         run_id = run.info.run_id
         orphans = [r for key in ("tags.mlflow.parentRunId", "tags.compare_run_id")

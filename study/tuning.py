@@ -7,7 +7,6 @@ rerunning compare continues a study: it only runs the trials still missing from 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from study import config, training
+from study import config, processes, training
 from study.data import Splits, stratified_subsample
 from study.errors import ConfigError, first_line
 from study.models import get_builder
@@ -84,17 +83,7 @@ def open_storage(storage: str | None = None):
 
 def worker_id() -> str:
     """host:pid, stored on every trial so a later run can tell a dead worker's trial."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return processes.this_process()
 
 
 def fail_stale_trials(study) -> list[int]:
@@ -103,10 +92,10 @@ def fail_stale_trials(study) -> list[int]:
     (RDB storages fail those through Optuna's heartbeat)."""
     import optuna
 
-    host, failed = socket.gethostname(), []
+    failed = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+        host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if processes.died_here(host, pid):
             study._storage.set_trial_user_attr(trial._trial_id, "failed_because", "worker died")
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             failed.append(trial.number)
