@@ -19,7 +19,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tempfile
 import time
-from pathlib import Path
 
 CLASSICAL = ["dummy", "logreg", "pca_logreg", "pca_svm", "rf", "pca_rf", "knn", "hgb",
              "umap_knn", "umap_svm"]

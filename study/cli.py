@@ -186,7 +186,7 @@ def _compare(args) -> int:
     if result.registry:
         reg = result.registry
         print(f"Champion registered: models:/{reg['name']}/{reg['version']} "
-              + (f"(alias @champion now points to it)" if reg["alias_moved"] else
+              + ("(alias @champion now points to it)" if reg["alias_moved"] else
                  f"(alias @champion stays on version {reg['alias_version']}, test accuracy "
                  f"{reg['previous_accuracy']:.4f} >= {reg['test_accuracy']:.4f})"))
     if result.report:
