@@ -10,11 +10,22 @@ from study import config
 from study.errors import ConfigError, StudyError
 
 
-def _seed(text: str) -> int:
+def _number(text: str) -> float:
+    """MLproject passes numbers as text (whole ones as 2.0 too); NaN for anything else,
+    infinities included."""
+    import math
+
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {text!r}") from None
+        return float("nan")
+    return value if math.isfinite(value) else float("nan")
+
+
+def _seed(text: str) -> int:
+    value = _number(text)
+    if value != value:
+        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {text!r}")
     if value != int(value) or value < 0:
         raise argparse.ArgumentTypeError(f"seed must be a whole number >= 0, got {text!r}")
     return int(value)
@@ -26,10 +37,7 @@ def _positive(what: str, auto: bool = False):
     def parse(text: str) -> int | None:
         if auto and text in ("auto", "-", ""):
             return None
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
+        value = _number(text)
         if not value >= 1 or value != int(value):
             raise argparse.ArgumentTypeError(
                 f"{what} must be a whole number >= 1{' or auto' if auto else ''}, got {text!r}")
@@ -48,10 +56,7 @@ def _trials(text: str) -> int | None:
 def _seconds(text: str) -> float | None:
     if text in ("auto", "-", ""):
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"timeout must be seconds > 0 or auto, got {text!r}")
     return value

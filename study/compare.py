@@ -39,7 +39,7 @@ class Tuner:
 
 
 def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tuner,
-                 parent_run_id: str) -> str:
+                 parent_run_id: str, data_digest: str) -> str:
     """Tune one pipeline, fit its final model, score it on the test set once, log it."""
     tuning_log = tracking.TuningLog(spec.name, tuning.study_name(spec, profile, seed), profile,
                                     parent_run_id=parent_run_id)
@@ -71,7 +71,7 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
         evaluation=evaluation, val_accuracy=val_accuracy, predict_seconds=predict_seconds,
         n_params=training.count_params(fit.model, fit.kind),
         model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
-        data_digest=data.fingerprint(splits),
+        data_digest=data_digest,
     )
     log(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} test_macro_f1={evaluation.macro_f1:.4f} "
         f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s"
@@ -135,7 +135,8 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
         tracking.log_metrics({"data_seconds": data_seconds})
         tracking.log_params({"workers": workers, "optuna_storage": _redact(storage_url)})
-        reused = tracking.adopt_finished(parent_id, profile, seed, data.fingerprint(splits),
+        data_digest = data.fingerprint(splits)
+        reused = tracking.adopt_finished(parent_id, profile, seed, data_digest,
                                          {s.name: s.digest for s in specs})
         failures: dict[str, str] = {}
         for i, spec in enumerate(specs, start=1):
@@ -146,7 +147,7 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
             log(f"=== pipeline {i}/{len(specs)}: {spec.name} ({spec.description or spec.model})")
             started = time.perf_counter()
             try:
-                run_id = run_pipeline(spec, profile, splits, seed, tuner, parent_id)
+                run_id = run_pipeline(spec, profile, splits, seed, tuner, parent_id, data_digest)
             except Exception as exc:  # one broken pipeline must not cost the others' results
                 reason = f"{type(exc).__name__}: {first_line(exc)}"
                 failures[spec.name] = reason

@@ -165,6 +165,22 @@ def open_study(spec: PipelineSpec, profile: str, seed: int, storage, worker_inde
     return study
 
 
+def _study_for_work(spec: PipelineSpec, profile: str, seed: int, storage,
+                    worker_index: int | None):
+    """The study, with trials that a dead process left RUNNING marked FAIL (and said so)."""
+    study = open_study(spec, profile, seed, storage, worker_index)
+    stale = fail_stale_trials(study)
+    if stale:
+        _say(f"[{spec.name}] trials {', '.join(str(n + 1) for n in stale)} were left running "
+             "by a process that is gone: marked FAIL, their budget is run again")
+    return study
+
+
+def _say_reused(spec: PipelineSpec, profile: str, name: str) -> None:
+    _say(f"[{spec.name}] study {name} already holds {spec.budget(profile).n_trials} trials; "
+         "reusing it")
+
+
 def finished_trials(study) -> list:
     import optuna
 
@@ -321,15 +337,10 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
         return TuneResult(name, {}, None, 0, 0, 0.0)
     if storage is None or isinstance(storage, str):
         storage = open_storage(storage)
-    study = open_study(spec, profile, seed, storage, worker_index)
-    stale = fail_stale_trials(study)
-    if stale:
-        _say(f"[{spec.name}] trials {', '.join(str(n + 1) for n in stale)} were left running "
-             "by a process that is gone: marked FAIL, their budget is run again")
+    study = _study_for_work(spec, profile, seed, storage, worker_index)
     todo = missing_trials(spec, profile, study) if n_trials is None else n_trials
     if todo == 0 and not queued:
-        _say(f"[{spec.name}] study {name} already holds {spec.budget(profile).n_trials} trials; "
-             "reusing it")
+        _say_reused(spec, profile, name)
     start = time.perf_counter()
     history = run_trials(study, spec, profile, splits, seed, None if queued else todo, timeout,
                          log_trial, of_budget=n_trials is None and not queued)
@@ -348,8 +359,7 @@ def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, wor
     if not spec.search:
         return TuneResult(name, {}, None, 0, 0, 0.0)
     storage = resolve_storage(storage)
-    study = open_study(spec, profile, seed, open_storage(storage), worker_index=0)
-    fail_stale_trials(study)
+    study = _study_for_work(spec, profile, seed, open_storage(storage), worker_index=0)
     before = {t.number for t in study.get_trials(deepcopy=False)}
     # trials already queued (left by an interrupted run, or put there on purpose) run first
     # and count towards the budget or n_trials
@@ -359,8 +369,7 @@ def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, wor
     queue_trials(study, todo)
     queued += todo
     if not queued:
-        _say(f"[{spec.name}] study {name} already holds {spec.budget(profile).n_trials} trials; "
-             "reusing it")
+        _say_reused(spec, profile, name)
         return summarize(study, spec, profile, seed, 0.0, [], require_best=n_trials is None)
     n_workers = min(workers, queued)
     _say(f"[{spec.name}] {queued} trials queued for {n_workers} workers")
