@@ -5,6 +5,7 @@ Zalando benchmark's best of the same family, and the total wall time (goal: <= 1
 PyCaret's compare_models time for 10 untuned models on this machine).
 
     .venv/bin/python benchmarks/classical.py [--profile quick] [--pipelines a,b] [--workers 2]
+        [--parallel 2]
 
 Runs in a temporary MLflow store and Optuna journal, so nothing is reused between runs.
 Time it on a quiet machine: there are only 2 cores.
@@ -32,15 +33,18 @@ def main() -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--pipelines", default=",".join(CLASSICAL))
     parser.add_argument("--workers", type=int, default=1, help="tuning workers per pipeline")
+    parser.add_argument("--parallel", type=int, default=1, help="pipelines side by side")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         os.environ["OPTUNA_JOURNAL"] = f"{tmp}/optuna.journal"
+        os.environ["STUDY_REPORTS_DIR"] = f"{tmp}/reports"  # not into the project's reports/
         os.chdir(tmp)
         from study import compare, tracking
 
         start = time.perf_counter()
-        result = compare.compare(args.profile, args.pipelines, workers=args.workers)
+        result = compare.compare(args.profile, args.pipelines, workers=args.workers,
+                                 parallel=args.parallel)
         wall = time.perf_counter() - start
         runs = {r["pipeline"]: r for r in tracking.final_runs(result.run_id)}
         print(f"\n{'pipeline':12s} {'family':18s} {'tune s':>7s} {'fit s':>7s} {'total s':>8s} "

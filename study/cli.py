@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Optuna storage: 'local' journal file, a journal path, or an RDB URL")
     cmp.add_argument("--workers", type=_positive("workers"), default=1,
                      help="processes that share each pipeline's tuning study (default 1)")
+    cmp.add_argument("--parallel", type=_positive("parallel"), default=1,
+                     help="pipelines run side by side in worker processes, each with its share "
+                          "of the cores (default 1; 2 pays off for single-threaded models)")
 
     tun = sub.add_parser("tune", help="join a pipeline's shared Optuna study as a worker")
     tun.add_argument("--pipeline", required=True, help="a pipeline name (see `study pipelines`)")
@@ -178,7 +181,7 @@ def _compare(args) -> int:
     from study import compare, leaderboard, tracking
 
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
-                             args.workers)
+                             args.workers, args.parallel)
     print()
     print(f"Leaderboard (compare run {result.run_id}, {args.profile} profile, "
           f"{result.seconds / 60:.1f} min)")

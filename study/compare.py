@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -71,7 +73,7 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
         evaluation=evaluation, val_accuracy=val_accuracy, predict_seconds=predict_seconds,
         n_params=training.count_params(fit.model, fit.kind),
         model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
-        data_digest=data_digest,
+        data_digest=data_digest, parent_run_id=parent_run_id,
     )
     log(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} test_macro_f1={evaluation.macro_f1:.4f} "
         f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s"
@@ -79,7 +81,132 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
     return run_id
 
 
-def reduction_figures(specs, splits: data.Splits, seed: int) -> None:
+@dataclass
+class Outcome:
+    """What became of one pipeline: its final run, or the one-line reason it failed."""
+
+    pipeline: str
+    run_id: str | None = None
+    failure: str | None = None
+    trace: str = ""
+
+
+def attempt(spec, profile: str, splits: data.Splits, seed: int, tuner: Tuner, parent_run_id: str,
+            data_digest: str) -> Outcome:
+    """run_pipeline, with a failure caught: one broken pipeline must not cost the others."""
+    started = time.perf_counter()
+    try:
+        run_id = run_pipeline(spec, profile, splits, seed, tuner, parent_run_id, data_digest)
+    except Exception as exc:
+        return Outcome(spec.name, failure=f"{type(exc).__name__}: {first_line(exc)}",
+                       trace=traceback.format_exc())
+    tracking.log_metric(run_id, "pipeline_seconds", time.perf_counter() - started)
+    return Outcome(spec.name, run_id)
+
+
+@dataclass
+class Job:
+    """What a pipeline worker process needs to work for one compare run."""
+
+    profile: str
+    seed: int
+    data_dir: str | None
+    storage_url: str
+    workers: int
+    parent_run_id: str
+    data_digest: str
+
+
+_worker: dict[str, Any] = {}  # per pipeline worker process: its job, data and storage
+
+
+def _start_worker(job: Job) -> None:
+    """Initializer of a pipeline worker: the same data, splits and stores as its compare."""
+    tuning.exit_with_parent()
+    tracking.configure()
+    dataset = data.load(job.data_dir)
+    splits = data.make_splits(dataset, config.PROFILES[job.profile])
+    if data.fingerprint(splits) != job.data_digest:  # cannot happen unless the files changed
+        raise RuntimeError("the data files changed while the compare was running")
+    _worker.update(job=job, splits=splits,
+                   tuner=Tuner(job.storage_url, tuning.open_storage(job.storage_url),
+                               job.workers, job.data_dir))
+
+
+def _work(name: str, label: str) -> Outcome:
+    """One pipeline in a worker process; its final run is a child of the compare run."""
+    job, spec = _worker["job"], pipelines.load(name)
+    log(f"=== {label}: {spec.name} ({spec.description or spec.model}) in process {os.getpid()}")
+    return attempt(spec, job.profile, _worker["splits"], job.seed, _worker["tuner"],
+                   job.parent_run_id, job.data_digest)
+
+
+def _figures(names: list[str]) -> Outcome:
+    job = _worker["job"]
+    try:
+        reduction_figures(pipelines.resolve(names), _worker["splits"], job.seed,
+                          job.parent_run_id)
+    except Exception as exc:
+        return Outcome("figures", failure=f"{type(exc).__name__}: {first_line(exc)}",
+                       trace=traceback.format_exc())
+    return Outcome("figures")
+
+
+@contextmanager
+def _child_environment(threads: int) -> Iterator[None]:
+    """Environment the pool's processes start with: their share of the cores, this store,
+    and no MLFLOW_RUN_ID (a worker must not resume the project run)."""
+    changes = {**config.thread_env(threads), "MLFLOW_TRACKING_URI": config.tracking_uri()}
+    saved = {k: os.environ.get(k) for k in [*changes, "MLFLOW_RUN_ID"]}
+    os.environ.update(changes)
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def side_by_side(todo: list[tuple[str, Any]], job: Job, parallel: int,
+                 figures: list[str]) -> Iterator[Outcome]:
+    """Run the pipelines `parallel` at a time in worker processes, each with its share of the
+    cores, yielding outcomes as they finish. Worth it where libraries use one core (libsvm,
+    lbfgs, seeded UMAP): two of them side by side use the machine that one leaves idle."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    n = min(parallel, len(todo) + bool(figures))
+    threads = max(1, config.threads() // n)
+    log(f"{len(todo)} pipeline(s) in {n} worker processes, {threads} thread(s) each")
+    pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_start_worker, initargs=(job,))
+    try:
+        with _child_environment(threads):  # the pool starts its processes on submit
+            futures = {pool.submit(_work, spec.name, label): spec.name for label, spec in todo}
+            if figures:
+                futures[pool.submit(_figures, figures)] = "figures"
+        for done, future in enumerate(as_completed(futures), start=1):
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:  # a worker died (killed, out of memory)
+                outcome = Outcome(futures[future], failure="its worker process died (killed or "
+                                  "out of memory?); rerun the same command to resume")
+            log(f"--- {done}/{len(futures)} done: {outcome.pipeline}"
+                f"{' FAILED' if outcome.failure else ''}")
+            yield outcome
+    except BaseException:  # interrupted: stop the workers now, not after their pipeline
+        for process in list((pool._processes or {}).values()):
+            process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def reduction_figures(specs, splits: data.Splits, seed: int, run_id: str) -> None:
     """PCA variance curve and 2-D maps of the test set, when any pipeline reduces features."""
     reducers = {spec.reducer for spec in specs} - {"none"}
     if not reducers:
@@ -90,6 +217,7 @@ def reduction_figures(specs, splits: data.Splits, seed: int) -> None:
     from study import projections
 
     log(f"figures: dimensionality reduction ({', '.join(sorted(reducers))})")
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         needed = projections.explained_variance(splits.x_train, tmp / "pca_explained_variance.png")
@@ -97,8 +225,30 @@ def reduction_figures(specs, splits: data.Splits, seed: int) -> None:
         if "umap" in reducers:
             projections.umap_map(splits.x_train, splits.y_train, splits.x_test, splits.y_test,
                                  seed, tmp / "umap_map.png")
-        tracking.log_artifacts(tmp, "reduction")
-        tracking.log_metrics(needed)
+        tracking.log_artifacts(tmp, "reduction", run_id=run_id)
+        tracking.log_metrics({**needed, "figures_seconds": time.perf_counter() - start},
+                             run_id=run_id)
+
+
+def _in_process_figures(specs, splits, seed: int, run_id: str) -> Iterator[Outcome]:
+    try:
+        reduction_figures(specs, splits, seed, run_id)
+    except Exception as exc:
+        yield Outcome("figures", failure=f"{type(exc).__name__}: {first_line(exc)}",
+                      trace=traceback.format_exc())
+
+
+def _record(outcomes, specs, profile: str) -> Iterator[Outcome]:
+    """Say how each pipeline ended and keep a failure's traceback in a FAILED child run."""
+    by_name = {spec.name: spec for spec in specs}
+    for outcome in outcomes:
+        if outcome.failure:
+            if outcome.pipeline in by_name:
+                tracking.log_failure(by_name[outcome.pipeline], profile, outcome.trace)
+            else:
+                tracking.log_text(outcome.trace, f"{outcome.pipeline}_traceback.txt")
+            log(f"[{outcome.pipeline}] FAILED ({outcome.failure}); continuing with the others")
+        yield outcome
 
 
 def _redact(url: str) -> str:
@@ -110,7 +260,7 @@ def _redact(url: str) -> str:
 
 def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = "all",
             seed: int = config.SEED, data_dir: str | None = None,
-            storage: str | None = None, workers: int = 1) -> CompareResult:
+            storage: str | None = None, workers: int = 1, parallel: int = 1) -> CompareResult:
     """Run every selected pipeline and return the ranked leaderboard of this invocation.
 
     Rerunning after an interruption resumes: studies continue from their stored trials and
@@ -119,6 +269,8 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
         raise ConfigError(f"unknown profile {profile!r}; valid: {', '.join(config.PROFILES)}")
     if workers < 1:
         raise ConfigError(f"workers must be a whole number >= 1, got {workers}")
+    if parallel < 1:
+        raise ConfigError(f"parallel must be a whole number >= 1, got {parallel}")
     specs = pipelines.resolve(pipeline_names)  # validate everything before any work starts
     start = time.perf_counter()
     dataset = data.load(data_dir)  # bad data stops us before any store is touched
@@ -134,30 +286,34 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
         f"test {len(splits.y_test)} ({profile} profile)")
     with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
         tracking.log_metrics({"data_seconds": data_seconds})
-        tracking.log_params({"workers": workers, "optuna_storage": _redact(storage_url)})
+        tracking.log_params({"workers": workers, "parallel": parallel,
+                             "optuna_storage": _redact(storage_url)})
         data_digest = data.fingerprint(splits)
         reused = tracking.adopt_finished(parent_id, profile, seed, data_digest,
                                          {s.name: s.digest for s in specs})
-        failures: dict[str, str] = {}
+        todo = []
         for i, spec in enumerate(specs, start=1):
+            label = f"pipeline {i}/{len(specs)}"
             if spec.name in reused:
-                log(f"=== pipeline {i}/{len(specs)}: {spec.name}: reusing run {reused[spec.name]} "
-                    "of the interrupted compare (same definition, data and profile)")
-                continue
-            log(f"=== pipeline {i}/{len(specs)}: {spec.name} ({spec.description or spec.model})")
-            started = time.perf_counter()
-            try:
-                run_id = run_pipeline(spec, profile, splits, seed, tuner, parent_id, data_digest)
-            except Exception as exc:  # one broken pipeline must not cost the others' results
-                reason = f"{type(exc).__name__}: {first_line(exc)}"
-                failures[spec.name] = reason
-                tracking.log_failure(spec, profile, traceback.format_exc())
-                log(f"[{spec.name}] FAILED ({reason}); continuing with the other pipelines")
-                continue
-            tracking.log_metric(run_id, "pipeline_seconds", time.perf_counter() - started)
+                log(f"=== {label}: {spec.name}: reusing run {reused[spec.name]} of the "
+                    "interrupted compare (same definition, data and profile)")
+            else:
+                todo.append((label, spec))
+        figures = [s.name for s in specs if s.reducer != "none"]
         started = time.perf_counter()
-        reduction_figures(specs, splits, seed)
-        tracking.log_metrics({"figures_seconds": time.perf_counter() - started,
+        if parallel > 1 and todo:
+            job = Job(profile, seed, data_dir, storage_url, workers, parent_id, data_digest)
+            outcomes = list(_record(side_by_side(todo, job, parallel, figures), specs, profile))
+        else:
+            outcomes = []
+            for label, spec in todo:
+                log(f"=== {label}: {spec.name} ({spec.description or spec.model})")
+                outcomes += _record([attempt(spec, profile, splits, seed, tuner, parent_id,
+                                             data_digest)], specs, profile)
+            outcomes += _record(_in_process_figures(specs, splits, seed, parent_id), specs,
+                                profile)
+        failures = {o.pipeline: o.failure for o in outcomes if o.failure}
+        tracking.log_metrics({"pipelines_seconds": time.perf_counter() - started,
                               "compare_seconds": time.perf_counter() - start})
         if failures:
             tracking.log_text("".join(f"{k}: {v}\n" for k, v in failures.items()), "failures.txt")

@@ -220,8 +220,9 @@ def pip_requirements(kind: str, reducer: str) -> list[str]:
 
 def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fit, evaluation,
               val_accuracy: float, predict_seconds: float, n_params: int, model_bytes: int,
-              x_example: np.ndarray, data_digest: str = "") -> str:
-    """The pipeline's final model as a child of the active compare run; returns its run id."""
+              x_example: np.ndarray, data_digest: str = "", parent_run_id: str | None = None) -> str:
+    """The pipeline's final model as a child of the compare run (the active one, or
+    parent_run_id from a pipeline worker process); returns its run id."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -231,7 +232,10 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
             "model": spec.model, "kind": fit.kind, "profile": profile,
             "optuna_study": tune.study_name, "pipeline_digest": spec.digest,
             "data_digest": data_digest}
-    with mlflow.start_run(run_name=spec.name, nested=True, tags=tags) as run:
+    experiment_id = (mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+                     if parent_run_id else None)
+    with mlflow.start_run(run_name=spec.name, nested=True, parent_run_id=parent_run_id,
+                          experiment_id=experiment_id, tags=tags) as run:
         mlflow.log_params({"pipeline": spec.name, "reducer": spec.reducer, "model": spec.model,
                            "profile": profile, "seed": seed,
                            **{k: _param_str(v) for k, v in params.items()},
@@ -597,12 +601,6 @@ def metric_history(run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
-def log_artifacts_to(run_id: str, folder, artifact_path: str) -> None:
-    import mlflow
-
-    mlflow.MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
-
-
 def set_tags(run_id: str, tags: dict[str, str]) -> None:
     import mlflow
 
@@ -633,18 +631,28 @@ def log_params(params: dict[str, Any]) -> None:
     mlflow.log_params({k: _param_str(v) for k, v in params.items() if k not in given})
 
 
-def log_metrics(metrics: dict[str, float]) -> None:
-    """On the active (compare) run."""
+def log_metrics(metrics: dict[str, float], run_id: str | None = None) -> None:
+    """On the given run, else on the active (compare) run."""
     import mlflow
 
-    mlflow.log_metrics(metrics)
+    if run_id is None:
+        mlflow.log_metrics(metrics)
+        return
+    from mlflow.entities import Metric
+
+    now = _now_ms()
+    mlflow.MlflowClient().log_batch(
+        run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
 
 
-def log_artifacts(folder, artifact_path: str) -> None:
-    """A folder's files into the active (compare) run."""
+def log_artifacts(folder, artifact_path: str, run_id: str | None = None) -> None:
+    """A folder's files into the given run, else into the active (compare) run."""
     import mlflow
 
-    mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+    if run_id is None:
+        mlflow.log_artifacts(str(folder), artifact_path=artifact_path)
+    else:
+        mlflow.MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
 
 
 def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:

@@ -173,6 +173,7 @@ def test_report_renders_in_headless_chromium(smoke_compare, tmp_path):
     (["compare", "--storage", "postgresql://x@127.0.0.1:1/db"], "cannot open Optuna storage"),
     (["compare", "--workers", "0"], "workers must be a whole number >= 1, got '0'"),
     (["compare", "--workers", "1.5"], "workers must be a whole number >= 1, got '1.5'"),
+    (["compare", "--parallel", "0"], "parallel must be a whole number >= 1, got '0'"),
     (["compare", "--data-dir", "/nonexistent"], "/nonexistent"),
     (["tune", "--pipeline", "logreg", "--n-trials", "0"], "n_trials must be a whole number >= 1"),
     (["tune", "--pipeline", "logreg", "--n-trials", "-3"], "n_trials must be a whole number >= 1"),

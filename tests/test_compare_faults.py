@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 
 import mlflow
+import pytest
 
 from study import cli, config
 
 
-def test_failing_pipeline_is_isolated(tmp_path, tracking_store, monkeypatch, capsys):
+@pytest.mark.parametrize("parallel", ["1", "2"])
+def test_failing_pipeline_is_isolated(parallel, tmp_path, tracking_store, monkeypatch, capsys):
     folder = tmp_path / "pipelines"
     folder.mkdir()
     shutil.copy(config.PIPELINES_DIR / "logreg.yaml", folder / "logreg.yaml")
@@ -18,7 +20,8 @@ def test_failing_pipeline_is_isolated(tmp_path, tracking_store, monkeypatch, cap
     (folder / "broken.yaml").write_text(broken)
     monkeypatch.setenv(config.PIPELINES_ENV, str(folder))
 
-    code = cli.main(["compare", "--profile", "smoke"])
+    # with --parallel 2 the failure happens in a pipeline worker process
+    code = cli.main(["compare", "--profile", "smoke", "--parallel", parallel])
     out = capsys.readouterr().out
     assert code == 1  # finished, but not everything succeeded
     assert "1 pipeline(s) failed" in out and "broken:" in out

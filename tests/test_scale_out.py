@@ -4,6 +4,7 @@ PostgreSQL), a real `mlflow server` backed by PostgreSQL, and a compare killed a
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -238,18 +239,28 @@ def test_sigkilled_compare_resumes_without_retraining(tmp_path):
         spec.budget("smoke").n_trials
 
 
-def test_ctrl_c_marks_the_compare_killed_and_the_rerun_reuses_its_work(tmp_path):
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_ctrl_c_marks_the_compare_killed_and_the_rerun_reuses_its_work(parallel, tmp_path):
     env = study_env(tmp_path)
-    command = study_cmd("compare", "--profile", "smoke", "--pipelines", "dummy,logreg,cnn_seed1")
+    command = study_cmd("compare", "--profile", "smoke", "--pipelines", "dummy,logreg,cnn_seed1",
+                        "--parallel", str(parallel))
     first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
+    # interrupt while cnn_seed1 trains and the other two are done
+    stop_at = "=== pipeline 3/3" if parallel == 1 else "--- 2/3 done"
+    seen = []
     for line in first.stderr:
-        if line.startswith("=== pipeline 3/3"):
+        seen.append(line)
+        if line.startswith(stop_at):
             first.send_signal(signal.SIGINT)
             break
     rest = first.stderr.read()
     assert first.wait(timeout=120) == 130, rest[-2000:]
     assert "interrupted" in rest
+    workers = {int(m) for m in re.findall(r" in process (\d+)$", "".join(seen), re.M)}
+    assert len(workers) == (0 if parallel == 1 else 2)
+    time.sleep(2)  # the compare killed its pipeline workers on the way out
+    assert [pid for pid in workers if os.path.exists(f"/proc/{pid}")] == []
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
@@ -263,9 +274,47 @@ def test_ctrl_c_marks_the_compare_killed_and_the_rerun_reuses_its_work(tmp_path)
                            timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "marked KILLED" not in again.stderr  # nothing stale this time
+    assert "cnn_seed1 (" in again.stderr and "dummy (" not in again.stderr
     parent = next(r for r in client.search_runs([exp.experiment_id], "tags.role = 'compare'")
                   if r.info.run_id != stopped.info.run_id)
     rows = {r.data.tags["pipeline"]: r.info.run_id for r in client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
     assert sorted(rows) == ["cnn_seed1", "dummy", "logreg"]
     assert {k: rows[k] for k in done} == done
+
+
+def test_pipelines_side_by_side_match_one_at_a_time(tmp_path):
+    """--parallel 2 runs the pipelines in two worker processes, one core each; the models they
+    choose and fit, and the figures, are those of a compare that runs them one at a time."""
+    results, workers = {}, {}
+    for parallel in (1, 2):
+        folder = tmp_path / f"parallel{parallel}"
+        folder.mkdir()
+        env = study_env(folder)
+        proc = subprocess.run(study_cmd("compare", "--profile", "smoke", "--pipelines",
+                                        "dummy,logreg,pca_svm,knn", "--parallel", str(parallel)),
+                              cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+        (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+        assert parent.info.status == "FINISHED" and parent.data.params["parallel"] == str(parallel)
+        finals = client.search_runs([exp.experiment_id], "tags.role = 'final' and "
+                                    f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        results[parallel] = {
+            r.data.tags["pipeline"]: (r.data.metrics["test_accuracy"],
+                                      {k: v for k, v in r.data.params.items()
+                                       if k.startswith("best.")}) for r in finals}
+        assert all(r.data.tags.get("rank") for r in finals)
+        tuning_exp = client.get_experiment_by_name(config.EXPERIMENT_NAME + config.TUNING_SUFFIX)
+        workers[parallel] = {r.data.tags["pid"] for r in client.search_runs(
+            [tuning_exp.experiment_id], "tags.role = 'tuning'")} - {parent.data.tags["pid"]}
+        figures = {f.path for f in client.list_artifacts(parent.info.run_id, "reduction")}
+        assert {"reduction/pca_map.png", "reduction/pca_explained_variance.png"} <= figures
+        assert len(list((folder / "r").glob("*-smoke/leaderboard.csv"))) == 1
+    assert workers[1] == set() and len(workers[2]) == 2  # in-process vs two pipeline workers
+    assert sorted(results[1]) == sorted(results[2]) == ["dummy", "knn", "logreg", "pca_svm"]
+    for name, (accuracy, best) in results[1].items():
+        assert results[2][name][1] == best, name  # the same trials chose the same parameters
+        # one thread instead of two may reorder float sums, not change the model
+        assert abs(results[2][name][0] - accuracy) <= 0.002, name
