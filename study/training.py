@@ -29,7 +29,7 @@ from study.models.reducers import build_reducer
 from study.pipelines import PipelineSpec
 
 # Settings consumed by the Keras training loop; everything else goes to the builder.
-KERAS_FIT_KEYS = {"epochs", "batch_size", "patience"}
+KERAS_FIT_KEYS = {"epochs", "batch_size", "patience", "max_seconds"}
 REDUCER_PREFIX = "reduce__"
 
 
@@ -162,6 +162,26 @@ def _progress_callback(prefix: str, epochs: int):
     return Progress()
 
 
+def _time_limit_callback(max_seconds: float, stopped_after: list[int]):
+    import keras
+
+    class TimeLimit(keras.callbacks.Callback):
+        """Stops before an epoch that would end past max_seconds (costing what the last one
+        did), so a profile's budget holds in minutes on slow and fast CPUs alike."""
+
+        def on_train_begin(self, logs=None):
+            self.start = self.last = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            if now - self.start + (now - self.last) > max_seconds:
+                self.model.stop_training = True
+                stopped_after.append(epoch + 1)
+            self.last = now
+
+    return TimeLimit()
+
+
 def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val, y_val,
               seed: int, callbacks: Sequence[Any] = (), progress: str | None = None) -> FitResult:
     import keras
@@ -191,6 +211,9 @@ def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_va
     stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                             restore_best_weights=True)
     cbs = [stopper, *callbacks]
+    stopped_after: list[int] = []
+    if fit_kw.get("max_seconds"):
+        cbs.append(_time_limit_callback(float(fit_kw["max_seconds"]), stopped_after))
     if progress:
         cbs.append(_progress_callback(progress, epochs))
     start = time.perf_counter()
@@ -202,6 +225,9 @@ def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_va
     if stopper.best_weights is not None:  # also when training ran all epochs without stopping
         model.set_weights(stopper.best_weights)
     result = FitResult(model, "keras", seconds, history, best_epoch)
+    if stopped_after and stopped_after[0] < epochs:
+        result.notes.append(f"time limit: stopped after {stopped_after[0]} of {epochs} epochs "
+                            f"(max_seconds {float(fit_kw['max_seconds']):g})")
     result.info.update(precision=precision, precision_reason=why,
                        images_per_second=len(x_train) * len(history["loss"]) / seconds)
     return result

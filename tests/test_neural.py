@@ -31,6 +31,21 @@ def test_final_weights_are_the_best_validation_epochs(tiny):
     assert result.info["precision"] in ("float32", "mixed_bfloat16")
 
 
+def test_time_limit_stops_before_the_epoch_that_would_overrun(tiny):
+    """max_seconds bounds a final fit: the epochs run fit in it, the best of them is kept."""
+    spec = pipelines.load("mlp_seed")
+    base = {**tuning.final_params(spec, "smoke", {}), "epochs": 500, "patience": 500}
+    free = training.fit(spec, {**base, "epochs": 3}, tiny.x_train, tiny.y_train, tiny.x_val,
+                        tiny.y_val, seed=3)
+    limit = 2 * free.fit_seconds  # room for the 3 epochs (their first traces the graph) and more
+    limited = training.fit(spec, {**base, "max_seconds": limit}, tiny.x_train, tiny.y_train,
+                           tiny.x_val, tiny.y_val, seed=3)
+    ran = len(limited.history["loss"])
+    assert 3 <= ran < 500 and limited.fit_seconds < 1.5 * limit
+    assert f"time limit: stopped after {ran} of 500 epochs" in "; ".join(limited.notes)
+    assert limited.best_epoch == int(np.argmax(limited.history["val_accuracy"])) + 1
+
+
 def test_pruning_callback_stops_a_weak_trial():
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=1,
