@@ -75,13 +75,17 @@ def main() -> int:
     if not args.skip_overhead:
         spec = pipelines.load("cnn_seed1")
         params = {**spec.params, **spec.fit}
+        # the bare fit runs at the precision the study path resolves to, or the comparison
+        # would measure bf16 against float32 instead of the study's overhead
+        precision = training.resolve_precision(params.get("precision", "float32"))[0]
         runs = []
         for _ in range(2):  # alternate, so neither side gets a systematically warmer machine
             runs.append((study_fit(spec, params, x, y, xv, yv, args.epochs),
-                         bare_fit(spec, params, x, y, xv, yv, args.epochs)))
+                         bare_fit(spec, params, x, y, xv, yv, args.epochs, precision)))
         s = float(np.median([r[0] for r in runs]))
         b = float(np.median([r[1] for r in runs]))
-        print(f"\ncnn_seed1, {len(x)} rows, {args.epochs} epochs, validation on {len(xv)} each epoch")
+        print(f"\ncnn_seed1 ({precision}), {len(x)} rows, {args.epochs} epochs, validation on "
+              f"{len(xv)} each epoch")
         print(f"  study path : {s:8.0f} images/s   ({[round(r[0]) for r in runs]})")
         print(f"  bare fit   : {b:8.0f} images/s   ({[round(r[1]) for r in runs]})")
         print(f"  overhead   : {100 * (1 - s / b):+.1f}% (goal <= 10%)", flush=True)
