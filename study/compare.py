@@ -98,10 +98,24 @@ def attempt(spec, profile: str, splits: data.Splits, seed: int, tuner: Tuner, pa
     try:
         run_id = run_pipeline(spec, profile, splits, seed, tuner, parent_run_id, data_digest)
     except Exception as exc:
-        return Outcome(spec.name, failure=f"{type(exc).__name__}: {first_line(exc)}",
-                       trace=traceback.format_exc())
+        return _failed(spec.name, exc)
     tracking.log_metric(run_id, "pipeline_seconds", time.perf_counter() - started)
     return Outcome(spec.name, run_id)
+
+
+def _failed(name: str, exc: Exception) -> Outcome:
+    """Call inside the except block: the traceback is the one being handled."""
+    return Outcome(name, failure=f"{type(exc).__name__}: {first_line(exc)}",
+                   trace=traceback.format_exc())
+
+
+def figures(specs, splits: data.Splits, seed: int, run_id: str) -> Outcome:
+    """reduction_figures, with a failure caught like a pipeline's."""
+    try:
+        reduction_figures(specs, splits, seed, run_id)
+    except Exception as exc:
+        return _failed("figures", exc)
+    return Outcome("figures")
 
 
 @dataclass
@@ -143,35 +157,24 @@ def _work(name: str, label: str) -> Outcome:
 
 def _figures(names: list[str]) -> Outcome:
     job = _worker["job"]
-    try:
-        reduction_figures(pipelines.resolve(names), _worker["splits"], job.seed,
-                          job.parent_run_id)
-    except Exception as exc:
-        return Outcome("figures", failure=f"{type(exc).__name__}: {first_line(exc)}",
-                       trace=traceback.format_exc())
-    return Outcome("figures")
+    return figures(pipelines.resolve(names), _worker["splits"], job.seed, job.parent_run_id)
 
 
 @contextmanager
 def _child_environment(threads: int) -> Iterator[None]:
-    """Environment the pool's processes start with: their share of the cores, this store,
-    and no MLFLOW_RUN_ID (a worker must not resume the project run)."""
-    changes = {**config.thread_env(threads), "MLFLOW_TRACKING_URI": config.tracking_uri()}
-    saved = {k: os.environ.get(k) for k in [*changes, "MLFLOW_RUN_ID"]}
-    os.environ.update(changes)
-    os.environ.pop("MLFLOW_RUN_ID", None)
+    """os.environ as the pool's processes must start with, while they are started."""
+    saved, env = dict(os.environ), config.worker_env(threads)
+    os.environ.clear()
+    os.environ.update(env)
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def side_by_side(todo: list[tuple[str, Any]], job: Job, parallel: int,
-                 figures: list[str]) -> Iterator[Outcome]:
+                 reduced: list[str]) -> Iterator[Outcome]:
     """Run the pipelines `parallel` at a time in worker processes, each with its share of the
     cores, yielding outcomes as they finish. Worth it where libraries use one core (libsvm,
     lbfgs, seeded UMAP): two of them side by side use the machine that one leaves idle."""
@@ -179,7 +182,7 @@ def side_by_side(todo: list[tuple[str, Any]], job: Job, parallel: int,
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    n = min(parallel, len(todo) + bool(figures))
+    n = min(parallel, len(todo) + bool(reduced))
     threads = max(1, config.threads() // n)
     log(f"{len(todo)} pipeline(s) in {n} worker processes, {threads} thread(s) each")
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
@@ -187,14 +190,16 @@ def side_by_side(todo: list[tuple[str, Any]], job: Job, parallel: int,
     try:
         with _child_environment(threads):  # the pool starts its processes on submit
             futures = {pool.submit(_work, spec.name, label): spec.name for label, spec in todo}
-            if figures:
-                futures[pool.submit(_figures, figures)] = "figures"
+            if reduced:  # the figures of the reduced pipelines are one more task
+                futures[pool.submit(_figures, reduced)] = "figures"
         for done, future in enumerate(as_completed(futures), start=1):
             try:
                 outcome = future.result()
             except BrokenProcessPool:  # a worker died (killed, out of memory)
                 outcome = Outcome(futures[future], failure="its worker process died (killed or "
                                   "out of memory?); rerun the same command to resume")
+            except Exception as exc:  # raised outside the pipeline's own guard (loading it)
+                outcome = _failed(futures[future], exc)
             log(f"--- {done}/{len(futures)} done: {outcome.pipeline}"
                 f"{' FAILED' if outcome.failure else ''}")
             yield outcome
@@ -228,14 +233,6 @@ def reduction_figures(specs, splits: data.Splits, seed: int, run_id: str) -> Non
         tracking.log_artifacts(tmp, "reduction", run_id=run_id)
         tracking.log_metrics({**needed, "figures_seconds": time.perf_counter() - start},
                              run_id=run_id)
-
-
-def _in_process_figures(specs, splits, seed: int, run_id: str) -> Iterator[Outcome]:
-    try:
-        reduction_figures(specs, splits, seed, run_id)
-    except Exception as exc:
-        yield Outcome("figures", failure=f"{type(exc).__name__}: {first_line(exc)}",
-                      trace=traceback.format_exc())
 
 
 def _record(outcomes, specs, profile: str) -> Iterator[Outcome]:
@@ -299,19 +296,18 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
                     "interrupted compare (same definition, data and profile)")
             else:
                 todo.append((label, spec))
-        figures = [s.name for s in specs if s.reducer != "none"]
+        reduced = [s.name for s in specs if s.reducer != "none"]  # they get figures
         started = time.perf_counter()
         if parallel > 1 and todo:
             job = Job(profile, seed, data_dir, storage_url, workers, parent_id, data_digest)
-            outcomes = list(_record(side_by_side(todo, job, parallel, figures), specs, profile))
+            outcomes = list(_record(side_by_side(todo, job, parallel, reduced), specs, profile))
         else:
             outcomes = []
             for label, spec in todo:
                 log(f"=== {label}: {spec.name} ({spec.description or spec.model})")
                 outcomes += _record([attempt(spec, profile, splits, seed, tuner, parent_id,
                                              data_digest)], specs, profile)
-            outcomes += _record(_in_process_figures(specs, splits, seed, parent_id), specs,
-                                profile)
+            outcomes += _record([figures(specs, splits, seed, parent_id)], specs, profile)
         failures = {o.pipeline: o.failure for o in outcomes if o.failure}
         tracking.log_metrics({"pipelines_seconds": time.perf_counter() - started,
                               "compare_seconds": time.perf_counter() - start})

@@ -100,6 +100,13 @@ def thread_env(n: int) -> dict[str, str]:
             "MKL_NUM_THREADS": str(n), "LOKY_MAX_CPU_COUNT": str(n)}
 
 
+def worker_env(threads: int) -> dict[str, str]:
+    """This process's environment for a worker it starts: its share of the cores, this
+    tracking store, and no MLFLOW_RUN_ID (a worker must not resume the project run)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    return {**env, **thread_env(threads), "MLFLOW_TRACKING_URI": tracking_uri()}
+
+
 def default_optuna_journal() -> Path:
     """Journal file storage: safe for several processes on one machine, no server needed."""
     return Path(os.environ.get("OPTUNA_JOURNAL", Path.cwd() / "optuna.journal"))

@@ -374,9 +374,7 @@ def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, wor
     n_workers = min(workers, queued)
     _say(f"[{spec.name}] {queued} trials queued for {n_workers} workers")
     threads = max(1, config.threads() // n_workers)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    env.update(config.thread_env(threads))
-    env["MLFLOW_TRACKING_URI"] = config.tracking_uri()
+    env = config.worker_env(threads)
     timeout = timeout or spec.budget(profile).timeout
     start = time.perf_counter()
     procs = [subprocess.Popen(

@@ -31,19 +31,31 @@ def test_final_weights_are_the_best_validation_epochs(tiny):
     assert result.info["precision"] in ("float32", "mixed_bfloat16")
 
 
-def test_time_limit_stops_before_the_epoch_that_would_overrun(tiny):
-    """max_seconds bounds a final fit: the epochs run fit in it, the best of them is kept."""
+def test_time_limit_stops_before_the_epoch_that_would_overrun(monkeypatch):
+    """The next epoch is costed at what the last one took: stop when it would end past the limit."""
+    import types
+
+    clock = iter([0.0, 3.0, 5.0, 8.0])  # train begins; epochs end after 3 s, 2 s and 3 s more
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    stopped: list[int] = []
+    callback = training._time_limit_callback(10.0, stopped)
+    model = types.SimpleNamespace(stop_training=False)
+    callback.set_model(model)
+    callback.on_train_begin()
+    for epoch in range(3):
+        callback.on_epoch_end(epoch)
+        # 3 + 3 <= 10 and 5 + 2 <= 10 go on; 8 + 3 > 10 stops after the third epoch
+        assert model.stop_training == (epoch == 2)
+    assert stopped == [3]
+
+
+def test_fit_with_a_time_limit_keeps_its_best_epoch_and_says_why(tiny):
     spec = pipelines.load("mlp_seed")
-    base = {**tuning.final_params(spec, "smoke", {}), "epochs": 500, "patience": 500}
-    free = training.fit(spec, {**base, "epochs": 3}, tiny.x_train, tiny.y_train, tiny.x_val,
-                        tiny.y_val, seed=3)
-    limit = 2 * free.fit_seconds  # room for the 3 epochs (their first traces the graph) and more
-    limited = training.fit(spec, {**base, "max_seconds": limit}, tiny.x_train, tiny.y_train,
-                           tiny.x_val, tiny.y_val, seed=3)
-    ran = len(limited.history["loss"])
-    assert 3 <= ran < 500 and limited.fit_seconds < 1.5 * limit
-    assert f"time limit: stopped after {ran} of 500 epochs" in "; ".join(limited.notes)
-    assert limited.best_epoch == int(np.argmax(limited.history["val_accuracy"])) + 1
+    params = {**tuning.final_params(spec, "smoke", {}), "epochs": 500, "patience": 500,
+              "max_seconds": 1e-3}  # shorter than any epoch: the first one is the last
+    result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=3)
+    assert len(result.history["loss"]) == 1 and result.best_epoch == 1
+    assert "time limit: stopped after 1 of 500 epochs (max_seconds 0.001)" in result.notes
 
 
 def test_pruning_callback_stops_a_weak_trial():
