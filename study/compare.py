@@ -298,16 +298,19 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
                 todo.append((label, spec))
         reduced = [s.name for s in specs if s.reducer != "none"]  # they get figures
         started = time.perf_counter()
-        if parallel > 1 and todo:
-            job = Job(profile, seed, data_dir, storage_url, workers, parent_id, data_digest)
-            outcomes = list(_record(side_by_side(todo, job, parallel, reduced), specs, profile))
-        else:
-            outcomes = []
+
+        def one_at_a_time() -> Iterator[Outcome]:
             for label, spec in todo:
                 log(f"=== {label}: {spec.name} ({spec.description or spec.model})")
-                outcomes += _record([attempt(spec, profile, splits, seed, tuner, parent_id,
-                                             data_digest)], specs, profile)
-            outcomes += _record([figures(specs, splits, seed, parent_id)], specs, profile)
+                yield attempt(spec, profile, splits, seed, tuner, parent_id, data_digest)
+            yield figures(specs, splits, seed, parent_id)
+
+        if parallel > 1 and todo:
+            job = Job(profile, seed, data_dir, storage_url, workers, parent_id, data_digest)
+            runner = side_by_side(todo, job, parallel, reduced)
+        else:
+            runner = one_at_a_time()
+        outcomes = list(_record(runner, specs, profile))
         failures = {o.pipeline: o.failure for o in outcomes if o.failure}
         tracking.log_metrics({"pipelines_seconds": time.perf_counter() - started,
                               "compare_seconds": time.perf_counter() - start})
