@@ -61,7 +61,11 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
     log(f"[{spec.name}] final fit on {len(splits.y_train)} rows with {tuned.best_params or 'fixed parameters'}")
     fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
                        seed, progress=f"[{spec.name}] final", cache=False)
-    val_accuracy = float(np.mean(fit.predict_proba(splits.x_val).argmax(axis=1) == splits.y_val))
+    if spec.tta == "mirror":
+        val_proba = training.choose_mirror_tta(fit, splits.x_val, splits.y_val)
+    else:
+        val_proba = fit.predict_proba(splits.x_val)
+    val_accuracy = training.accuracy(val_proba, splits.y_val)
     start = time.perf_counter()
     proba = fit.predict_proba(splits.x_test)  # the one and only look at the test set
     predict_seconds = time.perf_counter() - start
@@ -70,7 +74,8 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
     evaluation = evaluate(splits.y_test, proba)
     run_id = tracking.log_final(
         spec=spec, profile=profile, seed=seed, params=params, tune=tuned, fit=fit,
-        evaluation=evaluation, val_accuracy=val_accuracy, predict_seconds=predict_seconds,
+        evaluation=evaluation, val_accuracy=val_accuracy, val_proba=val_proba,
+        predict_seconds=predict_seconds,
         n_params=training.count_params(fit.model, fit.kind),
         model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
         data_digest=data_digest, parent_run_id=parent_run_id,
@@ -235,6 +240,23 @@ def reduction_figures(specs, splits: data.Splits, seed: int, run_id: str) -> Non
                              run_id=run_id)
 
 
+def build_ensemble(parent_id: str, profile: str, splits: data.Splits, data_digest: str) -> Outcome:
+    """The ensemble stage, after the pipelines and before ranking, with its failure caught:
+    the models themselves are logged already and keep their places."""
+    from study import ensemble_stage
+
+    started = time.perf_counter()
+    log("=== ensemble: weights chosen on the final models' validation probabilities")
+    try:
+        result = ensemble_stage.run(parent_id, profile, splits.y_val, splits.y_test,
+                                    splits.x_test, data_digest, log=log)
+    except Exception as exc:
+        return _failed(ensemble_stage.NAME, exc)
+    log(result.message)
+    tracking.log_metrics({"ensemble_seconds": time.perf_counter() - started}, run_id=parent_id)
+    return Outcome(ensemble_stage.NAME, result.run_id)
+
+
 def _record(outcomes, specs, profile: str) -> Iterator[Outcome]:
     """Say how each pipeline ended and keep a failure's traceback in a FAILED child run."""
     by_name = {spec.name: spec for spec in specs}
@@ -311,6 +333,8 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
         else:
             runner = one_at_a_time()
         outcomes = list(_record(runner, specs, profile))
+        outcomes += _record([build_ensemble(parent_id, profile, splits, data_digest)], specs,
+                            profile)
         failures = {o.pipeline: o.failure for o in outcomes if o.failure}
         tracking.log_metrics({"pipelines_seconds": time.perf_counter() - started,
                               "compare_seconds": time.perf_counter() - start})

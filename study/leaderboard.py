@@ -59,8 +59,10 @@ def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "n_trials": int(m.get("n_trials", 0)),
             "tuning_seconds": m.get("tuning_seconds", float("nan")),
             "pipeline_seconds": m.get("pipeline_seconds", float("nan")),
-            "best_params": {k[len("best."):]: v for k, v in sorted(params.items())
-                            if k.startswith("best.")},
+            # an ensemble's "parameters" are its members' weights
+            "best_params": {k.split(".", 1)[1]: v for k, v in sorted(params.items())
+                            if k.startswith("weight." if run.get("family") == "ensemble"
+                                            else "best.")},
         })
     rows.sort(key=lambda r: (-_num(r["test_accuracy"]), -_num(r["test_macro_f1"]),
                              _num(r["fit_seconds"], worst=float("inf"))))

@@ -19,6 +19,8 @@ from study import config
 from study.errors import ConfigError
 
 REDUCERS = ("none", "pca", "umap")
+TTA = ("none", "mirror")  # test-time augmentation a pipeline may try (kept only if validation gains)
+RESERVED = {"ensemble"}  # the compare's own ensemble stage logs a final run under this name
 PARAM_TYPES = ("float", "int", "categorical")
 BUDGET_KEYS = {"n_trials", "timeout", "tune_subsample", "tune_val_subsample", "fit", "tune_fit"}
 
@@ -48,13 +50,15 @@ class PipelineSpec:
     budgets: dict[str, Budget]
     path: Path
     digest: str  # hash of the definition: a changed YAML starts a fresh Optuna study
+    tta: str = "none"  # "mirror": try mirror test-time augmentation, keep it where it pays
 
     def budget(self, profile: str) -> Budget:
         return self.budgets[profile]
 
 
 def available(pipelines_dir: Path | None = None) -> list[str]:
-    return sorted(p.stem for p in (pipelines_dir or config.pipelines_dir()).glob("*.yaml"))
+    return sorted(p.stem for p in (pipelines_dir or config.pipelines_dir()).glob("*.yaml")
+                  if p.stem not in RESERVED)
 
 
 def _check_search(name: str, search: Any) -> dict[str, dict[str, Any]]:
@@ -118,6 +122,12 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
     if lacking:
         raise ConfigError(f"{path}: budget lacks profile(s) {', '.join(sorted(lacking))}")
     budgets = {p: _check_budget(name, p, budgets_raw[p]) for p in config.PROFILES}
+    tta = raw.get("tta", "none")
+    if tta not in TTA:
+        raise ConfigError(f"{path}: tta {tta!r} is not one of {', '.join(TTA)}")
+    if tta != "none" and get_builder(raw["model"]).kind != "keras":
+        raise ConfigError(f"{path}: tta: {tta} needs an image model (a Keras builder), "
+                          f"not {raw['model']}; remove the tta key")
     canonical = json.dumps(raw, sort_keys=True, default=str)
     return PipelineSpec(
         name=name,
@@ -131,6 +141,7 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         budgets=budgets,
         path=path,
         digest=hashlib.sha256(canonical.encode()).hexdigest()[:10],
+        tta=tta,
     )
 
 

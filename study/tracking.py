@@ -36,6 +36,8 @@ def configure() -> str:
 
     uri = config.tracking_uri()
     mlflow.set_tracking_uri(uri)
+    # a progress bar per downloaded artifact buries the compare's own progress lines
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     stores = {uri: "MLFLOW_TRACKING_URI"}
     stores.setdefault(mlflow.get_registry_uri(), "MLFLOW_REGISTRY_URI")
     for store, variable in stores.items():
@@ -219,14 +221,15 @@ def pip_requirements(kind: str, reducer: str) -> list[str]:
 
 
 def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fit, evaluation,
-              val_accuracy: float, predict_seconds: float, n_params: int, model_bytes: int,
+              val_accuracy: float, val_proba: np.ndarray, predict_seconds: float,
+              n_params: int, model_bytes: int,
               x_example: np.ndarray, data_digest: str = "", parent_run_id: str | None = None) -> str:
     """The pipeline's final model as a child of the compare run (the active one, or
     parent_run_id from a pipeline worker process); returns its run id."""
     import mlflow
     from mlflow.models import infer_signature
 
-    from study.evaluation import plot_confusion, plot_learning_curves
+    from study.evaluation import plot_learning_curves
 
     tags = {ROLE: "final", "pipeline": spec.name, "family": spec.family, "reducer": spec.reducer,
             "model": spec.model, "kind": fit.kind, "profile": profile,
@@ -274,18 +277,10 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
             else:
                 mlflow.set_tag(key, str(value))
         with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            plot_confusion(evaluation.confusion, f"{spec.name}: test confusion matrix",
-                           tmp / "confusion_matrix.png")
-            (tmp / "classification_report.txt").write_text(evaluation.report_text)
-            (tmp / "classification_report.json").write_text(json.dumps(evaluation.report, indent=1))
             if fit.history:
                 plot_learning_curves(fit.history, f"{spec.name}: learning curves",
-                                     tmp / "learning_curves.png")
-            np.save(tmp / "test_predictions.npy", evaluation.predictions.astype(np.int8))
-            # float16 keeps the report's confidences (3 digits) at 200 kB per model
-            np.save(tmp / "test_proba.npy", evaluation.proba.astype(np.float16))
-            mlflow.log_artifacts(str(tmp), artifact_path="evaluation")
+                                     Path(tmp) / "learning_curves.png")
+            log_evaluation(spec.name, evaluation, val_proba, Path(tmp))
         proba_example = fit.predict_proba(x_example)
         from study.training import features
 
@@ -312,6 +307,25 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
                                             pyfunc_predict_fn="predict_proba")
         mlflow.set_tag("model_uri", info.model_uri)
         return run.info.run_id
+
+
+def log_evaluation(name: str, evaluation, val_proba: np.ndarray, folder: Path) -> None:
+    """A final model's scores under evaluation/ of the active run: confusion matrix,
+    per-class report, test predictions and the validation and test class probabilities
+    (float32, ~0.9 MB a model), from which the ensemble is chosen and rebuilt without
+    retraining anything. Files already in `folder` go along."""
+    import mlflow
+
+    from study.evaluation import plot_confusion
+
+    plot_confusion(evaluation.confusion, f"{name}: test confusion matrix",
+                   folder / "confusion_matrix.png")
+    (folder / "classification_report.txt").write_text(evaluation.report_text)
+    (folder / "classification_report.json").write_text(json.dumps(evaluation.report, indent=1))
+    np.save(folder / "test_predictions.npy", evaluation.predictions.astype(np.int8))
+    np.save(folder / "test_proba.npy", evaluation.proba.astype(np.float32))
+    np.save(folder / "val_proba.npy", np.asarray(val_proba, dtype=np.float32))
+    mlflow.log_artifacts(str(folder), artifact_path="evaluation")
 
 
 def mark_stale_runs() -> list[str]:

@@ -191,3 +191,27 @@ def cnn_modern(learning_rate: float = 3e-3, width: int = 32, dropout: float = 0.
         learning_rate, decay_steps=max(1, steps_per_epoch * epochs), warmup_target=None)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
     return _compile(model, optimizer, label_smoothing)
+
+
+def with_mirror(model):
+    """Mirror test-time augmentation inside the network: the mean of `model` on the images and
+    on their left-right mirror images (apparel is left-right symmetric). The mirror is a frozen
+    Dense layer whose kernel reverses the 28 columns (exact in float32: one product by 1.0
+    per pixel), so the saved model is plain Keras and loads anywhere without study's code."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    height, width, channels = model.input_shape[1:]
+    if channels != 1:
+        raise ValueError(f"mirror TTA expects one channel, got {channels}")
+    reverse = np.eye(width, dtype="float32")[::-1]
+    inputs = keras.Input(shape=(height, width, channels), name="images")
+    rows = layers.Reshape((height, width), name="rows")(inputs)
+    mirrored = layers.Dense(width, use_bias=False, trainable=False, name="mirror",
+                            kernel_initializer=keras.initializers.Constant(reverse),
+                            dtype="float32")(rows)
+    mirrored = layers.Reshape((height, width, channels), name="mirrored")(mirrored)
+    outputs = layers.Average(dtype="float32", name="probabilities")([model(inputs),
+                                                                     model(mirrored)])
+    return keras.Model(inputs, outputs, name=f"{model.name}_mirror_tta")

@@ -1,0 +1,283 @@
+"""The ensemble stage of a compare, and the MLflow model that serves the ensemble.
+
+Reads every final model's logged validation and test probabilities (nothing is retrained or
+re-predicted), chooses weights on validation (study.ensemble.select), scores them on the test
+set once and logs a final run like the others (family `ensemble`). Its model is a pyfunc that
+holds its members' logged models and returns the weighted mean of their probabilities, so
+`study predict` and `mlflow models serve` use it like any single model. Run by compare after
+the pipelines, and by report for a compare that has none (an interrupted or older one).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+from study import ensemble, tracking
+from study.ensemble import NAME
+
+VERIFY_ROWS = 1000  # test images predicted again through the logged model, as a check
+
+
+class WeightedEnsemble(mlflow.pyfunc.PythonModel):
+    """Weighted mean of member models' class probabilities. The members are logged models
+    (artifacts of this one) loaded through pyfunc, so each keeps its own input layout and
+    test-time augmentation; images may come flat (n, 784) or as (n, 28, 28, 1)."""
+
+    # Its input is a tensor described by the logged signature, which type hints cannot
+    # express: skip MLflow's type-hint wrapping of predict (and its warning about the lack).
+    _skip_type_hint_validation = True
+
+    def __init__(self, weights: dict[str, float]):
+        self.weights = dict(weights)  # artifact key -> weight
+
+    def load_context(self, context):
+        members = {k: mlflow.pyfunc.load_model(context.artifacts[k]) for k in self.weights}
+        self.shapes = {k: _input_shape(m) for k, m in members.items()}
+        self.predictors = {k: _predictor(m) for k, m in members.items()}
+
+    def predict(self, context, model_input, params=None):
+        x = np.asarray(model_input, dtype=np.float32)
+        flat = x.reshape(len(x), -1)
+        total = np.zeros((len(x), 10))
+        for key, weight in self.weights.items():
+            member_x = flat.reshape(len(x), *self.shapes[key])
+            total += weight * np.asarray(self.predictors[key](member_x), dtype=np.float64)
+        return (total / sum(self.weights.values())).astype(np.float32)
+
+
+def _predictor(model):
+    """A member's predict function: a Keras network is called in large batches without its
+    pyfunc wrapper's per-call progress bar; anything else through pyfunc."""
+    if "keras" in model.metadata.flavors:
+        network = model.get_raw_model()
+        return lambda x: network.predict(x, batch_size=2048, verbose=0)
+    return model.predict
+
+
+def _input_shape(model) -> tuple[int, ...]:
+    """A pyfunc model's input shape without the batch axis: (784,) or (28, 28, 1)."""
+    try:
+        return tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
+    except Exception:  # no tensor signature: the classical models' flat layout
+        return (784,)
+
+
+@dataclass
+class StageResult:
+    run_id: str | None  # the ensemble's final run, or None when there is none to build
+    message: str  # one line for the console and the report
+    left_out: list[str] = field(default_factory=list)
+
+
+def existing_run(parent_id: str) -> str | None:
+    for run in tracking.final_runs(parent_id):
+        if run.get("pipeline") == NAME:
+            return run["run_id"]
+    return None
+
+
+def candidates(parent_id: str) -> list[ensemble.Candidate]:
+    """Every final model of the compare, with its logged probabilities (None when missing)."""
+    out = []
+    for run in tracking.final_runs(parent_id):
+        if run.get("pipeline") == NAME:
+            continue
+        out.append(ensemble.Candidate(
+            run["pipeline"], run["run_id"], run.get("family", ""),
+            tracking.load_npy(run["run_id"], "evaluation/val_proba.npy"),
+            tracking.load_npy(run["run_id"], "evaluation/test_proba.npy"),
+            run["metrics"], run.get("model_uri", ""), run.get("kind", ""),
+            run.get("data_digest", "")))
+    return out
+
+
+def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
+        x_test: np.ndarray, data_digest: str, log=print) -> StageResult:
+    """Build, score and log the ensemble of one compare (once: an existing one is kept)."""
+    settings = ensemble.load_config()
+    if not settings.enabled:
+        return StageResult(None, f"ensemble: off ({settings.path})")
+    found = existing_run(parent_id)
+    if found:
+        return StageResult(found, f"ensemble: run {found} exists; kept")
+    started = time.time()
+    kept, left_out = ensemble.usable(candidates(parent_id), len(y_val), len(y_test),
+                                     settings.exclude_families, data_digest)
+    for reason in left_out:
+        log(f"ensemble: left out {reason}")
+    if len(kept) < 2:
+        message = (f"ensemble: not built, {len(kept)} usable model(s); it needs two "
+                   "(failed or excluded models are left out)")
+        tracking.set_tags(parent_id, {"ensemble": message})
+        return StageResult(None, message, left_out)
+    clock = time.perf_counter()
+    # Only validation data goes into the selection: the test set cannot influence the weights.
+    selection = ensemble.select({c.name: c.val_proba for c in kept}, y_val, settings.rounds,
+                                settings.max_members)
+    selection_seconds = time.perf_counter() - clock
+    by_name = {c.name: c for c in kept}
+    members = [by_name[n] for n in selection.weights]
+    val_proba = ensemble.combine({c.name: c.val_proba for c in members}, selection.weights)
+    test_proba = ensemble.combine({c.name: c.test_proba for c in members}, selection.weights)
+    from study.evaluation import evaluate
+
+    evaluation = evaluate(y_test, test_proba)  # the one look at the test set
+    best = max(kept, key=lambda c: (ensemble.accuracy(c.val_proba, y_val), c.name))
+    best_val = ensemble.accuracy(best.val_proba, y_val)
+    best_test = ensemble.accuracy(best.test_proba, y_test)
+    names, agree = ensemble.agreement({c.name: c.test_proba.argmax(axis=1) for c in members})
+    summary = {
+        "weights": selection.weights, "counts": selection.counts, "rounds": settings.rounds,
+        "max_members": settings.max_members, "best_round": selection.best_round,
+        "history": selection.history, "notes": selection.notes, "left_out": left_out,
+        "candidates": sorted(by_name), "best_member": best.name,
+        "best_member_val_accuracy": best_val, "best_member_test_accuracy": best_test,
+        "member_val_accuracy": {c.name: ensemble.accuracy(c.val_proba, y_val) for c in members},
+        "member_test_accuracy": {c.name: ensemble.accuracy(c.test_proba, y_test) for c in members},
+        "agreement_test": {"models": names, "matrix": agree.round(4).tolist()},
+        "selection_seconds": selection_seconds,
+    }
+    run_id = _log(parent_id, profile, data_digest, members, selection, summary, evaluation,
+                  val_proba, y_val, x_test, started)
+    mix = ", ".join(f"{n} {w:.2f}" for n, w in selection.weights.items())
+    message = (f"ensemble: {mix} -> val {selection.val_accuracy:.4f} "
+               f"(best member {best.name} {best_val:.4f}), test {evaluation.accuracy:.4f} "
+               f"({100 * (evaluation.accuracy - best_test):+.2f} points over {best.name})"
+               + "".join(f"; {note}" for note in selection.notes))
+    return StageResult(run_id, message, left_out)
+
+
+def _log(parent_id, profile, data_digest, members, selection, summary, evaluation, val_proba,
+         y_val, x_test, started) -> str:
+    """The ensemble's final run, a child of the compare run, spanning the stage's work."""
+    import hashlib
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    digest = hashlib.sha256(json.dumps([summary["weights"], summary["rounds"],
+                                        summary["max_members"]], sort_keys=True).encode())
+    tags = {tracking.ROLE: "final", "pipeline": NAME, "family": "ensemble", "reducer": "-",
+            "model": "weighted_ensemble", "kind": "pyfunc", "profile": profile,
+            "data_digest": data_digest, "pipeline_digest": digest.hexdigest()[:10],
+            "mlflow.parentRunId": parent_id}
+    if selection.notes:
+        tags["fit_notes"] = "; ".join(selection.notes)
+    run_id = client.create_run(parent.info.experiment_id, start_time=int(started * 1000),
+                               run_name=NAME, tags=tags).info.run_id
+    try:
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test) -> None:
+    from mlflow.models import infer_signature
+
+    metrics = lambda key: sum(c.metrics.get(key, 0.0) for c in members)  # noqa: E731
+    mlflow.log_params({
+        "pipeline": NAME, "members": ",".join(selection.weights),
+        **{f"weight.{n}": f"{w:.4f}" for n, w in selection.weights.items()},
+        "rounds": summary["rounds"], "max_members": summary["max_members"],
+        "best_round": selection.best_round, "selected_on": "validation accuracy, log loss",
+        "left_out": "; ".join(summary["left_out"])[:6000] or "-"})
+    mlflow.log_metrics({
+        "val_accuracy": selection.val_accuracy, "val_log_loss": selection.val_log_loss,
+        "test_accuracy": evaluation.accuracy, "test_macro_f1": evaluation.macro_f1,
+        # what the ensemble costs to fit is what its members cost
+        "fit_seconds": metrics("fit_seconds"), "tuning_seconds": metrics("tuning_seconds"),
+        "selection_seconds": summary["selection_seconds"],
+        "n_params": metrics("n_params"), "model_bytes": metrics("model_bytes"),
+        "n_trials": 0, "n_members": len(selection.weights),
+        "best_member_val_accuracy": summary["best_member_val_accuracy"],
+        "best_member_test_accuracy": summary["best_member_test_accuracy"],
+        "val_gain": selection.val_accuracy - summary["best_member_val_accuracy"],
+        "test_gain": evaluation.accuracy - summary["best_member_test_accuracy"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "selection.json").write_text(json.dumps(summary, indent=1))
+        mlflow.log_artifact(str(Path(tmp) / "selection.json"), artifact_path="ensemble")
+    with tempfile.TemporaryDirectory() as tmp:
+        tracking.log_evaluation(NAME, evaluation, val_proba, Path(tmp))
+    image_input = any(_is_image(c) for c in members)
+    info = log_model(selection.weights, {c.name: c.model_uri for c in members}, image_input,
+                     _requirements(members))
+    mlflow.set_tag("model_uri", info.model_uri)
+    _verify(info.model_uri, evaluation.proba, x_test, image_input)
+
+
+def log_model(weights: dict[str, float], model_uris: dict[str, str], image_input: bool,
+              requirements: list[str] | None = None):
+    """Log a WeightedEnsemble of logged models into the active run (as "model"). The members
+    are copied in from their URIs by MLflow itself; the signature takes images
+    (n, 28, 28, 1) when any member does, else flat pixels (n, 784)."""
+    import logging
+
+    from mlflow.models import infer_signature
+
+    keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}
+    example = (np.zeros((2, 28, 28, 1)) if image_input else np.zeros((2, 784))).astype(np.float32)
+    signature = infer_signature(example, np.full((2, 10), 0.1, dtype=np.float32))
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the advice below, as a log line
+    with warnings.catch_warnings():
+        # The model is a class of this package shipped with code_paths; MLflow's advice to
+        # add type hints or log it from a file does not apply to a tensor signature.
+        warnings.filterwarnings("ignore", message=".*(type hints|input example|CloudPickle).*")
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=WeightedEnsemble({keys[n]: w for n, w in weights.items()}),
+            artifacts={keys[n]: uri for n, uri in model_uris.items()}, signature=signature,
+            pip_requirements=requirements, code_paths=[str(Path(__file__).resolve().parent)])
+
+
+def _is_image(candidate) -> bool:
+    return candidate.kind == "keras"
+
+
+def _requirements(members) -> list[str]:
+    names = {"mlflow", "numpy", "scikit-learn", "cloudpickle"}
+    if any(_is_image(c) for c in members):
+        names |= {"keras", "tensorflow-cpu"}
+    out = []
+    for name in sorted(names):
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray, image_input: bool) -> None:
+    """Load the logged ensemble back and predict VERIFY_ROWS test images: they must match the
+    probabilities that were scored (so serving is the model on the leaderboard), and the time
+    taken is the ensemble's prediction cost."""
+    from study import data
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    x = x_test[:VERIFY_ROWS]
+    x = data.as_image(x) if image_input else data.as_flat(x)
+    clock = time.perf_counter()
+    served = np.asarray(model.predict(x))
+    seconds = time.perf_counter() - clock
+    scored = test_proba[:len(x)]
+    gap = float(np.abs(served - scored).max())
+    flips = float(np.mean(served.argmax(axis=1) != scored.argmax(axis=1)))
+    mlflow.log_metrics({"predict_seconds": seconds * len(test_proba) / len(x),
+                        "predict_ms_per_1000": 1000.0 * seconds / len(x) * 1000.0,
+                        "served_max_abs_diff": gap})
+    # bf16 networks may differ in the last bits with another batch size; a real mismatch
+    # (wrong member, weights or TTA) moves probabilities by far more than this
+    if gap > 0.02 or flips > 0.002:
+        raise RuntimeError(f"the logged ensemble disagrees with the scored one: probabilities "
+                           f"differ by up to {gap:.2g}, classes on {flips:.1%} of {len(x)} "
+                           "test images")
