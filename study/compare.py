@@ -46,7 +46,7 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
     tuning_log = tracking.TuningLog(spec.name, tuning.study_name(spec, profile, seed), profile,
                                     parent_run_id=parent_run_id)
     try:
-        if tuner.workers > 1 and spec.search:
+        if tuner.workers > 1 and spec.tunes(profile):
             tuned = tuning.tune_parallel(spec, profile, seed, tuner.storage_url, tuner.workers,
                                          splits, tuner.data_dir, tuning_log.run_id,
                                          log_trial=tuning_log.log_trial)

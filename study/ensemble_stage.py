@@ -31,7 +31,7 @@ VERIFY_ROWS = 1000  # test images predicted again through the logged model, as a
 class WeightedEnsemble(mlflow.pyfunc.PythonModel):
     """Weighted mean of member models' class probabilities. The members are logged models
     (artifacts of this one) loaded through pyfunc, so each keeps its own input layout and
-    test-time augmentation; images may come flat (n, 784) or as (n, 28, 28, 1)."""
+    test-time augmentation, and gets the images in its own layout, (n, 784) or (n, 28, 28, 1)."""
 
     # Its input is a tensor described by the logged signature, which type hints cannot
     # express: skip MLflow's type-hint wrapping of predict (and its warning about the lack).
@@ -266,6 +266,7 @@ def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray, image_in
     model = mlflow.pyfunc.load_model(model_uri)
     x = x_test[:VERIFY_ROWS]
     x = data.as_image(x) if image_input else data.as_flat(x)
+    model.predict(x[:8])  # first calls trace the networks' graphs: not a per-image cost
     clock = time.perf_counter()
     served = np.asarray(model.predict(x))
     seconds = time.perf_counter() - clock

@@ -55,6 +55,10 @@ class PipelineSpec:
     def budget(self, profile: str) -> Budget:
         return self.budgets[profile]
 
+    def tunes(self, profile: str) -> bool:
+        """Whether this profile tunes anything (a search space and trials to spend on it)."""
+        return bool(self.search) and self.budgets[profile].n_trials > 0
+
 
 def available(pipelines_dir: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (pipelines_dir or config.pipelines_dir()).glob("*.yaml")
@@ -85,8 +89,9 @@ def _check_budget(name: str, profile: str, raw: Any) -> Budget:
         raise ConfigError(f"pipeline {name}: budget.{profile} must be a mapping with keys from "
                           f"{', '.join(sorted(BUDGET_KEYS))}")
     n_trials, timeout = raw.get("n_trials"), raw.get("timeout")
-    if not isinstance(n_trials, int) or n_trials < 1:
-        raise ConfigError(f"pipeline {name}: budget.{profile}.n_trials must be a positive integer")
+    if not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 0:
+        raise ConfigError(f"pipeline {name}: budget.{profile}.n_trials must be an integer >= 0 "
+                          "(0: the fixed parameters, no tuning in that profile)")
     if not isinstance(timeout, (int, float)) or timeout <= 0:
         raise ConfigError(f"pipeline {name}: budget.{profile}.timeout must be positive seconds")
     for key in ("tune_subsample", "tune_val_subsample"):

@@ -289,8 +289,10 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
         if fit.kind == "keras":
             import mlflow.keras
 
-            info = mlflow.keras.log_model(fit.model, name="model", signature=signature,
-                                          pip_requirements=reqs)
+            from study.training import inference_copy
+
+            info = mlflow.keras.log_model(inference_copy(fit.model), name="model",
+                                          signature=signature, pip_requirements=reqs)
         else:
             import logging
 

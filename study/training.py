@@ -29,7 +29,7 @@ from study.models.reducers import build_reducer
 from study.pipelines import PipelineSpec
 
 # Settings consumed by the Keras training loop; everything else goes to the builder.
-KERAS_FIT_KEYS = {"epochs", "batch_size", "patience", "max_seconds"}
+KERAS_FIT_KEYS = {"epochs", "batch_size", "patience", "max_seconds", "ema"}
 REDUCER_PREFIX = "reduce__"
 
 
@@ -182,6 +182,44 @@ def _time_limit_callback(max_seconds: float, stopped_after: list[int]):
     return TimeLimit()
 
 
+def _weight_average_callback(decay: float, every: int = 5):
+    import keras
+
+    if not 0.0 < decay < 1.0:
+        raise ConfigError(f"ema must be a decay in (0, 1), like 0.99; got {decay}")
+
+    class WeightAverage(keras.callbacks.Callback):
+        """An exponential moving average of all weights (batch-norm statistics too), updated
+        every `every` steps, with a warm-up. Validation sees the averaged weights and they stay in the model
+        until training resumes, so the epoch that early stopping keeps is an averaged one."""
+
+        def on_train_begin(self, logs=None):
+            self.average = [w.copy() for w in self.model.get_weights()]
+            self.raw, self.steps = None, 0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.raw is not None:  # back to the weights being trained
+                self.model.set_weights(self.raw)
+                self.raw = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps += 1
+            if self.steps % every == 0:
+                # warm-up (as in timm's ModelEmaV2): early on the average follows the weights
+                # closely instead of dragging the random initial ones along
+                keep = min(decay ** every, (1 + self.steps) / (10 + self.steps))
+                for avg, w in zip(self.average, self.model.get_weights()):
+                    avg *= keep
+                    avg += (1.0 - keep) * w
+
+        def on_test_begin(self, logs=None):
+            if self.raw is None:
+                self.raw = self.model.get_weights()
+                self.model.set_weights(self.average)
+
+    return WeightAverage()
+
+
 def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val, y_val,
               seed: int, callbacks: Sequence[Any] = (), progress: str | None = None) -> FitResult:
     import keras
@@ -210,7 +248,9 @@ def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_va
            .batch(2048).prefetch(tf.data.AUTOTUNE))
     stopper = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                             restore_best_weights=True)
-    cbs = [stopper, *callbacks]
+    # the average first: validation and early stopping then see the averaged weights
+    cbs = ([_weight_average_callback(float(fit_kw["ema"]))] if fit_kw.get("ema") else [])
+    cbs += [stopper, *callbacks]
     stopped_after: list[int] = []
     if fit_kw.get("max_seconds"):
         cbs.append(_time_limit_callback(float(fit_kw["max_seconds"]), stopped_after))
@@ -282,6 +322,16 @@ def choose_mirror_tta(fit: FitResult, x_val: np.ndarray, y_val: np.ndarray) -> n
     fit.model = with_mirror(fit.model)
     fit.notes.append(f"mirror TTA on (validation {mirror_acc:.4f} with, {plain_acc:.4f} without)")
     return mirrored  # what the wrapped model computes, without predicting twice more
+
+
+def inference_copy(model):
+    """The network without its training configuration (optimizer, loss), for saving: a saved
+    model then loads in any process, even where a custom loss (label smoothing) is unknown."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def count_params(model: Any, kind: str) -> int:

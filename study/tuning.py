@@ -158,11 +158,21 @@ def open_study(spec: PipelineSpec, profile: str, seed: int, storage, worker_inde
         # Small budgets: a third of the trials explore at random, the rest follow TPE.
         sampler=optuna.samplers.TPESampler(seed=sampler_seed,
                                            n_startup_trials=min(10, max(2, budget.n_trials // 3))),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1),
+        pruner=pruner_for(budget),
         load_if_exists=True,
     )
     study.set_user_attr("pipeline", spec.name)
     return study
+
+
+def pruner_for(budget):
+    """Median pruning over epochs, from the middle of a trial's epochs on: a trial that is
+    below the median of earlier trials at the same epoch stops there. Judging it after its
+    first epoch would stop slow starters (small learning rates, batch norm settling)."""
+    import optuna
+
+    epochs = int(budget.tune_fit.get("epochs") or budget.fit.get("epochs") or 2)
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(1, epochs // 2))
 
 
 def _study_for_work(spec: PipelineSpec, profile: str, seed: int, storage,
@@ -333,7 +343,9 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
     queued=True the study's queued trials) in this process; return the best parameters of
     the whole study."""
     name = study_name(spec, profile, seed)
-    if not spec.search:  # nothing to choose: the fixed parameters are the answer
+    # nothing to choose (no search space, or a profile that fixes the parameters and no
+    # explicit trial count): the fixed parameters are the answer
+    if not spec.search or (n_trials is None and not queued and not spec.tunes(profile)):
         return TuneResult(name, {}, None, 0, 0, 0.0)
     if storage is None or isinstance(storage, str):
         storage = open_storage(storage)

@@ -54,7 +54,8 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
     children = client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     names = sorted(c.data.tags["pipeline"] for c in children)
-    assert names == pipelines.available()  # one child per pipeline, no tuning clutter
+    # one child per pipeline and one for the ensemble stage, no tuning clutter
+    assert names == sorted(pipelines.available() + ["ensemble"])
     for child in children:
         assert child.info.status == "FINISHED"
         m = child.data.metrics
@@ -65,13 +66,20 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
         assert floor <= m["test_accuracy"] <= 1.0
         assert child.data.tags["rank"] in {str(i) for i in range(1, len(children) + 1)}
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
-        assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt"} <= artifacts
+        assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
+                "evaluation/val_proba.npy", "evaluation/test_proba.npy"} <= artifacts
+        if child.data.tags["kind"] == "keras":  # mirror TTA tried; the decision and both figures
+            kept = m["val_accuracy_mirror"] > m["val_accuracy_plain"]
+            assert child.data.tags["tta"] == ("mirror" if kept else "none")
+            assert m["val_accuracy"] == pytest.approx(max(m["val_accuracy_mirror"],
+                                                          m["val_accuracy_plain"]))
 
     # Every final model loads back through pyfunc and gives class probabilities.
-    cnn = next(c for c in children if c.data.tags["pipeline"] == "cnn_seed1")
-    model = mlflow.pyfunc.load_model(cnn.data.tags["model_uri"])
-    proba = np.asarray(model.predict(fmnist.x_test[:8, :, :, None].astype(np.float32) / 255))
-    assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-4)
+    for name in ("cnn_seed1", "cnn_modern"):  # cnn_modern trains with a custom loss
+        cnn = next(c for c in children if c.data.tags["pipeline"] == name)
+        model = mlflow.pyfunc.load_model(cnn.data.tags["model_uri"])
+        proba = np.asarray(model.predict(fmnist.x_test[:8, :, :, None].astype(np.float32) / 255))
+        assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-4)
     logreg = next(c for c in children if c.data.tags["pipeline"] == "logreg")
     model = mlflow.pyfunc.load_model(logreg.data.tags["model_uri"])
     proba = np.asarray(model.predict(fmnist.x_test[:8].reshape(8, -1).astype(np.float32) / 255))

@@ -37,6 +37,48 @@ def model(fmnist, tmp_path_factory):
             "store": store, "info": info}
 
 
+@pytest.fixture(scope="module")
+def ensemble_model(model, fmnist):
+    """The study's ensemble pyfunc over two real logged models: the logistic regression above
+    (weight 0.7) and a k-NN (0.3), logged into the same store."""
+    from mlflow.models import infer_signature
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from study import ensemble_stage
+
+    rows = data.stratified_subsample(np.arange(60000), fmnist.y_train, 3000, seed=7)
+    x = data.as_flat(fmnist.x_train[rows])
+    knn = KNeighborsClassifier(5).fit(x, fmnist.y_train[rows])
+    mlflow.set_tracking_uri(f"sqlite:///{model['store'] / 'mlflow.db'}")
+    mlflow.set_experiment("predict-tests")
+    with mlflow.start_run():
+        knn_uri = mlflow.sklearn.log_model(
+            knn, name="model", pyfunc_predict_fn="predict_proba",
+            signature=infer_signature(x[:5], knn.predict_proba(x[:5]))).model_uri
+    with mlflow.start_run():
+        info = ensemble_stage.log_model({"logreg": 0.7, "knn": 0.3},
+                                        {"logreg": model["uri"], "knn": knn_uri}, False)
+    members = {"logreg": model["pyfunc"], "knn": mlflow.pyfunc.load_model(knn_uri)}
+    return {"pyfunc": mlflow.pyfunc.load_model(info.model_uri), "uri": info.model_uri,
+            "store": model["store"], "members": members, "weights": {"logreg": 0.7, "knn": 0.3}}
+
+
+def test_ensemble_classifies_files_with_the_weighted_mean_of_its_members(ensemble_model,
+                                                                          fmnist, tmp_path):
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(255 - fmnist.x_test[i]).save(paths[-1])
+    results = predict.classify([str(p) for p in paths], model=ensemble_model["pyfunc"], top=10)
+    views = np.stack([small for _, small in predict.prepared([str(p) for p in paths])])
+    flat = views.reshape(4, -1).astype(np.float32) / 255
+    expected = sum(w * np.asarray(ensemble_model["members"][n].predict(flat))
+                   for n, w in ensemble_model["weights"].items())
+    for result, proba in zip(results, expected):
+        got = dict(result.top)
+        assert all(abs(got[c] - proba[i]) < 1e-5 for i, c in enumerate(config.CLASS_NAMES))
+
+
 def photo(image28: np.ndarray, size: int, colour: tuple[float, float, float],
           margin: float = 0.15) -> Image.Image:
     """A 'product photo' of a test image: dark coloured object on white, `size` pixels wide,
@@ -137,11 +179,11 @@ def test_an_unreadable_path(tmp_path, model):
     assert _one_error(tmp_path / "missing.png", model) == "no such file"
 
 
-def _registered_champion(model) -> dict[str, str]:
+def _registered_champion(model, uri: str | None = None) -> dict[str, str]:
     mlflow.set_tracking_uri(f"sqlite:///{model['store'] / 'mlflow.db'}")
     mlflow.set_experiment("predict-tests")
     client = mlflow.MlflowClient()
-    version = mlflow.register_model(model["uri"], config.REGISTERED_MODEL).version
+    version = mlflow.register_model(uri or model["uri"], config.REGISTERED_MODEL).version
     client.set_registered_model_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS, version)
     return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{model['store'] / 'mlflow.db'}",
             # `mlflow models serve` starts uvicorn by name: the venv's bin must be on PATH
@@ -176,14 +218,17 @@ def test_cli_directory_with_bad_files_classifies_the_good_ones(tmp_path, model, 
 
 
 @pytest.mark.slow
-def test_served_champion_answers_http(tmp_path, model, fmnist):
-    """`mlflow models serve` on loopback: probabilities for a good request, 4xx for a bad one."""
+@pytest.mark.parametrize("champion", ["single", "ensemble"])
+def test_served_champion_answers_http(tmp_path, model, fmnist, champion, request):
+    """`mlflow models serve` on loopback: probabilities for a good request, 4xx for a bad one,
+    with a single model or the ensemble as the champion."""
     import socket
     import time
     import urllib.error
     import urllib.request
 
-    env = _registered_champion(model)
+    uri = request.getfixturevalue("ensemble_model")["uri"] if champion == "ensemble" else None
+    env = _registered_champion(model, uri)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -216,6 +261,10 @@ def test_served_champion_answers_http(tmp_path, model, fmnist):
         answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
         proba = np.asarray(answer["predictions"])
         assert proba.shape == (3, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
+        if champion == "ensemble":  # the served answer is the ensemble's weighted mean
+            inputs = np.asarray(json.loads(body)["inputs"], dtype=np.float32)
+            local = request.getfixturevalue("ensemble_model")["pyfunc"].predict(inputs)
+            assert np.allclose(proba, local, atol=1e-5)
         bad = urllib.request.Request(f"{url}/invocations", b'{"inputs": [[1, 2, 3]]}',
                                      {"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as err:

@@ -166,7 +166,8 @@ def test_smoke_compare_against_a_real_mlflow_server(mlflow_server, postgres_db, 
     assert parent.info.status == "FINISHED" and parent.data.params["workers"] == "2"
     assert "***" not in parent.data.params["optuna_storage"] or ":" in storage
     finals = client.search_runs([exp.experiment_id], "tags.role = 'final'")
-    assert sorted(r.data.tags["pipeline"] for r in finals) == ["dummy", "knn", "logreg"]
+    # dummy (a baseline) is never an ensemble member; knn and logreg make one
+    assert sorted(r.data.tags["pipeline"] for r in finals) == ["dummy", "ensemble", "knn", "logreg"]
     # artifacts went through the server into its artifact root, models load back through it
     champion = client.get_model_version_by_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS)
     model = mlflow.pyfunc.load_model(f"models:/{config.REGISTERED_MODEL}@{config.CHAMPION_ALIAS}")
@@ -221,7 +222,8 @@ def test_sigkilled_compare_resumes_without_retraining(tmp_path):
     finals = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = "
                                 f"'{resumed.info.run_id}' and tags.role = 'final'")
     rows = {r.data.tags["pipeline"]: r.info.run_id for r in finals}
-    assert sorted(rows) == ["cnn_seed1", "dummy", "knn", "logreg"]  # one row per pipeline
+    # one row per pipeline, and the ensemble stage's
+    assert sorted(rows) == ["cnn_seed1", "dummy", "ensemble", "knn", "logreg"]
     assert {k: rows[k] for k in before} == before  # the same runs: nothing retrained
     assert all(r.data.tags.get("rank") for r in finals)
     # nothing is left RUNNING: not the killed compare's children, not its tuning runs
@@ -229,7 +231,7 @@ def test_sigkilled_compare_resumes_without_retraining(tmp_path):
                                     "attributes.status = 'RUNNING'")
     assert everything == []
     csv = next((tmp_path / "r").glob("*-smoke/leaderboard.csv")).read_text().splitlines()
-    assert len(csv) == 1 + 4
+    assert len(csv) == 1 + 5
     # the interrupted study holds no trial RUNNING from the dead process
     spec = pipelines.load("cnn_seed1")
     study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", config.SEED),
@@ -279,7 +281,7 @@ def test_ctrl_c_marks_the_compare_killed_and_the_rerun_reuses_its_work(parallel,
                   if r.info.run_id != stopped.info.run_id)
     rows = {r.data.tags["pipeline"]: r.info.run_id for r in client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
-    assert sorted(rows) == ["cnn_seed1", "dummy", "logreg"]
+    assert sorted(rows) == ["cnn_seed1", "dummy", "ensemble", "logreg"]
     assert {k: rows[k] for k in done} == done
 
 
@@ -313,7 +315,8 @@ def test_pipelines_side_by_side_match_one_at_a_time(tmp_path):
         assert {"reduction/pca_map.png", "reduction/pca_explained_variance.png"} <= figures
         assert len(list((folder / "r").glob("*-smoke/leaderboard.csv"))) == 1
     assert workers[1] == set() and len(workers[2]) == 2  # in-process vs two pipeline workers
-    assert sorted(results[1]) == sorted(results[2]) == ["dummy", "knn", "logreg", "pca_svm"]
+    assert sorted(results[1]) == sorted(results[2]) == ["dummy", "ensemble", "knn", "logreg",
+                                                        "pca_svm"]
     for name, (accuracy, best) in results[1].items():
         assert results[2][name][1] == best, name  # the same trials chose the same parameters
         # one thread instead of two may reorder float sums, not change the model

@@ -64,3 +64,18 @@ def test_unreachable_rdb_storage_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="cannot open Optuna storage"):
         tuning.open_storage("postgresql://nobody@127.0.0.1:1/none")
+
+
+def test_a_profile_with_zero_trials_uses_the_fixed_parameters(tiny, tmp_path):
+    """cnn_modern and mlp_seed are fixed in quick: no study is opened, no trial runs, and the
+    final parameters are the YAML's own."""
+    spec = pipelines.load("mlp_seed")
+    assert spec.search and spec.budget("quick").n_trials == 0 and not spec.tunes("quick")
+    assert spec.tunes("smoke")
+    journal = tmp_path / "o.journal"
+    result = tuning.tune(spec, "quick", tiny, seed=5, storage=tuning.open_storage(str(journal)))
+    assert result.n_trials == 0 and result.best_params == {} and result.history == []
+    storage = tuning.open_storage(str(journal))
+    assert not [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith("mlp")]
+    params = tuning.final_params(spec, "quick", result.best_params)
+    assert params["activation"] == "tanh" and params["hidden"] == "50x50"  # the seed's setting

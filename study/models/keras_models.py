@@ -155,41 +155,62 @@ def mlp_seed(hidden: str = "50x50", activation: str = "tanh", learning_rate: flo
     return _compile(model, keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum))
 
 
-def cnn_modern(learning_rate: float = 3e-3, width: int = 32, dropout: float = 0.25,
-               label_smoothing: float = 0.1, weight_decay: float = 5e-4, augment: bool = True,
-               steps_per_epoch: int = 375, epochs: int = 20, precision: str = "float32"):
-    """A small modern CNN for 2 CPU cores: two conv-BN blocks and a third conv, global average
-    pooling instead of a large dense head, batch-norm statistics that follow the weights within
-    ~20 steps (momentum 0.9, not Keras' 0.99, which lags on short runs), light augmentation (2-pixel shifts, horizontal
-    flips) in the model, AdamW with one cosine decay over the run and label smoothing.
+def parse_widths(widths: str | list[int] | tuple[int, ...]) -> list[int]:
+    """'24-48-96-96' -> [24, 48, 96, 96]: one width per stage."""
+    units = ([int(w) for w in widths.split("-")] if isinstance(widths, str) else list(widths))
+    if not 1 <= len(units) <= 4 or any(w < 1 for w in units):
+        raise ValueError(f"widths must be 1-4 stage widths like '24-48-96-96', got {widths!r}")
+    return units
 
-    `steps_per_epoch` and `epochs` size the cosine schedule; the trainer passes the real ones.
+
+def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum: float = 0.9,
+               weight_decay: float = 5e-4, label_smoothing: float = 0.2,
+               bn_momentum: float = 0.6, warmup_epochs: float = 1.0, augment: bool = True,
+               shift: int = 2, steps_per_epoch: int = 188, epochs: int = 12,
+               precision: str = "float32"):
+    """A small network trained the way the fastest published recipes train (Keller Jordan's
+    airbench for CIFAR-10), sized for two CPU cores. Four stages of conv -> max-pool -> BN ->
+    GELU -> conv -> BN -> GELU (28 -> 14 -> 7 -> 4 -> 2 pixels), global max pooling and one
+    dense layer; batch norm with momentum 0.6 so its statistics follow the weights within a
+    few steps (Keras' 0.99 lags for hundreds); SGD with Nesterov momentum and weight decay on a
+    linear warm-up then cosine decay; label smoothing 0.2; random mirror images and shifts of up
+    to `shift` pixels with reflected borders, in the model (active in fit() only). Weight
+    averaging (EMA) is a fit setting (`ema` in the YAML), applied by the trainer.
+
+    `steps_per_epoch` and `epochs` size the schedule; the trainer passes the real ones.
     """
     import keras
     from keras import layers
 
     p = _policy(precision)
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
     stack = [keras.Input(shape=(28, 28, 1))]
-    if augment:  # active in fit() only; identity at inference
-        stack += [layers.RandomFlip("horizontal", dtype=p),
-                  layers.RandomTranslation(2 / 28, 2 / 28, fill_mode="constant", dtype=p)]
+    if augment:
+        stack += [layers.RandomFlip("horizontal", dtype=p)]
+        if shift:
+            stack += [layers.RandomTranslation(shift / 28, shift / 28, fill_mode="reflect",
+                                               interpolation="nearest", dtype=p)]
 
-    def block(filters: int, convs: int, drop: float):
-        out = []
-        for _ in range(convs):
-            out += [layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=p),
-                    layers.BatchNormalization(momentum=0.9, dtype=p), layers.ReLU(dtype=p)]
-        return out + [layers.MaxPooling2D(2, dtype=p), layers.Dropout(drop, dtype=p)]
+    def conv(filters: int):
+        return [layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=p),
+                layers.BatchNormalization(momentum=bn_momentum, dtype=p),
+                layers.Activation("gelu", dtype=p)]
 
-    stack += block(width, 2, dropout / 2) + block(2 * width, 2, dropout)
-    stack += [layers.Conv2D(4 * width, 3, padding="same", use_bias=False, dtype=p),
-              layers.BatchNormalization(momentum=0.9, dtype=p), layers.ReLU(dtype=p),
-              layers.GlobalAveragePooling2D(dtype=p), layers.Dropout(dropout, dtype=p),
-              _output(layers)]
+    for width in parse_widths(widths):
+        first = conv(width)
+        # conv, then pool, then normalise and activate (cheaper: BN on a quarter of the pixels)
+        stack += [first[0], layers.MaxPooling2D(2, padding="same", dtype=p), *first[1:],
+                  *conv(width)]
+    stack += [layers.GlobalMaxPooling2D(dtype=p), _output(layers)]
     model = keras.Sequential(stack, name="cnn_modern")
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch)))
     schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, decay_steps=max(1, steps_per_epoch * epochs), warmup_target=None)
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
+        0.0 if warmup else learning_rate, decay_steps=total - warmup,
+        warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=True,
+                                     weight_decay=weight_decay)
     return _compile(model, optimizer, label_smoothing)
 
 

@@ -1,0 +1,268 @@
+"""The ensemble stage: selection on constructed probabilities, on real models in a real MLflow
+store (validation data only, the pyfunc's weighted mean, left-out members), mirror TTA, and a
+compare killed before its ensemble."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from study import compare, config, ensemble, ensemble_stage, tracking
+from study.errors import ConfigError
+
+
+def votes(labels: np.ndarray, right: np.ndarray, confidence: float, seed: int = 0) -> np.ndarray:
+    """Class probabilities that put `confidence` on the true class where `right`, else on a
+    wrong class, and spread the rest evenly."""
+    rng = np.random.default_rng(seed)
+    wrong = (labels + rng.integers(1, 10, len(labels))) % 10
+    picked = np.where(right, labels, wrong)
+    proba = np.full((len(labels), 10), (1 - confidence) / 9)
+    proba[np.arange(len(labels)), picked] = confidence
+    return proba
+
+
+@pytest.fixture
+def constructed():
+    """A and B are each right on 60% of the rows, confidently where the other is wrong, so
+    their mean is right everywhere; C is right on 40% and adds nothing."""
+    y = np.arange(500) % 10
+    first = np.arange(500) < 300
+    second = np.arange(500) >= 200
+    a = np.where(first[:, None], votes(y, np.ones(500, bool), 0.9), votes(y, np.zeros(500, bool), 0.6, 1))
+    b = np.where(second[:, None], votes(y, np.ones(500, bool), 0.9), votes(y, np.zeros(500, bool), 0.6, 2))
+    c = votes(y, np.arange(500) % 5 < 2, 0.7, 3)
+    return y, {"A": a, "B": b, "C": c}
+
+
+def test_selection_finds_the_known_best_pair(constructed):
+    y, val = constructed
+    assert [ensemble.accuracy(val[k], y) for k in "ABC"] == [0.6, 0.6, 0.4]
+    chosen = ensemble.select(val, y, rounds=10, max_members=3)
+    assert set(chosen.weights) == {"A", "B"} and chosen.val_accuracy == 1.0
+    assert chosen.weights["A"] == pytest.approx(chosen.weights["B"])
+    assert sum(chosen.weights.values()) == pytest.approx(1.0)
+    mix = ensemble.combine(val, chosen.weights)
+    assert ensemble.accuracy(mix, y) == 1.0
+    assert chosen.history[0]["added"] in ("A", "B") and chosen.best_round == 2
+    assert chosen.ties >= 1 and any("tied" in note for note in chosen.notes)
+
+
+def test_accuracy_ties_go_to_the_lower_log_loss():
+    y = np.arange(300) % 10
+    right = np.arange(300) < 240
+    sure, unsure = votes(y, right, 0.9), votes(y, right, 0.5)  # same mistakes, other confidence
+    chosen = ensemble.select({"a_unsure": unsure, "b_sure": sure}, y, rounds=1, max_members=2)
+    assert chosen.weights == {"b_sure": 1.0}  # not the first name: the lower log loss
+    assert ensemble.log_loss(sure, y) < ensemble.log_loss(unsure, y)
+
+
+def test_selection_takes_validation_data_only(constructed):
+    """By construction: the selection function has no parameter through which a test set
+    could reach it, and it follows validation even where test would want another model."""
+    assert list(inspect.signature(ensemble.select).parameters) == [
+        "val_proba", "y_val", "rounds", "max_members"]
+    y, val = constructed
+    # on "test" C would be perfect and A, B useless; selection never sees that
+    chosen = ensemble.select(val, y, rounds=5, max_members=3)
+    assert "C" not in chosen.weights
+
+
+def test_degenerate_cases_are_reported():
+    y = np.arange(200) % 10
+    one = ensemble.select({"only": votes(y, np.arange(200) < 150, 0.8)}, y, 5, 3)
+    assert one.weights == {"only": 1.0} and "one candidate" in one.notes[0]
+    # B is a worse copy of A's mistakes: no mix beats A alone
+    a = votes(y, np.arange(200) < 180, 0.9)
+    b = votes(y, np.arange(200) < 100, 0.9, 5)
+    alone = ensemble.select({"A": a, "B": b}, y, 8, 3)
+    assert alone.weights == {"A": 1.0} and "all weight on A" in alone.notes[0]
+    # the member cap holds: after max_members distinct models only those are added again
+    many = {f"m{i}": votes(y, (np.arange(200) + 20 * i) % 200 < 120, 0.7, i) for i in range(6)}
+    capped = ensemble.select(many, y, 20, 2)
+    assert len(capped.weights) <= 2
+    with pytest.raises(ValueError, match="expected"):
+        ensemble.select({"bad": np.ones((3, 10)) / 10}, y, 3, 2)
+
+
+def test_usable_leaves_out_members_without_validation_probabilities():
+    y_val, y_test = np.zeros(30, int), np.zeros(40, int)
+    good = ensemble.Candidate("good", "r1", "cnn", np.ones((30, 10)) / 10, np.ones((40, 10)) / 10,
+                              model_uri="models:/m-1")
+    missing = ensemble.Candidate("old", "r2", "svm", None, np.ones((40, 10)) / 10,
+                                 model_uri="models:/m-2")
+    base = ensemble.Candidate("dummy", "r3", "baseline", np.ones((30, 10)) / 10,
+                              np.ones((40, 10)) / 10, model_uri="models:/m-3")
+    other = ensemble.Candidate("moved", "r4", "knn", np.ones((30, 10)) / 10,
+                               np.ones((40, 10)) / 10, model_uri="models:/m-4", data_digest="x")
+    kept, left_out = ensemble.usable([good, missing, base, other], len(y_val), len(y_test),
+                                     ("baseline",), data_digest="y")
+    assert [c.name for c in kept] == ["good"]
+    assert len(left_out) == 3
+    assert left_out[0].startswith("old: no validation probabilities logged")
+    assert left_out[1].startswith("dummy: family baseline is excluded")
+    assert left_out[2].startswith("moved: trained on other rows")
+
+
+def test_bad_settings_are_one_line_errors(tmp_path):
+    path = tmp_path / "ensemble.yaml"
+    path.write_text("enabled: true\nrounds: 0\nmax_members: 3\n")
+    with pytest.raises(ConfigError, match="rounds must be a positive integer"):
+        ensemble.load_config(path)
+    path.write_text("rounds: [\n")
+    with pytest.raises(ConfigError, match="cannot read the ensemble settings"):
+        ensemble.load_config(path)
+    assert ensemble.load_config().enabled  # the project's own settings are valid
+
+
+def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mean(
+        tracking_store, fmnist, monkeypatch):
+    """A real smoke compare in a temporary store: the selection receives the validation rows
+    and nothing of the test set; the ensemble is a ranked final run whose pyfunc returns the
+    weighted mean of its members' probabilities; a member without validation probabilities
+    is left out with a note when the ensemble is built again."""
+    seen = []
+    real_select = ensemble.select
+
+    def spy(val_proba, y_val, rounds, max_members):
+        seen.append((val_proba, y_val))
+        return real_select(val_proba, y_val, rounds, max_members)
+
+    monkeypatch.setattr(ensemble, "select", spy)
+    result = compare.compare("smoke", "dummy,logreg,knn,pca_logreg")
+    assert not result.failures
+    (val_proba, y_val), = seen
+    from study import data
+
+    splits = data.make_splits(fmnist, config.PROFILES["smoke"])
+    assert np.array_equal(y_val, splits.y_val)  # the validation labels, not the test ones
+    assert sorted(val_proba) == ["knn", "logreg", "pca_logreg"]  # the baseline is excluded
+    assert all(p.shape == (len(splits.y_val), 10) for p in val_proba.values())
+
+    rows = {r["pipeline"]: r for r in result.rows}
+    ens = rows["ensemble"]
+    assert ens["family"] == "ensemble" and ens["rank"] >= 1
+    client = mlflow.MlflowClient()
+    run = client.get_run(ens["run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == result.run_id
+    weights = {k[len("weight."):]: float(v) for k, v in run.data.params.items()
+               if k.startswith("weight.")}
+    assert weights and sum(weights.values()) == pytest.approx(1.0, abs=1e-3)
+    assert run.data.params["members"].split(",") == list(weights)
+    assert ens["best_params"] == {k: f"{v:.4f}" for k, v in weights.items()}
+    # the logged test probabilities are the weighted mean of the members' logged ones
+    members = {n: tracking.load_npy(rows[n]["run_id"], "evaluation/test_proba.npy") for n in weights}
+    logged = tracking.load_npy(ens["run_id"], "evaluation/test_proba.npy")
+    assert np.allclose(logged, ensemble.combine(members, weights), atol=1e-5)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(
+        ensemble.accuracy(logged, fmnist.y_test))
+    # the pyfunc model: weighted mean of the members' own logged models, on flat or image input
+    model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
+    x = fmnist.x_test[:50].astype(np.float32) / 255
+    uris = {n: client.get_run(rows[n]["run_id"]).data.tags["model_uri"] for n in weights}
+    expected = sum(w * np.asarray(mlflow.pyfunc.load_model(uris[n]).predict(x.reshape(50, -1)))
+                   for n, w in weights.items())
+    assert np.allclose(model.predict(x.reshape(50, -1)), expected, atol=1e-5)
+    # classical members only: the signature takes flat pixels, as theirs do
+    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 784)
+    assert run.data.metrics["served_max_abs_diff"] < 1e-5
+
+    # Built again without one member's validation probabilities: left out, and said so.
+    client.delete_run(ens["run_id"])
+    gone = next(iter(weights))
+    artifacts = Path(client.get_run(rows[gone]["run_id"]).info.artifact_uri.replace("file://", ""))
+    (artifacts / "evaluation" / "val_proba.npy").unlink()
+    again = ensemble_stage.run(result.run_id, "smoke", splits.y_val, splits.y_test,
+                               splits.x_test, data.fingerprint(splits), log=lambda _: None)
+    assert any(line.startswith(f"{gone}: no validation probabilities") for line in again.left_out)
+    assert again.run_id  # two of the three candidates remain
+    assert gone not in client.get_run(again.run_id).data.params["members"].split(",")
+
+
+def test_mirror_tta_model_is_mirror_symmetric(fmnist, tmp_path):
+    """The wrapped network gives a mirrored image the prediction of the image, and that is the
+    mean of the bare network on both views; it saves and loads as plain Keras."""
+    import keras
+
+    from study.models.keras_models import cnn_seed1, with_mirror
+
+    keras.utils.set_random_seed(1)
+    net = cnn_seed1()
+    x = fmnist.x_test[:16, :, :, None].astype(np.float32) / 255
+    net.fit(x, fmnist.y_test[:16], epochs=1, verbose=0)  # not symmetric by itself
+    assert not np.allclose(net.predict(x, verbose=0), net.predict(x[:, :, ::-1], verbose=0))
+    tta = with_mirror(net)
+    both = tta.predict(x, verbose=0)
+    assert np.allclose(both, tta.predict(x[:, :, ::-1], verbose=0), atol=1e-6)
+    assert np.allclose(both, 0.5 * (net.predict(x, verbose=0) +
+                                    net.predict(x[:, :, ::-1], verbose=0)), atol=1e-6)
+    assert tta.count_params() == net.count_params() + 28 * 28  # the frozen mirror kernel
+    tta.save(tmp_path / "tta.keras")
+    loaded = keras.models.load_model(tmp_path / "tta.keras")
+    assert np.allclose(loaded.predict(x, verbose=0), both, atol=1e-6)
+
+
+def test_tta_is_kept_only_where_validation_gains(tiny):
+    from study import pipelines, training
+
+    spec = pipelines.load("cnn_seed1")
+    fit = training.fit(spec, {"learning_rate": 1e-3, "epochs": 2, "batch_size": 64,
+                              "precision": "float32"}, tiny.x_train, tiny.y_train, tiny.x_val,
+                       tiny.y_val, seed=3)
+    bare = fit.model
+    proba = training.choose_mirror_tta(fit, tiny.x_val, tiny.y_val)
+    info = fit.info
+    kept = info["val_accuracy_mirror"] > info["val_accuracy_plain"]
+    assert info["tta"] == ("mirror" if kept else "none")
+    assert training.accuracy(proba, tiny.y_val) == max(info["val_accuracy_mirror"],
+                                                       info["val_accuracy_plain"])
+    assert (fit.model is not bare) == kept
+    assert np.allclose(fit.predict_proba(tiny.x_val), proba, atol=1e-5)  # what was scored
+
+
+@pytest.mark.slow
+def test_compare_killed_before_its_ensemble_reruns_only_the_ensemble(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+           "OPTUNA_JOURNAL": str(tmp_path / "o.journal"), config.REPORTS_ENV: str(tmp_path / "r")}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    command = [sys.executable, "-m", "study", "compare", "--profile", "smoke", "--pipelines",
+               "logreg,knn"]
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in first.stderr:  # both pipelines are logged; the ensemble stage starts
+        seen.append(line)
+        if line.startswith("=== ensemble"):
+            os.killpg(first.pid, signal.SIGKILL)
+            break
+    first.wait(timeout=60)
+    assert first.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    (killed,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    before = {r.data.tags["pipeline"]: r.info.run_id for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{killed.info.run_id}'")}
+    assert sorted(before) == ["knn", "logreg"]  # killed before the ensemble was logged
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name, run_id in before.items():
+        assert f"{name}: reusing run {run_id}" in again.stderr
+    assert "final fit" not in again.stderr and "trial " not in again.stderr  # nothing retrained
+    assert "ensemble: " in again.stderr
+    resumed = next(r for r in client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+                   if r.info.run_id != killed.info.run_id)
+    rows = {r.data.tags["pipeline"]: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{resumed.info.run_id}'")}
+    assert sorted(rows) == ["ensemble", "knn", "logreg"]
+    assert rows["ensemble"].info.status == "FINISHED" and rows["ensemble"].data.tags["rank"]
