@@ -287,7 +287,7 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
         doc.para("Failed pipelines (traceback.txt in their runs): " +
                  ", ".join(f"{f['pipeline']} (run {f['run_id']})" for f in failures))
 
-    ensemble_section(doc, rows, parent, ensemble_note)
+    ensemble_section(doc, rows, ensemble_note)
 
     # 3. Accuracy against cost
     doc.section(SECTIONS[2])
@@ -477,7 +477,7 @@ def rebuild_ensemble(pid: str, profile: str, dataset) -> str:
     return result.message
 
 
-def ensemble_section(doc: _Doc, rows: list[dict[str, Any]], parent, note: str) -> None:
+def ensemble_section(doc: _Doc, rows: list[dict[str, Any]], note: str) -> None:
     """Members, weights, what the ensemble gains over its best member, and how often the
     members agree (diverse members are what an ensemble needs)."""
     doc.section(SECTIONS[1])
