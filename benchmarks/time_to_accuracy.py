@@ -30,12 +30,15 @@ import yaml  # noqa: E402
 from study import config, data, pipelines, training, tuning  # noqa: E402
 
 
-def recorder(splits, rows: list[dict], out_csv: Path, started: list[float]):
+def recorder(splits, rows: list[dict], out_csv: Path, started: list[float],
+             limit: float | None = None):
     import keras
 
     class Record(keras.callbacks.Callback):
         """After each epoch: accuracy of the weights the trainer would keep at that point
-        (averaged ones when the recipe averages), its evaluation time left out of the clock."""
+        (averaged ones when the recipe averages), its evaluation time left out of the clock.
+        Stops before an epoch that would end past `limit` seconds of training on that clock
+        (the trainer's own max_seconds would count the evaluation too)."""
 
         def on_train_begin(self, logs=None):
             started.append(time.perf_counter())
@@ -60,6 +63,9 @@ def recorder(splits, rows: list[dict], out_csv: Path, started: list[float]):
                 writer.writerows(rows)
             print(" ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr, flush=True)
             self.excluded += time.perf_counter() - clock
+            last = row["train_seconds"] - (rows[-2]["train_seconds"] if len(rows) > 1 else 0.0)
+            if limit and row["train_seconds"] + last > limit:
+                self.model.stop_training = True
 
     return Record()
 
@@ -103,8 +109,6 @@ def main() -> int:
     for item in args.set:
         key, _, value = item.partition("=")
         params[key] = yaml.safe_load(value)
-    if args.minutes:
-        params["max_seconds"] = args.minutes * 60
     params["patience"] = 10**6  # the whole curve, not the early-stopped part
     splits = data.make_splits(data.load(), config.PROFILES["quick"])
     out = Path(args.out)
@@ -114,17 +118,18 @@ def main() -> int:
     print(f"{spec.name} ({args.profile} recipe): {params}", file=sys.stderr)
     result = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val,
                           splits.y_val, seed=args.seed,
-                          callbacks=[recorder(splits, rows, out / f"{stem}.csv", [])])
+                          callbacks=[recorder(splits, rows, out / f"{stem}.csv", [],
+                                              args.minutes * 60 if args.minutes else None)])
     plot(rows, f"{spec.name}, {args.profile} recipe: accuracy against training time",
          out / f"{stem}.png")
     print(f"{len(rows)} epochs, {rows[-1]['train_seconds']:.0f} s of training; "
           f"{result.info.get('images_per_second', 0):.0f} images/s; params "
           f"{training.count_params(result.model, result.kind):,}", file=sys.stderr)
-    for minutes in (5, 10, 20, 40):
+    for minutes in (5, 10, 20, 40, rows[-1]["train_seconds"] / 60):
         done = [r for r in rows if r["train_seconds"] <= minutes * 60]
         if done:
             r = done[-1]
-            print(f"at {minutes:>2} min: epoch {r['epoch']}, val {r['val_accuracy']:.4f}, test "
+            print(f"at {minutes:>4.1f} min: epoch {r['epoch']}, val {r['val_accuracy']:.4f}, test "
                   f"{r['test_accuracy']:.4f} ({r['test_accuracy_mirror']:.4f} with mirror TTA)")
     print(f"curve: {out / stem}.csv and .png")
     return 0
