@@ -329,7 +329,9 @@ def inference_copy(model):
     model then loads in any process, even where a custom loss (label smoothing) is unknown."""
     import keras
 
-    copy = keras.models.clone_model(model)
+    if getattr(model, "compiled", False):  # a view of the same layers, without compile state
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    copy = keras.models.clone_model(model)  # (a wrapper around a compiled network)
     copy.set_weights(model.get_weights())
     return copy
 
