@@ -125,7 +125,9 @@ def main() -> int:
     print(f"{len(rows)} epochs, {rows[-1]['train_seconds']:.0f} s of training; "
           f"{result.info.get('images_per_second', 0):.0f} images/s; params "
           f"{training.count_params(result.model, result.kind):,}", file=sys.stderr)
-    for minutes in (5, 10, 20, 40, rows[-1]["train_seconds"] / 60):
+    end = rows[-1]["train_seconds"] / 60
+    marks = [m for m in (5, 10, 20, 40) if m < end] + [end]  # the run's end once, not twice
+    for minutes in marks:
         done = [r for r in rows if r["train_seconds"] <= minutes * 60]
         if done:
             r = done[-1]

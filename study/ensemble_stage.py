@@ -79,17 +79,19 @@ class StageResult:
     left_out: list[str] = field(default_factory=list)
 
 
-def existing_run(parent_id: str) -> str | None:
-    for run in tracking.final_runs(parent_id):
+def existing_run(parent_id: str, runs: list[dict] | None = None) -> str | None:
+    """The compare's ensemble run, if any (`runs`: its final runs, when already fetched)."""
+    for run in tracking.final_runs(parent_id) if runs is None else runs:
         if run.get("pipeline") == NAME:
             return run["run_id"]
     return None
 
 
-def candidates(parent_id: str) -> list[ensemble.Candidate]:
-    """Every final model of the compare, with its logged probabilities (None when missing)."""
+def candidates(runs: list[dict]) -> list[ensemble.Candidate]:
+    """Every final model among a compare's final runs, with its logged probabilities (None
+    when missing)."""
     out = []
-    for run in tracking.final_runs(parent_id):
+    for run in runs:
         if run.get("pipeline") == NAME:
             continue
         out.append(ensemble.Candidate(
@@ -107,11 +109,12 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
     settings = ensemble.load_config()
     if not settings.enabled:
         return StageResult(None, f"ensemble: off ({settings.path})")
-    found = existing_run(parent_id)
+    runs = tracking.final_runs(parent_id)
+    found = existing_run(parent_id, runs)
     if found:
         return StageResult(found, f"ensemble: run {found} exists; kept")
     started = time.time()
-    kept, left_out = ensemble.usable(candidates(parent_id), len(y_val), len(y_test),
+    kept, left_out = ensemble.usable(candidates(runs), len(y_val), len(y_test),
                                      settings.exclude_families, data_digest)
     for reason in left_out:
         log(f"ensemble: left out {reason}")

@@ -29,7 +29,9 @@ from study.models.reducers import build_reducer
 from study.pipelines import PipelineSpec
 
 # Settings consumed by the Keras training loop; everything else goes to the builder.
-KERAS_FIT_KEYS = {"epochs", "batch_size", "patience", "max_seconds", "ema"}
+# `seed_offset` starts a network from other random numbers than the study seed gives (weights,
+# batches, augmentation): a second run of one recipe makes different errors (deep ensembles).
+KERAS_FIT_KEYS = {"epochs", "batch_size", "patience", "max_seconds", "ema", "seed_offset"}
 REDUCER_PREFIX = "reduce__"
 
 
@@ -225,8 +227,9 @@ def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_va
     import keras
     import tensorflow as tf
 
-    configure_tensorflow(seed)
     model_kw, _, fit_kw = split_params(spec, params)
+    seed += int(fit_kw.get("seed_offset", 0))
+    configure_tensorflow(seed)
     precision, why = resolve_precision(model_kw.get("precision", "float32"))
     model_kw["precision"] = precision
     epochs = int(fit_kw.get("epochs", 10))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,27 @@ import pytest
 from study import config, data
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture
+def sigkill_at():
+    """start(command, marker, **popen): run `command` in its own session and SIGKILL its whole
+    process group at the first stderr line starting with `marker`, as a crash or `kill -9`
+    would; returns the stderr lines seen."""
+    def start(command, marker: str, **popen) -> list[str]:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True, **popen)
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if line.startswith(marker):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+        return seen
+
+    return start
 
 
 @pytest.fixture(scope="session")

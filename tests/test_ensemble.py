@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -229,23 +228,15 @@ def test_tta_is_kept_only_where_validation_gains(tiny):
 
 
 @pytest.mark.slow
-def test_compare_killed_before_its_ensemble_reruns_only_the_ensemble(tmp_path):
+def test_compare_killed_before_its_ensemble_reruns_only_the_ensemble(tmp_path, sigkill_at):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
            "OPTUNA_JOURNAL": str(tmp_path / "o.journal"), config.REPORTS_ENV: str(tmp_path / "r")}
     for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(leaked, None)
     command = [sys.executable, "-m", "study", "compare", "--profile", "smoke", "--pipelines",
                "logreg,knn"]
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    seen = []
-    for line in first.stderr:  # both pipelines are logged; the ensemble stage starts
-        seen.append(line)
-        if line.startswith("=== ensemble"):
-            os.killpg(first.pid, signal.SIGKILL)
-            break
-    first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    # killed once both pipelines are logged, as the ensemble stage starts
+    sigkill_at(command, "=== ensemble", cwd=tmp_path, env=env)
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
     (killed,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")

@@ -19,6 +19,21 @@ def test_same_seed_same_validation_accuracy(tiny):
     assert runs[0].history["val_accuracy"] == pytest.approx(runs[1].history["val_accuracy"], abs=0.002)
 
 
+def test_seed_offset_starts_a_network_from_other_random_numbers(tiny):
+    """cnn_modern_b is cnn_modern's recipe with `seed_offset: 1`: same study seed, other
+    initial weights, so other predictions (the ensemble needs members that differ)."""
+    assert pipelines.load("cnn_modern_b").fit["seed_offset"] == 1
+    spec = pipelines.load("mlp_seed")
+    params = {**tuning.final_params(spec, "smoke", {}), "epochs": 1}
+    proba = {offset: training.fit(spec, {**params, "seed_offset": offset}, tiny.x_train,
+                                  tiny.y_train, tiny.x_val, tiny.y_val, seed=11)
+             .predict_proba(tiny.x_val) for offset in (0, 1)}
+    again = training.fit(spec, {**params, "seed_offset": 1}, tiny.x_train, tiny.y_train,
+                         tiny.x_val, tiny.y_val, seed=10).predict_proba(tiny.x_val)
+    assert np.abs(proba[0] - proba[1]).max() > 1e-3
+    np.testing.assert_allclose(again, proba[0], atol=1e-5)  # the offset adds to the seed: 10 + 1
+
+
 def test_final_weights_are_the_best_validation_epochs(tiny):
     spec = pipelines.load("mlp_seed")
     params = {**tuning.final_params(spec, "smoke", {}), "epochs": 6, "patience": 10,

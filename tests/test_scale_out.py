@@ -187,21 +187,13 @@ def test_smoke_compare_against_a_real_mlflow_server(mlflow_server, postgres_db, 
         assert [t.state.name for t in study.trials] == ["COMPLETE"] * spec.budget("smoke").n_trials
 
 
-def test_sigkilled_compare_resumes_without_retraining(tmp_path):
+def test_sigkilled_compare_resumes_without_retraining(tmp_path, sigkill_at):
     env = study_env(tmp_path)
     command = [shutil.which("mlflow", path=env["PATH"]), "run", str(config.PROJECT_ROOT), "-e",
                "compare", "--env-manager", "local", "--experiment-name", "resume",
                "-P", "profile=smoke", "-P", "pipelines=dummy,logreg,knn,cnn_seed1"]
-    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-    seen = []
-    for line in first.stderr:  # kill as soon as the last pipeline starts: three are finished
-        seen.append(line)
-        if line.startswith("=== pipeline 4/4"):
-            os.killpg(first.pid, signal.SIGKILL)
-            break
-    first.wait(timeout=60)
-    assert first.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+    # killed as soon as the last pipeline starts: three are finished
+    sigkill_at(command, "=== pipeline 4/4", cwd=tmp_path, env=env)
 
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("resume")
