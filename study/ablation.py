@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from study import config, data, pipelines, training
+from study.errors import ConfigError
 from study.evaluation import plot_validation_curves
 
 EXPERIMENT = "ablation"
@@ -60,23 +61,32 @@ def label(setting: dict[str, Any]) -> str:
 
 
 def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
-        data_dir: str | None = None) -> dict[str, Any]:
-    """Train every setting, log each as a run of the `ablation` experiment; return the table."""
+        data_dir: str | None = None, compare_run_id: str | None = "latest") -> dict[str, Any]:
+    """Train every setting, log each as a run of the `ablation` experiment; return the table.
+    The ablation belongs to a compare (its report shows it): `compare_run_id`, by default
+    the latest finished compare in the store, None for none."""
     from study import tracking
 
     if profile not in config.PROFILES:
-        from study.errors import ConfigError
-
         raise ConfigError(f"unknown profile {profile!r}; valid: {', '.join(config.PROFILES)}")
     tracking.configure()
     splits = data.make_splits(data.load(data_dir), config.PROFILES[profile])
     spec = pipelines.load("mlp_seed")
     budget = BUDGET[profile]
-    parent_id = tracking.start_ablation(EXPERIMENT, profile)
+    compare_id = None
+    if compare_run_id:
+        try:
+            compare_id = tracking.find_compare_run(compare_run_id).info.run_id
+        except ConfigError:
+            if compare_run_id != "latest":  # named on purpose: it must exist
+                raise
+    parent_id = tracking.start_ablation(EXPERIMENT, profile, compare_id)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
-    best = {"learning_rate": BASE["learning_rate"], "batch_size": BASE["batch_size"]}
+    best: dict[str, Any] = {"learning_rate": BASE["learning_rate"],
+                            "batch_size": BASE["batch_size"]}
+    best_run = None
     try:
         for exp in experiments(best):
             found = []
@@ -84,25 +94,29 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
                 params = {**BASE, **best_overrides(exp.key, best), **setting, **budget}
                 if exp.key != "lr_batch":
                     params["batch_size"] = BASE["batch_size"]
+                # what is trained, without the epoch budget: the setting a winner carries on
+                trained = {k: v for k, v in params.items() if k not in budget}
                 fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val,
                                    splits.y_val, seed)
                 proba = fit.predict_proba(splits.x_test)
                 test_acc = float(np.mean(proba.argmax(axis=1) == splits.y_test))
                 best_val = float(max(fit.history["val_accuracy"]))
-                row = {"experiment": exp.key, "setting": label(setting), "params": setting,
+                row = {"experiment": exp.key, "setting": label(setting), "params": trained,
                        "best_val_accuracy": best_val, "test_accuracy": test_acc,
                        "epochs": len(fit.history["loss"]), "best_epoch": fit.best_epoch,
                        "fit_seconds": fit.fit_seconds}
                 rows.append(row)
                 found.append(row)
                 curves.setdefault(exp.key, []).append((label(setting), fit.history))
-                tracking.log_ablation_setting(parent_id, f"{exp.key}: {label(setting)}", params,
-                                              row, fit.history)
+                row["run_id"] = tracking.log_ablation_setting(
+                    parent_id, f"{exp.key}: {label(setting)}", params, row, fit.history)
                 print(f"[ablation] {exp.key} {i}/{len(exp.settings)} {label(setting)}: "
                       f"val {best_val:.4f} test {test_acc:.4f} epochs {row['epochs']} "
                       f"({fit.fit_seconds:.1f}s)", file=sys.stderr, flush=True)
             winner = max(found, key=lambda r: r["best_val_accuracy"])  # validation only
-            best.update(winner["params"])
+            # the full setting the winner was trained with (experiments 2-4 train at the
+            # seed's batch 128, whatever batch won experiment 1), so "best" was trained
+            best, best_run = dict(winner["params"]), winner["run_id"]
         seconds = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -110,12 +124,14 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
                 plot_validation_curves(dict(curves.get(exp.key, [])), exp.title,
                                        tmp / f"ablation_{exp.key}.png")
             (tmp / "ablation.md").write_text(render_markdown(rows) + "\n")
-            (tmp / "ablation.json").write_text(json.dumps({"rows": rows, "best": best}, indent=1))
+            (tmp / "ablation.json").write_text(json.dumps(
+                {"rows": rows, "best": best, "best_run_id": best_run}, indent=1))
             tracking.finish_ablation(parent_id, tmp, seconds)
     except BaseException:
         tracking.finish_ablation(parent_id, None, None, status="FAILED")
         raise
-    return {"rows": rows, "best": best, "seconds": seconds, "run_id": parent_id}
+    return {"rows": rows, "best": best, "best_run_id": best_run, "seconds": seconds,
+            "run_id": parent_id, "compare_run_id": compare_id}
 
 
 def best_overrides(key: str, best: dict[str, Any]) -> dict[str, Any]:

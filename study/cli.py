@@ -131,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--profile", default=config.DEFAULT_PROFILE)
     abl.add_argument("--seed", type=_seed, default=config.SEED)
     abl.add_argument("--data-dir", type=_optional, default=None)
+    abl.add_argument("--compare-run-id", default="latest",
+                     help="the compare whose report shows this ablation: a run id, 'latest' "
+                          "(the default: the latest finished compare, if any) or '-' (none)")
+
+    rpt = sub.add_parser("repeats", help="refit a compare's top models with more seeds: "
+                                         "mean +/- std of test accuracy")
+    rpt.add_argument("--run-id", default="latest", help="the compare run (default: latest)")
+    rpt.add_argument("--seeds", type=_positive("seeds"), default=5, help="seeds per model (>= 2)")
+    rpt.add_argument("--top", type=_positive("top"), default=3, help="how many of the best models")
+    rpt.add_argument("--data-dir", type=_optional, default=None)
 
     dat = sub.add_parser("data", help="find or fetch the dataset and verify it")
     dat.add_argument("--data-dir", type=_optional, default=None)
@@ -164,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             return _predict(args)
         if args.command == "ablation":
             return _ablation(args)
+        if args.command == "repeats":
+            return _repeats(args)
         if args.command == "tune":
             return _tune(args)
         return _compare(args)
@@ -194,9 +206,9 @@ def _compare(args) -> int:
     if result.registry:
         reg = result.registry
         print(f"Champion registered: models:/{reg['name']}/{reg['version']} "
-              + ("(alias @champion now points to it)" if reg["alias_moved"] else
-                 f"(alias @champion stays on version {reg['alias_version']}, test accuracy "
-                 f"{reg['previous_accuracy']:.4f} >= {reg['test_accuracy']:.4f})"))
+              + (f"(alias @champion now points to it: {reg['reason']})" if reg["alias_moved"]
+                 else f"(alias @champion stays on version {reg['alias_version']}: "
+                      f"{reg['reason']})"))
     if result.report:
         print(f"Report: {result.report}/report.html")
     print(f"Explore the runs: {tracking.ui_command()}")
@@ -207,7 +219,7 @@ def _tune(args) -> int:
     """A worker: a share of a parallel compare's trials, or a machine joining a study."""
     import zlib
 
-    from study import data, pipelines, tracking, tuning
+    from study import compare, data, pipelines, tracking, tuning
 
     if args.profile not in config.PROFILES:
         raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
@@ -220,8 +232,7 @@ def _tune(args) -> int:
                           "processes instead of --workers")
     splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
     storage = tuning.resolve_storage(args.storage)
-    tuning.open_storage(storage)  # unreachable storage: one line, before anything is written
-    tracking.configure()
+    compare.open_stores(storage)  # unreachable storage or server: one line, nothing written
     worker = args.tuning_run_id is not None
     if worker:
         tuning.exit_with_parent()
@@ -290,10 +301,27 @@ def _predict(args) -> int:
     return 1 if bad else 0
 
 
+def _repeats(args) -> int:
+    from study import repeats
+
+    summary = repeats.run(args.run_id, args.seeds, args.top, args.data_dir,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run . -e repeats`: link the two runs
+        from study import tracking
+
+        tracking.set_tags(os.environ["MLFLOW_RUN_ID"],
+                          {tracking.ROLE: "repeats_launcher", "repeats_run_id": summary["run_id"]})
+    print(repeats.main_summary(summary))
+    print(f"rebuild the compare's report to show them: mlflow run . -e report -P "
+          f"run_id={summary['compare_run_id']}")
+    return 0
+
+
 def _ablation(args) -> int:
     from study import ablation
 
-    result = ablation.run(args.profile, args.seed, args.data_dir)
+    result = ablation.run(args.profile, args.seed, args.data_dir,
+                          None if args.compare_run_id == "-" else args.compare_run_id)
     if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run . -e ablation`: link the two runs
         from study import tracking
 
@@ -301,5 +329,9 @@ def _ablation(args) -> int:
                           {tracking.ROLE: "ablation_launcher", "ablation_run_id": result["run_id"]})
     print(ablation.render_markdown(result["rows"]))
     print(f"\nablation run {result['run_id']} ({args.profile} profile): "
-          f"{result['seconds'] / 60:.1f} min; best setting {result['best']}")
+          f"{result['seconds'] / 60:.1f} min; best setting {result['best']} (run "
+          f"{result['best_run_id']}); "
+          + (f"shown in the report of compare {result['compare_run_id']} (rebuild it with "
+             f"`mlflow run . -e report -P run_id={result['compare_run_id']}`)"
+             if result["compare_run_id"] else "no compare to attach it to"))
     return 0

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from study import config, data, leaderboard, pipelines, report, tracking, training, tuning
-from study.errors import ConfigError, first_line
+from study.errors import ConfigError, RegistryError, first_line
 
 
 @dataclass
@@ -43,6 +43,7 @@ class Tuner:
 def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tuner,
                  parent_run_id: str, data_digest: str) -> str:
     """Tune one pipeline, fit its final model, score it on the test set once, log it."""
+    started = time.time()
     tuning_log = tracking.TuningLog(spec.name, tuning.study_name(spec, profile, seed), profile,
                                     parent_run_id=parent_run_id)
     try:
@@ -78,7 +79,9 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
         predict_seconds=predict_seconds,
         n_params=training.count_params(fit.model, fit.kind),
         model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
-        data_digest=data_digest, parent_run_id=parent_run_id,
+        data_digest=data_digest, parent_run_id=parent_run_id, started=started,
+        data_rows={"train": len(splits.y_train), "validation": len(splits.y_val),
+                   "test": len(splits.y_test)},
     )
     log(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} test_macro_f1={evaluation.macro_f1:.4f} "
         f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s"
@@ -270,6 +273,18 @@ def _record(outcomes, specs, profile: str) -> Iterator[Outcome]:
         yield outcome
 
 
+def open_stores(storage_url: str):
+    """Check the MLflow store and open the Optuna storage, the one that can fail without
+    writing anything first: an unreachable server or database leaves no local file behind
+    (a local journal or SQLite store is only created once the remote one has answered)."""
+    if "://" in storage_url:  # an RDB URL: it may be down
+        storage = tuning.open_storage(storage_url)
+        tracking.configure()
+        return storage
+    tracking.configure()  # a tracking server may be down; the journal is local
+    return tuning.open_storage(storage_url)
+
+
 def _redact(url: str) -> str:
     """A storage URL without its password, fit for logging."""
     import re
@@ -296,8 +311,7 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     splits = data.make_splits(dataset, config.PROFILES[profile])
     data_seconds = time.perf_counter() - start
     storage_url = tuning.resolve_storage(storage)
-    tuner = Tuner(storage_url, tuning.open_storage(storage_url), workers, data_dir)
-    tracking.configure()
+    tuner = Tuner(storage_url, open_stores(storage_url), workers, data_dir)
     stale = tracking.mark_stale_runs()
     if stale:
         log(f"resume: {len(stale)} interrupted compare run(s) marked KILLED ({', '.join(stale)})")
@@ -308,14 +322,22 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
         tracking.log_params({"workers": workers, "parallel": parallel,
                              "optuna_storage": _redact(storage_url)})
         data_digest = data.fingerprint(splits)
+        tracking.log_data_inputs(data_digest, {"train": len(splits.y_train),
+                                               "validation": len(splits.y_val),
+                                               "test": len(splits.y_test)})
+        refused: list[str] = []
         reused = tracking.adopt_finished(parent_id, profile, seed, data_digest,
-                                         {s.name: s.digest for s in specs})
+                                         {s.name: s.digest for s in specs}, refused)
+        refused = [n for n in refused if n not in reused]
+        if refused:
+            log(f"resume: not reusing {', '.join(refused)} of the interrupted compare: the code "
+                "in study/ changed since (retrained)")
         todo = []
         for i, spec in enumerate(specs, start=1):
             label = f"pipeline {i}/{len(specs)}"
             if spec.name in reused:
                 log(f"=== {label}: {spec.name}: reusing run {reused[spec.name]} of the "
-                    "interrupted compare (same definition, data and profile)")
+                    "interrupted compare (same definition, code, data and profile)")
             else:
                 todo.append((label, spec))
         reduced = [s.name for s in specs if s.reducer != "none"]  # they get figures
@@ -346,7 +368,11 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     for row in result.rows:
         tracking.set_rank(row["run_id"], row["rank"])
     if result.rows:  # before the report: a report problem must not cost the registration
-        result.registry = tracking.register_champion(result.rows[0]["run_id"])
+        try:
+            result.registry = tracking.register_champion(result.rows[0]["run_id"], splits.y_test)
+        except RegistryError as exc:
+            failures["registry"] = str(exc)
+            log(f"registry FAILED ({exc})")
 
     try:
         built = report.build(parent_id, data_dir=data_dir)

@@ -46,6 +46,18 @@ CHAMPION_ALIAS = "champion"
 REPORTS_ENV = "STUDY_REPORTS_DIR"  # where report folders go (default: reports/ of the project)
 
 
+def code_digest(package: Path | None = None) -> str:
+    """SHA-256 (10 hex digits) of the package's Python sources: a final run records it, and a
+    resumed compare reuses a killed compare's model only when the code that made it is the same."""
+    import hashlib
+
+    package = package or Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def keras_cache_dir() -> Path:
     return Path.home() / ".keras" / "datasets" / "fashion-mnist"
 

@@ -22,7 +22,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from study import ensemble, tracking
+from study import config, ensemble, tracking
 from study.ensemble import NAME
 
 VERIFY_ROWS = 1000  # test images predicted again through the logged model, as a check
@@ -172,6 +172,7 @@ def _log(parent_id, profile, data_digest, members, selection, summary, evaluatio
     tags = {tracking.ROLE: "final", "pipeline": NAME, "family": "ensemble", "reducer": "-",
             "model": "weighted_ensemble", "kind": "pyfunc", "profile": profile,
             "data_digest": data_digest, "pipeline_digest": digest.hexdigest()[:10],
+            "code_digest": config.code_digest(),
             "mlflow.parentRunId": parent_id}
     if selection.notes:
         tags["fit_notes"] = "; ".join(selection.notes)
@@ -179,6 +180,9 @@ def _log(parent_id, profile, data_digest, members, selection, summary, evaluatio
                                run_name=NAME, tags=tags).info.run_id
     try:
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            # it chose on validation rows and was scored on the test set
+            tracking.log_data_inputs(data_digest, {"validation": len(y_val),
+                                                   "test": len(x_test)})
             _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test)
     except BaseException:
         client.set_terminated(run_id, "FAILED")

@@ -15,6 +15,10 @@ class ConfigError(StudyError):
     """An unknown pipeline, profile or parameter, or a malformed pipeline YAML."""
 
 
+class RegistryError(StudyError):
+    """The Model Registry could not be read or written; the champion alias was left alone."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first message line (its type name when it has no message)."""
     text = str(exc).strip()

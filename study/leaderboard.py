@@ -1,7 +1,9 @@
 """Rank final runs and render the leaderboard. Ranking uses test scores of final models only.
 
 Honest ranking: each model's test accuracy carries a 95% Wilson interval, and an exact McNemar
-test on the same 10,000 test images says whether it is distinguishable from rank 1 at 5%.
+test on the same 10,000 test images says whether it is distinguishable from rank 1 at 5%, on
+Holm-adjusted p-values (one test per model: fourteen raw tests at 5% on a leaderboard of equals
+would call some model "worse" by chance one time in two).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ COLUMNS = (
     ("reducer", "reducer"),
     ("test_accuracy", "test acc"),
     ("test_ci", "95% CI"),
-    ("vs_champion", "vs #1 (McNemar p)"),
+    ("vs_champion", "vs #1 (McNemar p, Holm)"),
     ("test_macro_f1", "macro F1"),
-    ("val_accuracy", "val acc"),
+    ("val_accuracy", "val acc (selection)"),
     ("fit_seconds", "fit s"),
     ("predict_ms_per_1000", "predict ms/1k"),
     ("size", "params / size"),
@@ -96,28 +98,45 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, 2.0 * binom.cdf(min(b, c), n, 0.5)))
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given): the i-th
+    smallest is multiplied by (m - i + 1), kept monotone, capped at 1."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * len(pvalues), 0.0
+    for step, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - step) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
 def add_significance(rows: list[dict[str, Any]], predictions: dict[str, np.ndarray],
                      y_true: np.ndarray) -> list[dict[str, Any]]:
-    """Wilson interval per row and McNemar against rank 1, on the same test images."""
+    """Wilson interval per row and McNemar against rank 1, on the same test images; "same" or
+    "worse" is decided on Holm-adjusted p-values. Without rank 1's predictions no comparison
+    is made: p-values are NaN ("n/a"), never a favourable default."""
     if not rows:
         return rows
     champion = predictions.get(rows[0]["run_id"])
+    if champion is not None and len(champion) != len(y_true):
+        champion = None
+    tested = []
     for row in rows:
+        row.update(ci_low=float("nan"), ci_high=float("nan"), p_value=float("nan"),
+                   p_holm=float("nan"), b=0, c=0, indistinguishable=None)
         pred = predictions.get(row["run_id"])
         if pred is None or len(pred) != len(y_true):
-            row.update(ci_low=float("nan"), ci_high=float("nan"), p_value=float("nan"),
-                       b=0, c=0, indistinguishable=None)
             continue
         right = pred == y_true
         row["ci_low"], row["ci_high"] = wilson_interval(int(right.sum()), len(y_true))
         if row["rank"] == 1 or champion is None:
-            row.update(p_value=1.0, b=0, c=0, indistinguishable=True)
             continue
         champ_right = champion == y_true
         b = int(np.sum(champ_right & ~right))  # only the champion right
         c = int(np.sum(~champ_right & right))  # only this model right
-        p = mcnemar_exact(b, c)
-        row.update(p_value=p, b=b, c=c, indistinguishable=p >= ALPHA)
+        row.update(p_value=mcnemar_exact(b, c), b=b, c=c)
+        tested.append(row)
+    for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
+        row.update(p_holm=adjusted, indistinguishable=adjusted >= ALPHA)
     return rows
 
 
@@ -140,12 +159,13 @@ def cell(row: dict[str, Any], key: str) -> str:
         lo, hi = row.get("ci_low"), row.get("ci_high")
         return "-" if lo is None or lo != lo else f"{lo:.4f}-{hi:.4f}"
     if key == "vs_champion":
-        p = row.get("p_value")
-        if p is None or p != p:
-            return "-"
         if row["rank"] == 1:
             return "champion"
-        return f"{'same' if row.get('indistinguishable') else 'worse'} (p={p:.2g})"
+        p, adjusted = row.get("p_value"), row.get("p_holm")
+        if p is None or p != p:
+            return "n/a (test predictions missing)"
+        return (f"{'same' if row.get('indistinguishable') else 'worse'} "
+                f"(p={p:.2g}, Holm {adjusted:.2g})")
     if key in ("fit_seconds", "predict_ms_per_1000"):
         return "-" if value is None or value != value else f"{value:.1f}"
     if key == "size":
@@ -179,7 +199,7 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
     """Raw numbers (not rounded) for spreadsheets, plus the run id of each model."""
     out = io.StringIO()
     fields = ["rank", "pipeline", "family", "reducer", "test_accuracy", "test_ci_low",
-              "test_ci_high", "mcnemar_p_vs_champion", "indistinguishable_from_champion",
+              "test_ci_high", "mcnemar_p_vs_champion", "mcnemar_p_holm", "indistinguishable_from_champion",
               "test_macro_f1", "val_accuracy", "fit_seconds", "predict_ms_per_1000", "n_params",
               "model_bytes", "n_trials", "best_params", "run_id"]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
@@ -188,7 +208,7 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
         writer.writerow({
             **{k: r.get(k) for k in fields if k in r},
             "test_ci_low": r.get("ci_low"), "test_ci_high": r.get("ci_high"),
-            "mcnemar_p_vs_champion": r.get("p_value"),
+            "mcnemar_p_vs_champion": r.get("p_value"), "mcnemar_p_holm": r.get("p_holm"),
             "indistinguishable_from_champion": r.get("indistinguishable"),
             "best_params": cell(r, "best_params"),
         })

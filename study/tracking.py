@@ -17,6 +17,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from study import config, processes
-from study.errors import ConfigError, first_line
+from study.errors import ConfigError, RegistryError, first_line
 
 ROLE = "role"  # tag key: compare | final | tuning | trial
 
@@ -177,7 +178,8 @@ class TuningLog:
             self.experiment_id, run_name=f"{self.pipeline}-trial-{entry['number']}",
             tags={ROLE: "trial", "pipeline": self.pipeline, "mlflow.parentRunId": self.run_id,
                   "trial_state": entry["state"], "trial_number": str(entry["number"]),
-                  "worker": processes.this_process()},
+                  "worker": processes.this_process(),
+                  **({"trial_error": entry["error"]} if entry.get("error") else {})},
         )
         now = _now_ms()
         metrics = [Metric("fit_seconds", float(entry["fit_seconds"]), now, 0)]
@@ -223,9 +225,12 @@ def pip_requirements(kind: str, reducer: str) -> list[str]:
 def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fit, evaluation,
               val_accuracy: float, val_proba: np.ndarray, predict_seconds: float,
               n_params: int, model_bytes: int,
-              x_example: np.ndarray, data_digest: str = "", parent_run_id: str | None = None) -> str:
+              x_example: np.ndarray, data_digest: str = "", parent_run_id: str | None = None,
+              started: float | None = None, data_rows: dict[str, int] | None = None) -> str:
     """The pipeline's final model as a child of the compare run (the active one, or
-    parent_run_id from a pipeline worker process); returns its run id."""
+    parent_run_id from a pipeline worker process); returns its run id. The run starts at
+    `started` (epoch seconds: when the pipeline's tuning began), so MLflow's Duration column
+    is the pipeline's, and records its data splits as dataset inputs (`data_rows`)."""
     import mlflow
     from mlflow.models import infer_signature
 
@@ -234,11 +239,16 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
     tags = {ROLE: "final", "pipeline": spec.name, "family": spec.family, "reducer": spec.reducer,
             "model": spec.model, "kind": fit.kind, "profile": profile,
             "optuna_study": tune.study_name, "pipeline_digest": spec.digest,
-            "data_digest": data_digest}
-    experiment_id = (mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
-                     if parent_run_id else None)
-    with mlflow.start_run(run_name=spec.name, nested=True, parent_run_id=parent_run_id,
-                          experiment_id=experiment_id, tags=tags) as run:
+            "data_digest": data_digest, "code_digest": config.code_digest()}
+    client = mlflow.MlflowClient()
+    parent_run_id = parent_run_id or mlflow.active_run().info.run_id
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    run_id = client.create_run(
+        experiment_id, run_name=spec.name, tags={**tags, "mlflow.parentRunId": parent_run_id},
+        start_time=int(1000 * (started or time.time()))).info.run_id
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) as run:
+        if data_rows:
+            log_data_inputs(data_digest, data_rows)
         mlflow.log_params({"pipeline": spec.name, "reducer": spec.reducer, "model": spec.model,
                            "profile": profile, "seed": seed,
                            **{k: _param_str(v) for k, v in params.items()},
@@ -311,6 +321,21 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
         return run.info.run_id
 
 
+def log_data_inputs(data_digest: str, rows: dict[str, int]) -> None:
+    """The data the active run used, as MLflow dataset inputs (the UI's Dataset column): the
+    canonical Fashion-MNIST files, one input per split with its row count, named by the
+    data digest (files and exact train/validation rows)."""
+    import mlflow
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = HTTPDatasetSource(config.DOWNLOAD_URL)
+    for split, n in rows.items():
+        dataset = MetaDataset(source, name=f"fashion-mnist-{split}", digest=data_digest[:16])
+        mlflow.log_input(dataset, context=split, tags={"rows": str(n),
+                                                       "data_digest": data_digest})
+
+
 def log_evaluation(name: str, evaluation, val_proba: np.ndarray, folder: Path) -> None:
     """A final model's scores under evaluation/ of the active run: confusion matrix,
     per-class report, test predictions and the validation and test class probabilities
@@ -356,13 +381,15 @@ def mark_stale_runs() -> list[str]:
 
 
 def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str,
-                   digests: dict[str, str]) -> dict[str, str]:
+                   digests: dict[str, str], refused: list[str] | None = None) -> dict[str, str]:
     """Finished final runs of interrupted (KILLED) compares in this experiment whose pipeline
-    definition, data, profile and seed match: moved under this compare instead of retrained.
-    Returns {pipeline: run_id}."""
+    definition, data, profile, seed and code (study/'s sources) match: moved under this
+    compare instead of retrained. Returns {pipeline: run_id}; `refused` collects the
+    pipelines whose only obstacle was changed code."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    code = config.code_digest()
     exp_id = client.get_run(parent_run_id).info.experiment_id
     killed = client.search_runs([exp_id], max_results=100, order_by=["attributes.start_time DESC"],
                                 filter_string=f"tags.{ROLE} = 'compare' and "
@@ -378,7 +405,10 @@ def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str
                     and tags.get("pipeline_digest") == digests[name]
                     and tags.get("data_digest") == data_digest and tags.get("profile") == profile
                     and _same_seed(run.data.params.get("seed"), seed)):
-                adopted[name] = (run, old.info.run_id)
+                if tags.get("code_digest") == code:
+                    adopted[name] = (run, old.info.run_id)
+                elif refused is not None and name not in refused:
+                    refused.append(name)
     tuning_exp = client.get_experiment_by_name(
         client.get_experiment(exp_id).name + config.TUNING_SUFFIX)
     for name, (run, old_parent) in adopted.items():
@@ -398,30 +428,77 @@ def _same_seed(logged: str | None, seed: int) -> bool:
         return False
 
 
-def register_champion(run_id: str, name: str = config.REGISTERED_MODEL,
+def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGISTERED_MODEL,
                       alias: str = config.CHAMPION_ALIAS) -> dict[str, Any]:
-    """Register a compare's rank-1 model as a new version; move the alias only when it beats
-    the current alias holder's test accuracy (an earlier champion stays as an older version)."""
+    """Register a compare's rank-1 model as a new version. The alias moves only on evidence:
+    when nothing holds it yet, or when the new model is right significantly more often where
+    the two disagree on the same test images (exact McNemar, 5%). A strict gain of a few
+    images is not enough: over many compares the alias would become the best of many looks at
+    the test set. A registry error raises RegistryError before anything moves."""
     import mlflow
+
+    from study.leaderboard import ALPHA, mcnemar_exact
 
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     accuracy = run.data.metrics["test_accuracy"]
+    holder = _alias_holder(client, name, alias)  # before registering: an error changes nothing
     model_uri = run.data.tags.get("model_uri") or f"runs:/{run_id}/model"
     tags = {"pipeline": run.data.tags.get("pipeline", ""), "profile": run.data.tags.get("profile", ""),
             "test_accuracy": f"{accuracy:.6f}", "run_id": run_id}
-    version = mlflow.register_model(model_uri, name, tags=tags).version
     try:
-        holder = client.get_model_version_by_alias(name, alias)
-        previous = float(holder.tags.get("test_accuracy", "nan"))
-    except Exception:  # no alias yet (MLflow raises RestException for a missing alias)
-        holder, previous = None, float("-inf")
-    moved = not accuracy <= previous  # NaN previous: move
+        version = mlflow.register_model(model_uri, name, tags=tags).version
+    except Exception as exc:
+        raise RegistryError(f"cannot register {model_uri} as {name} ({first_line(exc)[:200]}); "
+                            f"the alias @{alias} was left where it was") from None
+    p_value = None
+    if holder is None:
+        moved, reason = True, "the first champion"
+    else:
+        new = load_npy(run_id, "evaluation/test_predictions.npy")
+        old = load_npy(holder.run_id, "evaluation/test_predictions.npy")
+        if any(p is None or len(p) != len(y_test) for p in (new, old)):
+            moved, reason = False, ("no paired test: the test predictions of version "
+                                    f"{holder.version} or of this model cannot be read")
+        else:
+            old_right, new_right = old == y_test, new == y_test
+            broken = int(np.sum(old_right & ~new_right))
+            fixed = int(np.sum(new_right & ~old_right))
+            p_value = mcnemar_exact(broken, fixed)
+            moved = fixed > broken and p_value < ALPHA
+            reason = (f"against version {holder.version} on the same {len(y_test)} test images: "
+                      f"{fixed} right only here, {broken} right only there, McNemar "
+                      f"p={p_value:.2g} {'<' if p_value < ALPHA else '>='} {ALPHA:g}")
     if moved:
-        client.set_registered_model_alias(name, alias, version)
+        try:
+            client.set_registered_model_alias(name, alias, version)
+        except Exception as exc:
+            raise RegistryError(f"registered {name} version {version} but could not move "
+                                f"@{alias} to it ({first_line(exc)[:200]})") from None
     return {"name": name, "version": int(version), "alias_moved": moved,
             "alias_version": int(version) if moved else int(holder.version),
-            "previous_accuracy": None if holder is None else previous, "test_accuracy": accuracy}
+            "previous_accuracy": (None if holder is None else
+                                  float(holder.tags.get("test_accuracy", "nan"))),
+            "test_accuracy": accuracy, "p_value": p_value, "reason": reason}
+
+
+def _alias_holder(client, name: str, alias: str):
+    """The model version holding the alias; None when the model or its alias does not exist
+    yet. Any other registry error is a RegistryError, never "no holder"."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        message = str(exc).lower()
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
+                "not found" in message or "does not exist" in message):
+            return None
+        raise RegistryError(f"cannot read the alias @{alias} of {name} ({first_line(exc)[:200]});"
+                            " nothing was registered, the alias was left where it was") from None
+    except Exception as exc:
+        raise RegistryError(f"cannot read the alias @{alias} of {name} ({first_line(exc)[:200]});"
+                            " nothing was registered, the alias was left where it was") from None
 
 
 def log_failure(spec, profile: str, trace: str) -> str:
@@ -465,13 +542,17 @@ def failed_runs(parent_run_id: str) -> list[dict[str, Any]]:
     return [{"run_id": r.info.run_id, "pipeline": r.data.tags.get("pipeline", "?")} for r in runs]
 
 
-def start_ablation(experiment: str, profile: str) -> str:
-    """The ablation's parent run in its own experiment; settings become its children."""
+def start_ablation(experiment: str, profile: str, compare_run_id: str | None = None) -> str:
+    """The ablation's parent run in its own experiment; settings become its children. With
+    `compare_run_id` it belongs to that compare, whose report shows it."""
     import mlflow
 
     exp_id = ensure_experiment(experiment)
-    return mlflow.MlflowClient().create_run(exp_id, run_name=f"ablation-{profile}", tags={
-        ROLE: "ablation", "profile": profile}).info.run_id
+    tags = {ROLE: "ablation", "profile": profile}
+    if compare_run_id:
+        tags["compare_run_id"] = compare_run_id
+    return mlflow.MlflowClient().create_run(exp_id, run_name=f"ablation-{profile}",
+                                            tags=tags).info.run_id
 
 
 def log_ablation_setting(parent_id: str, name: str, params: dict[str, Any], row: dict[str, Any],
@@ -508,8 +589,79 @@ def finish_ablation(parent_id: str, folder: Path | None, seconds: float | None,
     client.set_terminated(parent_id, status)
 
 
-def latest_ablation_run():
-    """The newest finished MLP ablation in this store, or None."""
+REPEATS_SUFFIX = "-repeats"  # seed repeats live beside the compare's experiment, not in it
+
+
+def start_repeats(compare, profile: str, seeds: list[int], pipelines: list[str]) -> str:
+    """The parent run of a compare's seed repeats, in '<experiment>-repeats'."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    name = client.get_experiment(compare.info.experiment_id).name + REPEATS_SUFFIX
+    run = client.create_run(ensure_experiment(name), run_name=f"repeats-{profile}", tags={
+        ROLE: "repeats", "profile": profile, "compare_run_id": compare.info.run_id})
+    client.log_batch(run.info.run_id, params=[
+        _p("seeds", ",".join(map(str, seeds))), _p("pipelines", ",".join(pipelines)),
+        _p("compare_run_id", compare.info.run_id)])
+    return run.info.run_id
+
+
+def log_repeat(parent_id: str, pipeline: str, seed: int, metrics: dict[str, float]) -> str:
+    """One refit of one model with one seed, as a finished child of the repeats run."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    run_id = client.create_run(parent.info.experiment_id, run_name=f"{pipeline}-seed-{seed}",
+                               tags={ROLE: "repeat", "pipeline": pipeline,
+                                     "mlflow.parentRunId": parent_id}).info.run_id
+    now = _now_ms()
+    client.log_batch(run_id, params=[_p("pipeline", pipeline), _p("seed", seed)],
+                     metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def finish_repeats(parent_id: str, summary: dict[str, Any] | None, markdown: str | None,
+                   status: str = "FINISHED") -> None:
+    """The summary (repeats/repeats.json and .md) and per-model means on the parent, closed."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if summary is not None:
+        client.log_dict(parent_id, summary, "repeats/repeats.json")
+        client.log_text(parent_id, markdown + "\n", "repeats/repeats.md")
+        now = _now_ms()
+        from mlflow.entities import Metric
+
+        client.log_batch(parent_id, metrics=[
+            *(Metric(f"{name}.test_accuracy_{k}", float(m[k]), now, 0)
+              for name, m in summary["models"].items() for k in ("mean", "std")),
+            Metric("repeats_seconds", float(summary["seconds"]), now, 0)])
+    client.set_terminated(parent_id, status)
+
+
+def repeats_run_of(compare_run_id: str):
+    """The newest finished seed repeats of this compare, or None."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    compare = client.get_run(compare_run_id)
+    exp = client.get_experiment_by_name(
+        client.get_experiment(compare.info.experiment_id).name + REPEATS_SUFFIX)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=(
+        f"tags.{ROLE} = 'repeats' and attributes.status = 'FINISHED' and "
+        f"tags.compare_run_id = '{compare_run_id}'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def ablation_run_of(compare_run_id: str):
+    """The newest finished MLP ablation that belongs to this compare, or None: a report shows
+    its own compare's ablation, so rebuilding an old report never changes it."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -517,7 +669,8 @@ def latest_ablation_run():
     if exp is None:
         return None
     runs = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.{ROLE} = 'ablation' and attributes.status = 'FINISHED'"),
+        f"tags.{ROLE} = 'ablation' and attributes.status = 'FINISHED' and "
+        f"tags.compare_run_id = '{compare_run_id}'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
@@ -700,6 +853,4 @@ def _param_str(value: Any) -> str:
 
 
 def _now_ms() -> int:
-    import time
-
     return int(time.time() * 1000)

@@ -210,6 +210,8 @@ def run_trials(study, spec: PipelineSpec, profile: str, splits: Splits, seed: in
     """Run n_trials trials of the study in this process (fewer if the timeout strikes), or
     with n_trials None pop queued trials until the queue is empty (a parallel worker).
     Progress says "trial 3/5" against the budget, or "trial #3" for a worker's explicit share."""
+    import optuna
+
     budget = spec.budget(profile)
     rows = stratified_subsample(np.arange(len(splits.y_train)), splits.y_train,
                                 budget.tune_subsample, seed)
@@ -234,13 +236,30 @@ def run_trials(study, spec: PipelineSpec, profile: str, splits: Splits, seed: in
             if result.notes:
                 trial.set_user_attr("notes", result.notes)
             proba = result.predict_proba(x_va)
-            return float(np.mean(proba.argmax(axis=1) == y_va))
+            value = float(np.mean(proba.argmax(axis=1) == y_va))
+        except Exception as exc:  # recorded as the trial's FAIL reason; the study goes on
+            if not isinstance(exc, optuna.TrialPruned):
+                trial.set_user_attr("error", f"{type(exc).__name__}: {first_line(exc)}"[:500])
+            raise
+        else:
+            if not np.isfinite(proba).all():  # a diverged model: a failed trial, not a score
+                trial.set_user_attr("error", "non-finite class probabilities (diverged)")
+                raise FloatingPointError("non-finite class probabilities (diverged)")
+            return value
         finally:  # pruned trials too: their time is part of the tuning cost
             trial.set_user_attr("seconds", time.perf_counter() - start)
             trial.set_user_attr("fit_seconds", trial.user_attrs.get("fit_seconds",
                                                                     time.perf_counter() - start))
 
     def after_trial(study, frozen) -> None:
+        if frozen.state.name == "FAIL":
+            entry = trial_entry(frozen)
+            history.append(entry)
+            print(f"[{spec.name}] {_trial_label(frozen.number, budget.n_trials, of_budget)} "
+                  f"failed: {entry['error']} (the study goes on)", file=sys.stderr, flush=True)
+            if log_trial is not None:
+                log_trial(entry)
+            return
         if frozen.state.name not in FINISHED:
             return
         entry = trial_entry(frozen)
@@ -259,8 +278,10 @@ def run_trials(study, spec: PipelineSpec, profile: str, splits: Splits, seed: in
     if n_trials is None:
         drain_queue(study, objective, after_trial, timeout or budget.timeout)
     elif n_trials > 0:
+        # a trial that raises is recorded as FAIL (its reason in user_attrs["error"]) and the
+        # study goes on; Ctrl-C and SystemExit still stop it
         study.optimize(objective, n_trials=n_trials, timeout=timeout or budget.timeout,
-                       callbacks=[after_trial])
+                       callbacks=[after_trial], catch=(Exception,))
     return history
 
 
@@ -293,6 +314,8 @@ def drain_queue(study, objective, after_trial, timeout: float) -> int:
             value = objective(trial)
         except optuna.TrialPruned:
             frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except Exception:  # recorded as FAIL with its reason; the next queued trial runs
+            frozen = study.tell(trial, state=optuna.trial.TrialState.FAIL)
         except BaseException:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
@@ -307,19 +330,34 @@ def trial_entry(frozen) -> dict[str, Any]:
     """One finished trial as the logs and the report see it."""
     value = frozen.value if frozen.value is not None else (
         list(frozen.intermediate_values.values())[-1] if frozen.intermediate_values else None)
-    return {"number": frozen.number, "state": frozen.state.name, "params": dict(frozen.params),
-            "val_accuracy": value, "fit_seconds": frozen.user_attrs.get("fit_seconds", 0.0),
-            "intermediate": dict(frozen.intermediate_values)}
+    entry = {"number": frozen.number, "state": frozen.state.name, "params": dict(frozen.params),
+             "val_accuracy": value, "fit_seconds": frozen.user_attrs.get("fit_seconds", 0.0),
+             "intermediate": dict(frozen.intermediate_values)}
+    if frozen.state.name == "FAIL":
+        entry.update(val_accuracy=None, error=frozen.user_attrs.get("error", "unknown error"))
+    return entry
 
 
-def summarize(study, spec: PipelineSpec, profile: str, seed: int, seconds: float,
+def summarize(study, spec: PipelineSpec, profile: str, seed: int,
               history: list[dict], require_best: bool = True) -> TuneResult:
-    """The study's best trial over every worker's trials, this invocation's and earlier ones."""
+    """The study's best trial over every worker's trials, this invocation's and earlier ones.
+    Its seconds are the trials' durations summed over all of them (failed and pruned ones
+    too), so a resumed compare shows what its trials cost, not what the last run added."""
     import optuna
 
+    spent = study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+        optuna.trial.TrialState.FAIL))
+    seconds = float(sum(t.user_attrs.get("seconds", 0.0) for t in spent))
     trials = finished_trials(study)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete and require_best:
+        failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+        if failed and not trials:
+            reasons = sorted({t.user_attrs.get("error", "unknown error") for t in failed})
+            raise ConfigError(f"pipeline {spec.name}: all {len(failed)} tuning trial(s) failed "
+                              f"({reasons[0]}{'; ...' if len(reasons) > 1 else ''}); fix the "
+                              f"search space in {spec.path}")
         raise ConfigError(f"pipeline {spec.name}: no tuning trial completed within the "
                           f"{profile} budget ({spec.budget(profile).timeout:.0f}s); "
                           f"raise budget.{profile}.timeout")
@@ -353,10 +391,9 @@ def tune(spec: PipelineSpec, profile: str, splits: Splits, seed: int, storage=No
     todo = missing_trials(spec, profile, study) if n_trials is None else n_trials
     if todo == 0 and not queued:
         _say_reused(spec, profile, name)
-    start = time.perf_counter()
     history = run_trials(study, spec, profile, splits, seed, None if queued else todo, timeout,
                          log_trial, of_budget=n_trials is None and not queued)
-    return summarize(study, spec, profile, seed, time.perf_counter() - start, history, require_best)
+    return summarize(study, spec, profile, seed, history, require_best)
 
 
 def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, workers: int,
@@ -382,13 +419,12 @@ def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, wor
     queued += todo
     if not queued:
         _say_reused(spec, profile, name)
-        return summarize(study, spec, profile, seed, 0.0, [], require_best=n_trials is None)
+        return summarize(study, spec, profile, seed, [], require_best=n_trials is None)
     n_workers = min(workers, queued)
     _say(f"[{spec.name}] {queued} trials queued for {n_workers} workers")
     threads = max(1, config.threads() // n_workers)
     env = config.worker_env(threads)
     timeout = timeout or spec.budget(profile).timeout
-    start = time.perf_counter()
     procs = [subprocess.Popen(
         [sys.executable, "-m", "study", "tune", "--pipeline", spec.name, "--profile", profile,
          "--seed", str(seed), "--storage", storage, "--n-trials", "queued",
@@ -408,8 +444,8 @@ def tune_parallel(spec: PipelineSpec, profile: str, seed: int, storage: str, wor
         raise RuntimeError(f"{sum(1 for c in codes if c)} of {n_workers} tuning workers of "
                            f"{spec.name} failed (exit codes {codes}); their errors are above")
     history = [trial_entry(t) for t in finished_trials(study) if t.number not in before]
-    return summarize(study, spec, profile, seed, time.perf_counter() - start,
-                     sorted(history, key=lambda e: e["number"]), require_best=n_trials is None)
+    return summarize(study, spec, profile, seed, sorted(history, key=lambda e: e["number"]),
+                     require_best=n_trials is None)
 
 
 @contextmanager

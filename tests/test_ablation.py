@@ -52,6 +52,13 @@ def test_mlp_gradients_match_central_finite_differences(fmnist):
 
 @pytest.mark.slow
 def test_smoke_ablation_logs_every_setting(tracking_store):
+    from study import tracking
+
+    # a finished compare in the store: the ablation belongs to it (the default, "latest")
+    client = mlflow.MlflowClient()
+    compare = client.create_run(tracking.ensure_experiment("fashion-mnist"),
+                                tags={"role": "compare"}).info.run_id
+    client.set_terminated(compare, "FINISHED")
     result = ablation.run("smoke")
     settings = sum(len(e.settings) for e in ablation.experiments({}))
     assert settings == 21 and len(result["rows"]) == settings
@@ -71,3 +78,12 @@ def test_smoke_ablation_logs_every_setting(tracking_store):
     assert {f"ablation/ablation_{k}.png" for k in ("lr_batch", "l2", "activation", "topology")} \
         <= artifacts and "ablation/ablation.md" in artifacts
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    # "best overall" is a setting that was trained: the params of a logged run, batch included
+    best_run = client.get_run(result["best_run_id"])
+    assert best_run.data.tags["experiment_step"] == "topology"
+    assert {k: str(v) for k, v in result["best"].items()} == \
+        {k: v for k, v in best_run.data.params.items() if k in result["best"]}
+    assert result["best"]["batch_size"] == 128  # experiments 2-4 train at the seed's batch
+    assert result["compare_run_id"] == compare
+    assert tracking.ablation_run_of(compare).info.run_id == result["run_id"]
+    assert tracking.ablation_run_of("another-compare") is None  # its report shows none

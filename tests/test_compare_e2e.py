@@ -65,6 +65,18 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
         floor = 0.1 if child.data.tags["family"] == "baseline" else 0.15  # smoke-sized fits
         assert floor <= m["test_accuracy"] <= 1.0
         assert child.data.tags["rank"] in {str(i) for i in range(1, len(children) + 1)}
+        # MLflow's own columns: the run spans its pipeline's work (tuning, fit, scoring), and
+        # the data it used is recorded as dataset inputs (the UI's Dataset column)
+        seconds = (child.info.end_time - child.info.start_time) / 1000
+        if child.data.tags["pipeline"] != "ensemble":  # its fit_seconds are its members'
+            assert seconds >= m["fit_seconds"], (child.data.tags["pipeline"], seconds)
+        inputs = {d.dataset.name: {t.key: t.value for t in d.tags}
+                  for d in child.inputs.dataset_inputs}
+        assert "fashion-mnist-test" in inputs and "fashion-mnist-validation" in inputs
+        assert inputs["fashion-mnist-test"]["rows"] == "10000"
+        if child.data.tags["pipeline"] != "ensemble":  # it trains nothing
+            assert inputs["fashion-mnist-train"]["rows"] == "600"  # the smoke profile's
+            assert child.data.tags["code_digest"] == config.code_digest()
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
         assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
                 "evaluation/val_proba.npy", "evaluation/test_proba.npy"} <= artifacts
@@ -208,5 +220,7 @@ def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert not (tmp_path / "m.db").exists()  # rejected before anything was written
+    # rejected before anything was written: no store, no journal, no report, for every case
+    # (with --tracking the store is a server, so the folder itself must stay empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert time.monotonic() - started < 60  # said at once, not after minutes of retries

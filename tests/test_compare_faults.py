@@ -40,3 +40,53 @@ def test_failing_pipeline_is_isolated(parallel, tmp_path, tracking_store, monkey
     # the report lists the failure beside the leaderboard
     (report,) = (tmp_path / "reports").glob("*-smoke/report.md")
     assert f"broken (run {failed[0].info.run_id})" in report.read_text()
+
+
+def test_resume_reuses_a_killed_compares_model_only_with_the_same_code(tracking_store,
+                                                                       monkeypatch, capsys):
+    """A model of a killed compare is reused when definition, data, profile, seed and the
+    code of study/ match; after a code change it is retrained, and the run says why."""
+    client = mlflow.MlflowClient()
+
+    def compare_and_kill() -> str:
+        assert cli.main(["compare", "--profile", "smoke", "--pipelines", "dummy"]) == 0
+        exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+        newest = client.search_runs([exp.experiment_id], "tags.role = 'compare'",
+                                    order_by=["attributes.start_time DESC"])[0]
+        client.set_terminated(newest.info.run_id, "KILLED")  # as an interrupt leaves it
+        (final,) = client.search_runs([exp.experiment_id], "tags.role = 'final' and "
+                                      f"tags.mlflow.parentRunId = '{newest.info.run_id}'")
+        assert final.data.tags["code_digest"] == config.code_digest()
+        return final.info.run_id
+
+    first = compare_and_kill()
+    capsys.readouterr()
+    real = config.code_digest()
+    monkeypatch.setattr(config, "code_digest", lambda package=None: "0123456789")
+    second = compare_and_kill()
+    err = capsys.readouterr().err
+    assert second != first and f"reusing run {first}" not in err
+    assert "not reusing dummy of the interrupted compare: the code in study/ changed" in err
+    monkeypatch.setattr(config, "code_digest", lambda package=None: real)
+    assert cli.main(["compare", "--profile", "smoke", "--pipelines", "dummy"]) == 0
+    assert f"dummy: reusing run {first}" in capsys.readouterr().err  # same code as `first`
+
+
+def test_code_digest_follows_the_sources(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    before = config.code_digest(package)
+    assert config.code_digest(package) == before
+    (package / "a.py").write_text("x = 2\n")
+    assert config.code_digest(package) != before
+
+
+def test_a_storage_password_is_never_logged():
+    from study.compare import _redact
+
+    assert _redact("postgresql://study:s3cr3t@db.example:5432/optuna") == \
+        "postgresql://study:***@db.example:5432/optuna"
+    assert _redact("postgresql+psycopg://study@127.0.0.1/optuna") == \
+        "postgresql+psycopg://study@127.0.0.1/optuna"  # nothing to hide
+    assert _redact("/tmp/optuna.journal") == "/tmp/optuna.journal"

@@ -1,6 +1,7 @@
 """Ranking rules on a constructed set of runs."""
 
 import math
+from html import escape as html_escape
 
 import numpy as np
 import pytest
@@ -80,6 +81,52 @@ def test_significance_marks_models_indistinguishable_from_the_champion():
     assert leaderboard.cell(by["close"], "vs_champion").startswith("same")
 
 
+def test_holm_adjustment_matches_a_hand_checked_case():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 -> 0.06 (monotone)
+    adjusted = leaderboard.holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert leaderboard.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_same_or_worse_is_decided_on_holm_adjusted_p_values():
+    y = np.zeros(100, dtype=int)
+    champ = y.copy()
+    champ[:5] = 1
+    worse = champ.copy()
+    worse[20:30] = 1  # b=10, c=0: p = 2/1024
+    borderline = champ.copy()
+    borderline[20:26] = 1  # b=6, c=0: raw p = 2/64 = 0.031, "worse" at a raw 5%
+    close = champ.copy()
+    close[40] = 1  # b=1, c=0: p = 1
+    rows = leaderboard.rank([run("champ", 0.95, 0.9, 1.0), run("worse", 0.85, 0.8, 1.0),
+                             run("borderline", 0.89, 0.8, 1.0), run("close", 0.94, 0.9, 1.0)])
+    leaderboard.add_significance(
+        rows, {"champ": champ, "worse": worse, "borderline": borderline, "close": close}, y)
+    by = {r["pipeline"]: r for r in rows}
+    assert by["borderline"]["p_value"] == pytest.approx(2 / 64)
+    # three tests: 2/1024 x 3, then 2/64 x 2 = 0.0625 >= 5%: not distinguishable after all
+    assert by["borderline"]["p_holm"] == pytest.approx(0.0625)
+    assert by["borderline"]["indistinguishable"]
+    assert by["worse"]["p_holm"] == pytest.approx(6 / 1024) and not by["worse"]["indistinguishable"]
+    assert leaderboard.cell(by["borderline"], "vs_champion") == "same (p=0.031, Holm 0.062)"
+
+
+def test_without_the_champions_predictions_nothing_is_called_same():
+    """An unreadable prediction file must not turn into 'same (p=1)' for every model."""
+    from study.report import verdict
+
+    y = np.zeros(100, dtype=int)
+    bad = y.copy()
+    bad[:50] = 1
+    rows = leaderboard.rank([run("champ", 0.9, 0.9, 1.0), run("bad", 0.5, 0.5, 1.0)])
+    leaderboard.add_significance(rows, {"bad": bad}, y)  # rank 1's predictions are missing
+    by = {r["pipeline"]: r for r in rows}
+    assert by["bad"]["indistinguishable"] is None and by["bad"]["p_value"] != by["bad"]["p_value"]
+    assert leaderboard.cell(by["bad"], "vs_champion") == "n/a (test predictions missing)"
+    assert "same" not in leaderboard.render_text(rows)
+    assert "could be tested" in verdict(rows) and "worse" not in verdict(rows)
+
+
 def test_every_rendering_has_every_column():
     rows = leaderboard.rank([run("a", 0.9, 0.9, 1.0), run("b", 0.8, 0.8, 2.0)])
     rows[0]["best_params"] = {"C": "0.123456"}
@@ -89,7 +136,7 @@ def test_every_rendering_has_every_column():
     text = leaderboard.render_text(rows, wide=True)
     for _, title in leaderboard.COLUMNS:
         assert title in md and title in text
-        assert title.replace("/", "/") in html
+        assert html_escape(title) in html
     assert "C=0.1235" in md and "C=0.1235" in html
     header = leaderboard.render_csv(rows).splitlines()[0].split(",")
     assert header[:4] == ["rank", "pipeline", "family", "reducer"] and "test_ci_low" in header
@@ -102,3 +149,19 @@ def test_pareto_front():
     # (cost, accuracy): 1 dominates 0; 3 is slower but better; 2 is dominated by 1
     points = [(10.0, 0.80), (5.0, 0.85), (20.0, 0.84), (50.0, 0.90)]
     assert pareto_front(points) == [1, 3]
+
+
+def test_references_set_a_published_figure_against_ours_on_the_same_split():
+    """The seed report's cnn_seed2 figure (0.918) is a validation accuracy: it is compared
+    with our validation accuracy, not our test accuracy."""
+    from study.report import references
+
+    rows = leaderboard.rank([run("cnn_seed2", 0.91, 0.9, 1.0), run("cnn_seed3", 0.92, 0.9, 1.0)])
+    for r in rows:
+        r["family"] = "cnn"
+    next(r for r in rows if r["pipeline"] == "cnn_seed2")["val_accuracy"] = 0.925
+    table = {line[0]: line for line in references(rows)}
+    seed2 = table["Seed report: cnn_seed2 (validation, 20 epochs)"]
+    assert seed2[2] == "0.9250 validation (cnn_seed2)" and seed2[3] == "+0.7 points"
+    seed3 = table["Seed report: cnn_seed3 (test, 50 epochs)"]
+    assert seed3[2] == "0.9200 (cnn_seed3)" and seed3[3] == "+0.2 points"

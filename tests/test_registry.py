@@ -1,46 +1,90 @@
-"""The champion alias in the Model Registry: it moves to a better model and stays for a worse one."""
+"""The champion alias in the Model Registry: it moves only on a significant paired improvement
+on the same test images, stays for a worse model or a gain of a few images, and a registry
+error leaves it where it was."""
 
 from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pytest
 from sklearn.dummy import DummyClassifier
 
 from study import config, tracking
+from study.errors import RegistryError
+
+Y_TEST = np.zeros(200, dtype=np.int64)
 
 
-def logged_model_run(accuracy: float, name: str) -> str:
-    """A finished run with a real logged model and its test accuracy, like a final run."""
+def logged_model_run(right: int | np.ndarray, name: str, tmp_path) -> str:
+    """A finished run like a final run: a real logged model, its test accuracy and its test
+    predictions, right on the first `right` of 200 test images (or where a mask says)."""
+    mask = np.arange(len(Y_TEST)) < right if np.isscalar(right) else np.asarray(right)
+    predictions = np.where(mask, Y_TEST, 1).astype(np.int8)
     model = DummyClassifier(strategy="prior").fit(np.zeros((10, 2)), np.arange(10))
+    folder = tmp_path / name / "evaluation"
+    folder.mkdir(parents=True)
+    np.save(folder / "test_predictions.npy", predictions)
     with mlflow.start_run(run_name=name, tags={"pipeline": name, "profile": "smoke"}) as run:
         info = mlflow.sklearn.log_model(model, name="model")
-        mlflow.log_metric("test_accuracy", accuracy)
+        mlflow.log_metric("test_accuracy", float(mask.mean()))
+        mlflow.log_artifacts(str(folder), "evaluation")
         mlflow.set_tag("model_uri", info.model_uri)
     return run.info.run_id
 
 
-def test_alias_moves_to_a_better_champion_and_stays_for_a_worse_one(tracking_store):
+def holder_version() -> int:
     client = mlflow.MlflowClient()
-    first = tracking.register_champion(logged_model_run(0.80, "first"))
+    return int(client.get_model_version_by_alias(config.REGISTERED_MODEL,
+                                                 config.CHAMPION_ALIAS).version)
+
+
+def test_alias_moves_only_on_a_significant_paired_improvement(tracking_store, tmp_path):
+    first = tracking.register_champion(logged_model_run(150, "first", tmp_path), Y_TEST)
     assert (first["version"], first["alias_moved"]) == (1, True)
 
-    better = tracking.register_champion(logged_model_run(0.90, "better"))
-    assert (better["version"], better["alias_moved"]) == (2, True)
-    holder = client.get_model_version_by_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS)
-    assert int(holder.version) == 2 and holder.tags["pipeline"] == "better"
+    # 20 images more right, none fewer: McNemar p = 2 / 2**20
+    better = tracking.register_champion(logged_model_run(170, "better", tmp_path), Y_TEST)
+    assert (better["version"], better["alias_moved"]) == (2, True) and better["p_value"] < 1e-5
+    assert holder_version() == 2
 
-    worse_run = logged_model_run(0.85, "worse")
-    worse = tracking.register_champion(worse_run)
-    assert (worse["version"], worse["alias_moved"], worse["alias_version"]) == (3, False, 2)
-    holder = client.get_model_version_by_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS)
-    assert int(holder.version) == 2  # stayed put
+    # a strict gain of 2 images (172 vs 170) is not evidence: p = 0.5
+    slightly = tracking.register_champion(logged_model_run(172, "slightly", tmp_path), Y_TEST)
+    assert (slightly["alias_moved"], slightly["alias_version"]) == (False, 2)
+    assert slightly["p_value"] == pytest.approx(0.5)
+    assert "2 right only here, 0 right only there" in slightly["reason"]
+
+    worse_run = logged_model_run(160, "worse", tmp_path)
+    worse = tracking.register_champion(worse_run, Y_TEST)
+    assert (worse["version"], worse["alias_moved"], worse["alias_version"]) == (4, False, 2)
+    assert holder_version() == 2  # stayed put
+    client = mlflow.MlflowClient()
     versions = client.search_model_versions(f"name = '{config.REGISTERED_MODEL}'")
-    assert sorted(int(v.version) for v in versions) == [1, 2, 3]  # earlier champions kept
-    assert client.get_model_version(config.REGISTERED_MODEL, "3").run_id == worse_run
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]  # every champion kept
+    assert client.get_model_version(config.REGISTERED_MODEL, "4").run_id == worse_run
 
-    equal = tracking.register_champion(logged_model_run(0.90, "tie"))
-    assert not equal["alias_moved"]  # a tie is not better
+    # the same accuracy on other images: what matters is where the two disagree
+    swapped = np.arange(200) >= 30  # 170 right, 30 of them where "better" was wrong
+    tie = tracking.register_champion(logged_model_run(swapped, "tie", tmp_path), Y_TEST)
+    assert not tie["alias_moved"] and "30 right only here, 30 right only there" in tie["reason"]
 
     # the alias resolves to a loadable model that answers with probabilities
     model = mlflow.pyfunc.load_model(f"models:/{config.REGISTERED_MODEL}@{config.CHAMPION_ALIAS}")
     assert np.asarray(model.predict(np.zeros((2, 2)))).shape[0] == 2
+
+
+def test_a_registry_error_leaves_the_alias_where_it_was(tracking_store, tmp_path, monkeypatch):
+    from mlflow.exceptions import MlflowException
+
+    tracking.register_champion(logged_model_run(150, "first", tmp_path), Y_TEST)
+    challenger = logged_model_run(190, "much-better", tmp_path)
+
+    def unavailable(self, name, alias):
+        raise MlflowException("database is locked", error_code="INTERNAL_ERROR")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_model_version_by_alias", unavailable)
+    with pytest.raises(RegistryError, match="cannot read the alias @champion .*database is locked"):
+        tracking.register_champion(challenger, Y_TEST)
+    monkeypatch.undo()
+    assert holder_version() == 1  # not moved, and nothing half-registered
+    client = mlflow.MlflowClient()
+    assert len(client.search_model_versions(f"name = '{config.REGISTERED_MODEL}'")) == 1

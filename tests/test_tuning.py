@@ -32,6 +32,9 @@ def test_two_trials_log_two_nested_runs_and_resume(tiny, tracking_store, tmp_pat
     # A rerun continues the stored study: the budget is already spent, no new trial runs.
     again = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage)
     assert again.n_trials == 2 and again.history == [] and again.best_params == result.best_params
+    # its tuning seconds are still what the two trials cost, not ~0 for a run that added none
+    assert result.seconds > 0 and again.seconds == result.seconds
+    assert result.seconds >= sum(h["fit_seconds"] for h in result.history)  # fit + scoring
     study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", 5), storage=storage)
     assert len(study.trials) == 2
 
@@ -79,3 +82,38 @@ def test_a_profile_with_zero_trials_uses_the_fixed_parameters(tiny, tmp_path):
     assert not [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith("mlp")]
     params = tuning.final_params(spec, "quick", result.best_params)
     assert params["activation"] == "tanh" and params["hidden"] == "50x50"  # the seed's setting
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path, monkeypatch, capsys):
+    """One trial raising (as a scikit-learn ValueError would) is a FAIL with its reason; the
+    next trial runs and the pipeline gets its best parameters from the trials that finished."""
+    import pytest
+
+    from study import training
+    from study.errors import ConfigError
+
+    spec = pipelines.load("logreg")
+    real_fit, calls = training.fit, []
+
+    def fit_failing_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("Input X contains NaN.\nsecond line")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit_failing_first)
+    storage = tuning.open_storage(str(tmp_path / "o.journal"))
+    result = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage, n_trials=2)
+    states = [h["state"] for h in result.history]
+    assert states == ["FAIL", "COMPLETE"]
+    assert result.history[0]["error"] == "ValueError: Input X contains NaN."
+    assert result.best_value is not None and set(result.best_params) == {"C"}
+    assert "[logreg] trial #1 failed: ValueError: Input X contains NaN. (the study goes on)" \
+        in capsys.readouterr().err
+    study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", 5), storage=storage)
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+
+    # every trial failing: the pipeline fails, with the reason and where to fix it
+    monkeypatch.setattr(training, "fit", lambda *a, **k: 1 / 0)
+    with pytest.raises(ConfigError, match=r"all 2 tuning trial\(s\) failed \(ZeroDivisionError"):
+        tuning.tune(spec, "smoke", tiny, seed=6, storage=storage, n_trials=2)

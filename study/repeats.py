@@ -1,0 +1,158 @@
+"""Seed repeats: how much a model's test accuracy moves with its training seed.
+
+The leaderboard's confidence intervals cover the sampling of the test images only. Here the
+top models of a compare are refitted with more seeds (same tuned parameters, same data, same
+training path, each scored on the test set once) and summarised as mean +/- standard
+deviation, range, and whether their order holds from seed to seed (Zalando's benchmark reports
+the mean of 5 repeats). The runs are children of a `repeats` run in their own experiment and
+never change the compare's leaderboard.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import yaml
+
+from study import config, data, leaderboard, pipelines, tracking, training, tuning
+from study.errors import ConfigError
+
+
+def best_params(run: dict[str, Any]) -> dict[str, Any]:
+    """The tuned parameters a final run logged (`best.<name>`), back to numbers and strings."""
+    return {k[len("best."):]: yaml.safe_load(v) for k, v in run.get("params", {}).items()
+            if k.startswith("best.")}
+
+
+def pick(rows: list[dict[str, Any]], top: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The `top` best-ranked models that can be refitted (an ensemble refits nothing of its
+    own: its members are the models to repeat), and notes on what was passed over."""
+    chosen, notes = [], []
+    for row in rows:
+        if len(chosen) == top:
+            break
+        if row.get("family") == "ensemble":
+            notes.append(f"{row['pipeline']} (rank {row['rank']}) passed over: an ensemble "
+                         "trains nothing itself; its members are repeated")
+            continue
+        chosen.append(row)
+    return chosen, notes
+
+
+def summarize(results: dict[str, list[float]], original: dict[str, float]) -> dict[str, Any]:
+    """Mean, standard deviation (n-1), range per model, and how often the models' order by
+    test accuracy (the compare's order) holds seed by seed."""
+    per_model = {}
+    for name, accs in results.items():
+        per_model[name] = {
+            "n": len(accs), "mean": statistics.fmean(accs),
+            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+            "min": min(accs), "max": max(accs), "values": accs,
+            "compare_test_accuracy": original.get(name)}
+    names = list(results)  # in the compare's rank order
+    n_seeds = min((len(v) for v in results.values()), default=0)
+    held = sum(1 for k in range(n_seeds)
+               if all(results[a][k] >= results[b][k] for a, b in zip(names, names[1:])))
+    by_mean = sorted(names, key=lambda n: -per_model[n]["mean"])
+    return {"models": per_model, "order": names, "order_by_mean": by_mean,
+            "order_held_seeds": held, "n_seeds": n_seeds,
+            "order_stable": n_seeds > 0 and held == n_seeds and by_mean == names}
+
+
+def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
+        data_dir: str | None = None, log=print) -> dict[str, Any]:
+    """Refit the compare's `top` models with `seeds` more seeds each; log and return the
+    summary."""
+    if seeds < 2 or top < 1:
+        raise ConfigError(f"repeats need seeds >= 2 (a spread needs two) and top >= 1, got "
+                          f"seeds={seeds}, top={top}")
+    tracking.configure()
+    compare = tracking.find_compare_run(compare_run_id)
+    compare_id = compare.info.run_id
+    profile = compare.data.tags.get("profile") or compare.data.params.get("profile", "quick")
+    if profile not in config.PROFILES:
+        raise ConfigError(f"compare {compare_id} has unknown profile {profile!r}")
+    base_seed = int(float(compare.data.params.get("seed", config.SEED)))
+    runs = {r["run_id"]: r for r in tracking.final_runs(compare_id)}
+    chosen, notes = pick(leaderboard.rank(list(runs.values())), top)
+    if not chosen:
+        raise ConfigError(f"compare {compare_id} has no final model to repeat")
+    splits = data.make_splits(data.load(data_dir), config.PROFILES[profile])
+    digest = data.fingerprint(splits)
+    specs = {}
+    for row in chosen:  # refuse before any training: a changed definition is not a repeat
+        spec, logged = pipelines.load(row["pipeline"]), runs[row["run_id"]]
+        if logged.get("pipeline_digest") != spec.digest:
+            raise ConfigError(f"pipeline {spec.name} changed since compare {compare_id} "
+                              f"(definition {logged.get('pipeline_digest')} -> {spec.digest}); "
+                              "repeat a compare of the current definitions")
+        if logged.get("data_digest") != digest:
+            raise ConfigError(f"compare {compare_id} saw other data (digest "
+                              f"{logged.get('data_digest')}, here {digest}); pass the data "
+                              "folder it used with --data-dir")
+        specs[row["pipeline"]] = spec
+    seed_list = [base_seed + k for k in range(1, seeds + 1)]
+    parent_id = tracking.start_repeats(compare, profile, seed_list, [r["pipeline"] for r in chosen])
+    started = time.perf_counter()
+    results: dict[str, list[float]] = {r["pipeline"]: [] for r in chosen}
+    try:
+        for row in chosen:
+            spec = specs[row["pipeline"]]
+            params = tuning.final_params(spec, profile, best_params(runs[row["run_id"]]))
+            for i, seed in enumerate(seed_list, start=1):
+                fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val,
+                                   splits.y_val, seed, cache=False)
+                if spec.tta == "mirror":  # decided on validation, as the compare does
+                    val_proba = training.choose_mirror_tta(fit, splits.x_val, splits.y_val)
+                else:
+                    val_proba = fit.predict_proba(splits.x_val)
+                test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
+                val_acc = training.accuracy(val_proba, splits.y_val)
+                results[spec.name].append(test_acc)
+                tracking.log_repeat(parent_id, spec.name, seed, {
+                    "test_accuracy": test_acc, "val_accuracy": val_acc,
+                    "fit_seconds": fit.fit_seconds})
+                log(f"[repeats] {spec.name} seed {seed} ({i}/{seeds}): test {test_acc:.4f} "
+                    f"val {val_acc:.4f} ({fit.fit_seconds:.0f}s)")
+        summary = summarize(results, {r["pipeline"]: r["test_accuracy"] for r in chosen})
+        summary.update(compare_run_id=compare_id, profile=profile, seeds=seed_list, notes=notes,
+                       seconds=time.perf_counter() - started, run_id=parent_id)
+        tracking.finish_repeats(parent_id, summary, render_markdown(summary))
+    except BaseException:
+        tracking.finish_repeats(parent_id, None, None, status="FAILED")
+        raise
+    return summary
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    lines = ["| model | in the compare | mean +/- std | range | per seed |",
+             "|---|---:|---:|---:|---|"]
+    for name in summary["order"]:
+        m = summary["models"][name]
+        compared = m["compare_test_accuracy"]
+        lines.append(f"| {name} | {'-' if compared is None else f'{compared:.4f}'} | "
+                     f"{m['mean']:.4f} +/- {m['std']:.4f} | {m['min']:.4f}-{m['max']:.4f} | "
+                     f"{', '.join(f'{v:.4f}' for v in m['values'])} |")
+    return "\n".join(lines)
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """One sentence on whether the order of the repeated models holds."""
+    order = " > ".join(summary["order"])
+    if summary["order_stable"]:
+        return (f"The order {order} held for every one of the {summary['n_seeds']} seeds and "
+                "by mean test accuracy.")
+    return (f"The order {order} held for {summary['order_held_seeds']} of "
+            f"{summary['n_seeds']} seeds; by mean test accuracy it is "
+            f"{' > '.join(summary['order_by_mean'])}: differences within the seed spread are "
+            "not a ranking.")
+
+
+def main_summary(summary: dict[str, Any]) -> str:
+    """What the command prints at the end."""
+    return (render_markdown(summary) + "\n\n" + verdict(summary)
+            + "".join(f"\nnote: {n}" for n in summary["notes"])
+            + f"\nrepeats run {summary['run_id']} of compare {summary['compare_run_id']}: "
+              f"{summary['seconds'] / 60:.1f} min")
