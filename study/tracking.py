@@ -648,28 +648,26 @@ def repeats_run_of(compare_run_id: str):
 
     client = mlflow.MlflowClient()
     compare = client.get_run(compare_run_id)
-    exp = client.get_experiment_by_name(
-        client.get_experiment(compare.info.experiment_id).name + REPEATS_SUFFIX)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.{ROLE} = 'repeats' and attributes.status = 'FINISHED' and "
-        f"tags.compare_run_id = '{compare_run_id}'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    return _newest_of(client.get_experiment(compare.info.experiment_id).name + REPEATS_SUFFIX,
+                      "repeats", compare_run_id)
 
 
 def ablation_run_of(compare_run_id: str):
     """The newest finished MLP ablation that belongs to this compare, or None: a report shows
     its own compare's ablation, so rebuilding an old report never changes it."""
+    return _newest_of("ablation", "ablation", compare_run_id)
+
+
+def _newest_of(experiment: str, role: str, compare_run_id: str):
+    """The newest finished run of `role` in `experiment` that belongs to this compare."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name("ablation")
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return None
     runs = client.search_runs([exp.experiment_id], filter_string=(
-        f"tags.{ROLE} = 'ablation' and attributes.status = 'FINISHED' and "
+        f"tags.{ROLE} = '{role}' and attributes.status = 'FINISHED' and "
         f"tags.compare_run_id = '{compare_run_id}'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
