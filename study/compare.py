@@ -60,12 +60,8 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
     tuning_log.finish(tuned)
     params = tuning.final_params(spec, profile, tuned.best_params)
     log(f"[{spec.name}] final fit on {len(splits.y_train)} rows with {tuned.best_params or 'fixed parameters'}")
-    fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val, splits.y_val,
-                       seed, progress=f"[{spec.name}] final", cache=False)
-    if spec.tta == "mirror":
-        val_proba = training.choose_mirror_tta(fit, splits.x_val, splits.y_val)
-    else:
-        val_proba = fit.predict_proba(splits.x_val)
+    fit, val_proba = training.final_fit(spec, params, splits, seed,
+                                        progress=f"[{spec.name}] final")
     val_accuracy = training.accuracy(val_proba, splits.y_val)
     start = time.perf_counter()
     proba = fit.predict_proba(splits.x_test)  # the one and only look at the test set
@@ -80,8 +76,7 @@ def run_pipeline(spec, profile: str, splits: data.Splits, seed: int, tuner: Tune
         n_params=training.count_params(fit.model, fit.kind),
         model_bytes=training.model_bytes(fit.model, fit.kind), x_example=splits.x_val[:5],
         data_digest=data_digest, parent_run_id=parent_run_id, started=started,
-        data_rows={"train": len(splits.y_train), "validation": len(splits.y_val),
-                   "test": len(splits.y_test)},
+        data_rows=splits.rows(),
     )
     log(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} test_macro_f1={evaluation.macro_f1:.4f} "
         f"val_accuracy={val_accuracy:.4f} fit={fit.fit_seconds:.1f}s"
@@ -322,9 +317,7 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
         tracking.log_params({"workers": workers, "parallel": parallel,
                              "optuna_storage": _redact(storage_url)})
         data_digest = data.fingerprint(splits)
-        tracking.log_data_inputs(data_digest, {"train": len(splits.y_train),
-                                               "validation": len(splits.y_val),
-                                               "test": len(splits.y_test)})
+        tracking.log_data_inputs(data_digest, splits.rows())
         refused: list[str] = []
         reused = tracking.adopt_finished(parent_id, profile, seed, data_digest,
                                          {s.name: s.digest for s in specs}, refused)

@@ -208,6 +208,11 @@ class Splits:
     train_idx: np.ndarray  # row numbers in the canonical 60k training file
     val_idx: np.ndarray
 
+    def rows(self) -> dict[str, int]:
+        """Rows per split, as runs record them."""
+        return {"train": len(self.y_train), "validation": len(self.y_val),
+                "test": len(self.y_test)}
+
 
 def split_indices(labels: np.ndarray, seed: int = config.SEED,
                   val_fraction: float = config.VALIDATION_FRACTION) -> tuple[np.ndarray, np.ndarray]:

@@ -102,12 +102,7 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
             spec = specs[row["pipeline"]]
             params = tuning.final_params(spec, profile, best_params(runs[row["run_id"]]))
             for i, seed in enumerate(seed_list, start=1):
-                fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val,
-                                   splits.y_val, seed, cache=False)
-                if spec.tta == "mirror":  # decided on validation, as the compare does
-                    val_proba = training.choose_mirror_tta(fit, splits.x_val, splits.y_val)
-                else:
-                    val_proba = fit.predict_proba(splits.x_val)
+                fit, val_proba = training.final_fit(spec, params, splits, seed)  # as compare
                 test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
                 val_acc = training.accuracy(val_proba, splits.y_val)
                 results[spec.name].append(test_acc)

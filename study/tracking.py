@@ -489,14 +489,12 @@ def _alias_holder(client, name: str, alias: str):
 
     try:
         return client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
+    except Exception as exc:
         message = str(exc).lower()
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
+        if isinstance(exc, MlflowException) and exc.error_code in (
+                "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
                 "not found" in message or "does not exist" in message):
             return None
-        raise RegistryError(f"cannot read the alias @{alias} of {name} ({first_line(exc)[:200]});"
-                            " nothing was registered, the alias was left where it was") from None
-    except Exception as exc:
         raise RegistryError(f"cannot read the alias @{alias} of {name} ({first_line(exc)[:200]});"
                             " nothing was registered, the alias was left where it was") from None
 

@@ -327,6 +327,18 @@ def choose_mirror_tta(fit: FitResult, x_val: np.ndarray, y_val: np.ndarray) -> n
     return mirrored  # what the wrapped model computes, without predicting twice more
 
 
+def final_fit(spec: PipelineSpec, params: dict[str, Any], splits, seed: int,
+              progress: str | None = None) -> tuple[FitResult, np.ndarray]:
+    """A final model: fitted on the training split (no reducer cache, so fit_seconds is the
+    real cost), mirror TTA decided on validation where the pipeline asks for it; returns the
+    fit and the validation probabilities of the model kept."""
+    fit_ = fit(spec, params, splits.x_train, splits.y_train, splits.x_val, splits.y_val, seed,
+               progress=progress, cache=False)
+    if spec.tta == "mirror":
+        return fit_, choose_mirror_tta(fit_, splits.x_val, splits.y_val)
+    return fit_, fit_.predict_proba(splits.x_val)
+
+
 def inference_copy(model):
     """The network without its training configuration (optimizer, loss), for saving: a saved
     model then loads in any process, even where a custom loss (label smoothing) is unknown."""
