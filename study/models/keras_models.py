@@ -166,16 +166,18 @@ def parse_widths(widths: str | list[int] | tuple[int, ...]) -> list[int]:
 def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum: float = 0.9,
                weight_decay: float = 5e-4, label_smoothing: float = 0.2,
                bn_momentum: float = 0.6, warmup_epochs: float = 1.0, augment: bool = True,
-               shift: int = 2, steps_per_epoch: int = 188, epochs: int = 12,
-               precision: str = "float32"):
+               shift: int = 2, erase: float = 0.0, steps_per_epoch: int = 188,
+               epochs: int = 12, precision: str = "float32"):
     """A small network trained the way the fastest published recipes train (Keller Jordan's
     airbench for CIFAR-10), sized for two CPU cores. Four stages of conv -> max-pool -> BN ->
     GELU -> conv -> BN -> GELU (28 -> 14 -> 7 -> 4 -> 2 pixels), global max pooling and one
     dense layer; batch norm with momentum 0.6 so its statistics follow the weights within a
     few steps (Keras' 0.99 lags for hundreds); SGD with Nesterov momentum and weight decay on a
     linear warm-up then cosine decay; label smoothing 0.2; random mirror images and shifts of up
-    to `shift` pixels with reflected borders, in the model (active in fit() only). Weight
-    averaging (EMA) is a fit setting (`ema` in the YAML), applied by the trainer.
+    to `shift` pixels with reflected borders, and with probability `erase` a random patch
+    (2-33% of the image) replaced by noise (Zhong et al.'s random erasing), in the model
+    (active in fit() only). Weight averaging (EMA) is a fit setting (`ema` in the YAML),
+    applied by the trainer.
 
     `steps_per_epoch` and `epochs` size the schedule; the trainer passes the real ones.
     """
@@ -185,12 +187,17 @@ def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum
     p = _policy(precision)
     if not 0.0 <= bn_momentum < 1.0:
         raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
+    if not 0.0 <= erase <= 1.0:
+        raise ValueError(f"erase is a probability in [0, 1], got {erase}")
     stack = [keras.Input(shape=(28, 28, 1))]
     if augment:
         stack += [layers.RandomFlip("horizontal", dtype=p)]
         if shift:
             stack += [layers.RandomTranslation(shift / 28, shift / 28, fill_mode="reflect",
                                                interpolation="nearest", dtype=p)]
+        if erase:  # pixels are in [0, 1]; the patch is filled with clipped normal noise
+            stack += [layers.RandomErasing(factor=(erase, erase), value_range=(0.0, 1.0),
+                                           dtype=p)]
 
     def conv(filters: int):
         return [layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=p),
