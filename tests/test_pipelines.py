@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from study import pipelines, training, tuning
 from study.errors import ConfigError
 from study.models import BUILDERS, get_builder
+from study.models.reducers import PcaUmap
 
 
 @pytest.mark.parametrize("name", pipelines.available())
@@ -161,3 +163,18 @@ def test_reducer_is_fitted_on_training_rows_only(name, tiny):
         assert reducer.pca_.n_samples_ == len(tiny.y_train)
         np.testing.assert_allclose(reducer.umap_._raw_data, reducer.pca_.transform(x_train),
                                    atol=1e-5)
+
+
+@pytest.mark.slow
+def test_umap_reducer_transforms_alike_fresh_reloaded_and_refitted(fmnist):
+    """pynndescent's index places new points differently once unpickled, and a reducer from the
+    fit cache is an unpickled one: figures moved with the order of the pipelines (issue 16) and
+    a logged model served unlike the scored one. Fresh, reloaded and refitted must agree.
+    4,200 rows: above UMAP's 4,096-row cut-off for exact neighbours, so the index is used."""
+    x = training.features("sklearn", fmnist.x_train[:4200])
+    new = training.features("sklearn", fmnist.x_test[:600])
+    fitted = PcaUmap(n_epochs=60, random_state=3).fit(x)
+    first = fitted.transform(new)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fitted)).transform(new), first)
+    np.testing.assert_array_equal(PcaUmap(n_epochs=60, random_state=3).fit(x).transform(new),
+                                  first)

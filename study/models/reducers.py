@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 
@@ -28,17 +29,30 @@ class PcaUmap(TransformerMixin, BaseEstimator):
 
         from study.config import import_umap
 
+        # float64 throughout the projection (see _project)
         self.pca_ = PCA(n_components=min(self.pca_components, X.shape[1], len(X)),
-                        random_state=self.random_state).fit(X)
+                        random_state=self.random_state).fit(np.asarray(X, dtype=np.float64))
         # A seed makes UMAP single-threaded; reproducible rankings are worth that here.
         self.umap_ = import_umap().UMAP(
             n_components=self.n_components, n_neighbors=self.n_neighbors,
             min_dist=self.min_dist, n_epochs=self.n_epochs, random_state=self.random_state,
-        ).fit(self.pca_.transform(X))
+        ).fit(self._project(X))
         return self
 
+    def _project(self, X) -> np.ndarray:
+        """The principal components, fitted and computed in float64, rounded to float32. UMAP's
+        transform is chaotic in its input: it seeds each new point's random numbers from the
+        bits of its initial position, so a last-bit difference in the projection (a BLAS kernel
+        picked by memory alignment or thread count, which differ in a reducer read back from
+        the fit cache or a logged model, or in a parallel worker) moved points by up to 0.4
+        and test accuracy by a point (issue 16). float64 results that differ in their last
+        bits (~1e-16) round to the same float32 but for a rare value on a rounding boundary."""
+        pca = self.pca_
+        centred = np.asarray(X, dtype=np.float64) - pca.mean_
+        return (centred @ pca.components_.T).astype(np.float32)
+
     def transform(self, X):
-        return self.umap_.transform(self.pca_.transform(X))
+        return self.umap_.transform(self._project(X))
 
 
 def build_reducer(kind: str, **params: Any) -> Any:
