@@ -102,7 +102,8 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
             spec = specs[row["pipeline"]]
             params = tuning.final_params(spec, profile, best_params(runs[row["run_id"]]))
             for i, seed in enumerate(seed_list, start=1):
-                fit, val_proba = training.final_fit(spec, params, splits, seed)  # as compare
+                fit, val_proba = training.final_fit(  # as compare, epochs shown for networks
+                    spec, params, splits, seed, progress=f"[repeats] {spec.name} seed {seed}")
                 test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
                 val_acc = training.accuracy(val_proba, splits.y_val)
                 results[spec.name].append(test_acc)

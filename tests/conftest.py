@@ -37,6 +37,29 @@ def sigkill_at():
     return start
 
 
+@pytest.fixture
+def render_dom(tmp_path):
+    """The DOM headless Chromium renders for an HTML file (skipped without Chromium, failed
+    when STUDY_REQUIRE_BROWSER is set, as in CI)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("STUDY_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+
+    def render(html_path: Path) -> str:
+        proc = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+             "--virtual-time-budget=5000", "--dump-dom", html_path.as_uri()],
+            capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0 and "</html>" in proc.stdout, proc.stderr[-2000:]
+        return proc.stdout
+
+    return render
+
+
 @pytest.fixture(scope="session")
 def real_dir() -> Path:
     """The verified folder holding the four canonical files (make setup put them there)."""

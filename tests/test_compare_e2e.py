@@ -158,23 +158,11 @@ def test_report_entry_point_rebuilds_from_mlflow_alone(smoke_compare):
     assert len(finals_after) == len(finals_before)  # nothing was retrained
 
 
-def test_report_renders_in_headless_chromium(smoke_compare, tmp_path):
+def test_report_renders_in_headless_chromium(smoke_compare, render_dom):
     """Every section and every image of report.html is present in Chromium's rendered DOM."""
     assert smoke_compare["proc"].returncode == 0
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        if os.environ.get("STUDY_REQUIRE_BROWSER"):
-            pytest.fail("chromium is not installed (apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
     (html_path,) = (smoke_compare["tmp"] / "reports").glob("*-smoke/report.html")
-    proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", html_path.as_uri()],
-        capture_output=True, text=True, timeout=180)
-    dom = proc.stdout
-    assert proc.returncode == 0 and "</html>" in dom, proc.stderr[-2000:]
+    dom = render_dom(html_path)
     from study.report import SECTIONS
 
     for i, title in enumerate(SECTIONS, start=1):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import mlflow
 import pytest
 
@@ -32,7 +34,7 @@ def test_an_ensemble_is_passed_over_for_its_members():
 
 @pytest.mark.slow
 def test_repeats_of_a_compare_leave_its_leaderboard_alone(tracking_store, capsys, tmp_path,
-                                                          monkeypatch):
+                                                          monkeypatch, render_dom):
     assert cli.main(["compare", "--profile", "smoke", "--pipelines", "logreg,knn"]) == 0
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
@@ -65,6 +67,9 @@ def test_repeats_of_a_compare_leave_its_leaderboard_alone(tracking_store, capsys
     built = report.build(compare.info.run_id)
     text = (built.html.parent / "report.md").read_text()
     assert "Seed repeats (training variance)" in text and run.info.run_id in text
+    dom = render_dom(built.html)  # and renders like the other sections
+    assert re.search(r'<h2 id="s\d+">\d+\. Seed repeats \(training variance\)</h2>', dom)
+    assert re.search(r"<td>\d\.\d{4} \+/- \d\.\d{4}</td>", dom)
 
     # a definition changed since the compare: refused before anything is trained
     folder = tmp_path / "pipelines"
