@@ -26,6 +26,8 @@ data: $(STAMP)
 	$(BIN)/python -m study data
 
 compare: setup
+	@# the store is created under a lock first: two first-time compares must not race mlflow's migrations
+	$(BIN)/python -m study store
 	PATH="$(BIN):$$PATH" mlflow run . -e compare --env-manager local \
 		--experiment-name $(EXPERIMENT) -P profile=$(PROFILE)
 
@@ -33,4 +35,4 @@ test: setup
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf mlruns mlflow.db optuna.journal .pytest_cache
+	rm -rf mlruns mlflow.db mlflow.db.lock optuna.journal .pytest_cache

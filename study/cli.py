@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("--data-dir", type=_optional, default=None)
 
     sub.add_parser("pipelines", help="list the registered pipelines")
+    sub.add_parser("store", help="create (or check) the MLflow tracking store, safely when "
+                   "several processes start at once")
     return parser
 
 
@@ -160,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             folder = data.ensure(args.data_dir)
             data.load(folder, download=False)
             print(f"Fashion-MNIST verified in {folder}")
+            return 0
+        if args.command == "store":
+            from study import tracking
+
+            print(f"MLflow tracking store ready: {config.redact(tracking.configure())}")
             return 0
         if args.command == "pipelines":
             from study import pipelines
@@ -180,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             return _tune(args)
         return _compare(args)
     except StudyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {config.redact(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

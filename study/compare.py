@@ -280,13 +280,6 @@ def open_stores(storage_url: str):
     return tuning.open_storage(storage_url)
 
 
-def _redact(url: str) -> str:
-    """A storage URL without its password, fit for logging."""
-    import re
-
-    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
-
-
 def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = "all",
             seed: int = config.SEED, data_dir: str | None = None,
             storage: str | None = None, workers: int = 1, parallel: int = 1) -> CompareResult:
@@ -315,7 +308,7 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     with tracking.compare_run(profile, seed, [s.name for s in specs]) as parent_id:
         tracking.log_metrics({"data_seconds": data_seconds})
         tracking.log_params({"workers": workers, "parallel": parallel,
-                             "optuna_storage": _redact(storage_url)})
+                             "optuna_storage": config.redact(storage_url)})
         data_digest = data.fingerprint(splits)
         tracking.log_data_inputs(data_digest, splits.rows())
         refused: list[str] = []

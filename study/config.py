@@ -7,6 +7,7 @@ when a function is called, so importing the package stays cheap and side-effect 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +91,20 @@ def import_umap():
     import umap
 
     return umap
+
+
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
+_QUERY_SECRET = re.compile(r"(?i)\b((?:password|passwd|pwd|token|secret)=)[^&\s'\"]+")
+
+
+def redact(text: str) -> str:
+    """A URL, or a message holding one, without its secrets (the password in user:password@,
+    password=/token= query values): what the study prints, logs or writes shows no secret."""
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", str(text)))
+
+
+def carries_secret(url: str) -> bool:
+    return redact(url) != url
 
 
 def tracking_uri() -> str:

@@ -414,7 +414,7 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
         ["CPU", f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores)"],
         ["Python", env.get("python", "?")],
         ["packages", ", ".join(f"{k} {v}" for k, v in env.get("packages", {}).items())],
-        ["tracking store", config.tracking_uri()],
+        ["tracking store", config.redact(config.tracking_uri())],
         ["rebuild this report", f"mlflow run . -e report -P run_id={pid} --env-manager local"],
     ])
     m = parent.data.metrics

@@ -49,13 +49,36 @@ def configure() -> str:
 
                 requests.get(store.rstrip("/") + "/health", timeout=10).raise_for_status()
             elif variable == "MLFLOW_TRACKING_URI":
-                mlflow.MlflowClient().search_experiments(max_results=1)
+                with first_use_lock(store):  # the first client creates (migrates) the store
+                    mlflow.MlflowClient().search_experiments(max_results=1)
         except Exception as exc:  # connection refused, bad scheme, unreadable db...
             first = first_line(exc)
             what = "tracking store" if variable == "MLFLOW_TRACKING_URI" else "model registry"
-            raise ConfigError(f"cannot reach MLflow {what} {store} ({first[:200]}); "
+            raise ConfigError(f"cannot reach MLflow {what} {config.redact(store)} "
+                              f"({config.redact(first)[:200]}); "
                               f"check {variable} or start the server") from None
     return uri
+
+
+@contextmanager
+def first_use_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of a SQLite store: two processes creating one at once run
+    MLflow's schema migrations against each other and one dies ("Online migration expected to
+    match one row", "duplicate column name"). A lock file beside the database; other stores
+    (a server, PostgreSQL) serialise themselves."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
@@ -691,7 +714,7 @@ def find_compare_run(run_id: str | None = None):
         try:
             run = client.get_run(run_id)
         except Exception:
-            raise ConfigError(f"no MLflow run {run_id!r} in {config.tracking_uri()}; "
+            raise ConfigError(f"no MLflow run {run_id!r} in {config.redact(config.tracking_uri())}; "
                               "pass a compare run id from the leaderboard or 'latest'") from None
         if run.data.tags.get(ROLE) != "compare":
             raise ConfigError(f"run {run_id} is not a compare run (role="
@@ -702,7 +725,7 @@ def find_compare_run(run_id: str | None = None):
                               "attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise ConfigError(f"no finished compare run in {config.tracking_uri()}; run "
+        raise ConfigError(f"no finished compare run in {config.redact(config.tracking_uri())}; run "
                           "`mlflow run . -e compare` first or set MLFLOW_TRACKING_URI")
     return runs[0]
 
@@ -831,7 +854,7 @@ def log_text(text: str, artifact_file: str, run_id: str | None = None) -> None:
 
 
 def ui_command() -> str:
-    uri = config.tracking_uri()
+    uri = config.redact(config.tracking_uri())
     if uri.startswith("http"):
         return f"open {uri} in a browser"
     mlflow_bin = Path(sys.executable).parent / "mlflow"

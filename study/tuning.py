@@ -48,6 +48,12 @@ def resolve_storage(storage: str | None = None) -> str:
     """What workers are told: an RDB URL as given, else the absolute path of a journal file
     ('local' or nothing: the default journal beside the tracking store)."""
     if storage and "://" in storage:
+        if config.carries_secret(storage):
+            # `mlflow run` logs every -P value as a run parameter, and URLs get printed
+            raise ConfigError(
+                f"the storage URL {config.redact(storage)} carries a password; give it without "
+                "one and let the client library find it (PostgreSQL: PGPASSWORD or ~/.pgpass; "
+                "MySQL: ~/.my.cnf)")
         return storage
     path = Path(storage) if storage and storage != "local" else config.default_optuna_journal()
     return str(path.resolve())
@@ -77,7 +83,8 @@ def open_storage(storage: str | None = None):
             if attempt < 3 and ("already exists" in first or "duplicate key" in first):
                 time.sleep(0.5 + attempt)
                 continue
-            raise ConfigError(f"cannot open Optuna storage {url} ({first[:200]}); "
+            raise ConfigError(f"cannot open Optuna storage {config.redact(url)} "
+                              f"({config.redact(first)[:200]}); "
                               f"check the URL and that the database server is up") from None
 
 

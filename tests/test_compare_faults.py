@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import mlflow
@@ -82,11 +83,49 @@ def test_code_digest_follows_the_sources(tmp_path):
     assert config.code_digest(package) != before
 
 
-def test_a_storage_password_is_never_logged():
-    from study.compare import _redact
-
-    assert _redact("postgresql://study:s3cr3t@db.example:5432/optuna") == \
+def test_secrets_are_redacted_from_urls_and_messages():
+    assert config.redact("postgresql://study:s3cr3t@db.example:5432/optuna") == \
         "postgresql://study:***@db.example:5432/optuna"
-    assert _redact("postgresql+psycopg://study@127.0.0.1/optuna") == \
+    assert config.redact("postgresql+psycopg://study@127.0.0.1/optuna") == \
         "postgresql+psycopg://study@127.0.0.1/optuna"  # nothing to hide
-    assert _redact("/tmp/optuna.journal") == "/tmp/optuna.journal"
+    assert config.redact("/tmp/optuna.journal") == "/tmp/optuna.journal"
+    assert config.redact("mysql://db/optuna?user=u&password=p4ss&ssl=1") == \
+        "mysql://db/optuna?user=u&password=***&ssl=1"
+    message = "cannot open postgresql://u:pw@h/db (FATAL: token=abc123 refused)"
+    assert "pw" not in config.redact(message).replace("postgresql", "") and \
+        "abc123" not in config.redact(message)
+
+
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_a_storage_url_with_a_password_is_refused_before_anything_runs(
+        command, tracking_store, tmp_path, capsys, monkeypatch):
+    """`mlflow run` would log the -P value and the study would print it: the password belongs
+    in PGPASSWORD or ~/.pgpass. Refused with exit 2, before any run or journal exists."""
+    monkeypatch.chdir(tmp_path)
+    extra = ["--pipeline", "logreg"] if command == "tune" else ["--pipelines", "logreg"]
+    code = cli.main([command, "--profile", "smoke", *extra,
+                     "--storage", "postgresql://study:s3cr3t@127.0.0.1:1/optuna"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "carries a password" in err and "PGPASSWORD or ~/.pgpass" in err
+    assert "s3cr3t" not in err
+    import mlflow
+
+    assert not [r for e in mlflow.MlflowClient().search_experiments()
+                for r in mlflow.MlflowClient().search_runs([e.experiment_id])]
+    assert not list(tmp_path.glob("*.journal"))
+
+
+def test_first_use_of_a_new_sqlite_store_by_several_processes_at_once(tmp_path):
+    """Three processes creating one new store at once: without the lock, MLflow's migrations
+    collide and most die ("Online migration expected to match one row"); all must succeed."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"}
+    procs = [subprocess.Popen([sys.executable, "-m", "study", "store"], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    assert all(code == 0 for code, _, _ in results), [err[-500:] for _, _, err in results]
+    assert all("tracking store ready" in out for _, out, _ in results)
