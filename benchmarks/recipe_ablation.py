@@ -61,8 +61,8 @@ def run(spec, params: dict, splits, seed: int) -> tuple[dict, dict]:
 
 def kept(row: dict) -> tuple[float, float, str]:
     """Validation and test accuracy of the model the study would keep: mirror TTA only where it
-    raises validation accuracy (as training.choose_mirror_tta decides)."""
-    if row["val_accuracy_mirror"] > row["val_accuracy"]:
+    raises validation accuracy (the study's own rule)."""
+    if training.keeps_mirror(row["val_accuracy"], row["val_accuracy_mirror"]):
         return row["val_accuracy_mirror"], row["test_accuracy_mirror"], "mirror"
     return row["val_accuracy"], row["test_accuracy"], "none"
 

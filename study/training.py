@@ -306,6 +306,11 @@ def accuracy(proba: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(proba.argmax(axis=1) == labels))
 
 
+def keeps_mirror(plain_accuracy: float, mirror_accuracy: float) -> bool:
+    """Mirror TTA is kept only on a strict validation gain (a tie keeps the cheaper model)."""
+    return mirror_accuracy > plain_accuracy
+
+
 def choose_mirror_tta(fit: FitResult, x_val: np.ndarray, y_val: np.ndarray) -> np.ndarray:
     """Wrap a network in mirror test-time augmentation when that raises its validation
     accuracy (a strict gain; a tie keeps the cheaper model). The decision and both validation
@@ -313,7 +318,7 @@ def choose_mirror_tta(fit: FitResult, x_val: np.ndarray, y_val: np.ndarray) -> n
     plain = fit.predict_proba(x_val)
     mirrored = 0.5 * (plain + fit.predict_proba(x_val[:, :, ::-1]))
     plain_acc, mirror_acc = accuracy(plain, y_val), accuracy(mirrored, y_val)
-    keep = mirror_acc > plain_acc
+    keep = keeps_mirror(plain_acc, mirror_acc)
     fit.info.update(val_accuracy_plain=plain_acc, val_accuracy_mirror=mirror_acc,
                     tta="mirror" if keep else "none")
     if not keep:
