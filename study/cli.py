@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"folder with the four .gz files (else ${config.DATA_DIR_ENV}, the Debian "
                           "package, the Keras cache, then a download)")
     cmp.add_argument("--storage", type=_optional, default=None,
-                     help="Optuna storage: 'local' journal file, a journal path, or an RDB URL")
+                     help="Optuna storage: 'local' journal file, a journal path, or an RDB URL "
+                          "without a password (@run: the `mlflow run` run's storage parameter)")
     cmp.add_argument("--workers", type=_positive("workers"), default=1,
                      help="processes that share each pipeline's tuning study (default 1)")
     cmp.add_argument("--parallel", type=_positive("parallel"), default=1,
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     tun.add_argument("--profile", default=config.DEFAULT_PROFILE)
     tun.add_argument("--seed", type=_seed, default=config.SEED)
     tun.add_argument("--storage", type=_optional, default=None,
-                     help="the study's storage: 'local' journal, a journal path, or an RDB URL")
+                     help="the study's storage: 'local' journal, a journal path, or an RDB URL "
+                          "without a password (@run: the `mlflow run` run's storage parameter)")
     tun.add_argument("--n-trials", type=_trials, default=None,
                      help="trials to run (default auto: what the profile's budget still misses; "
                           "queued: help drain the queue of a running parallel compare)")
@@ -199,6 +201,7 @@ def _compare(args) -> int:
         raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
     from study import compare, leaderboard, tracking
 
+    args.storage = _given_storage(args.storage)
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
                              args.workers, args.parallel)
     print()
@@ -222,6 +225,25 @@ def _compare(args) -> int:
     return 1 if result.failures else 0
 
 
+RUN_STORAGE = "@run"
+
+
+def _given_storage(value: str | None) -> str | None:
+    """`--storage @run` (what MLproject passes): the storage is the `mlflow run` run's own
+    `storage` parameter. `mlflow run` prints the command line it starts, so a URL with a
+    password typed into -P would be printed; read from the run, it is not, and the project
+    then refuses it and scrubs the parameter."""
+    if value != RUN_STORAGE:
+        return value
+    from study import tracking
+
+    if not os.environ.get("MLFLOW_RUN_ID"):
+        raise ConfigError(f"--storage {RUN_STORAGE} reads the storage parameter of the "
+                          "`mlflow run` run that starts this command; outside `mlflow run`, "
+                          "give the storage itself (local, a journal path or an RDB URL)")
+    return tracking.project_param("storage")
+
+
 def _tune(args) -> int:
     """A worker: a share of a parallel compare's trials, or a machine joining a study."""
     import zlib
@@ -238,9 +260,17 @@ def _tune(args) -> int:
         raise ConfigError("--n-trials queued takes one worker per process; start more "
                           "processes instead of --workers")
     splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
-    storage = tuning.resolve_storage(args.storage)
+    args.storage = _given_storage(args.storage)
+    try:
+        storage = tuning.resolve_storage(args.storage)
+    except ConfigError:
+        if args.storage and config.carries_secret(args.storage):
+            tracking.scrub_project_run()  # `mlflow run` already logged it as a param
+        raise
     compare.open_stores(storage)  # unreachable storage or server: one line, nothing written
     worker = args.tuning_run_id is not None
+    if not worker:
+        tracking.check_can_write()  # a READ-only user stops here, before any trial
     if worker:
         tuning.exit_with_parent()
     name = tuning.study_name(spec, args.profile, args.seed)

@@ -298,8 +298,14 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     dataset = data.load(data_dir)  # bad data stops us before any store is touched
     splits = data.make_splits(dataset, config.PROFILES[profile])
     data_seconds = time.perf_counter() - start
-    storage_url = tuning.resolve_storage(storage)
+    try:
+        storage_url = tuning.resolve_storage(storage)
+    except ConfigError:
+        if storage and config.carries_secret(storage):
+            tracking.scrub_project_run()  # `mlflow run` already logged it as a param
+        raise
     tuner = Tuner(storage_url, open_stores(storage_url), workers, data_dir)
+    tracking.check_can_write()  # a READ-only user stops here, before any run or trial
     stale = tracking.mark_stale_runs()
     if stale:
         log(f"resume: {len(stale)} interrupted compare run(s) marked KILLED ({', '.join(stale)})")

@@ -48,9 +48,13 @@ def configure() -> str:
                 import requests
 
                 requests.get(store.rstrip("/") + "/health", timeout=10).raise_for_status()
+                if variable == "MLFLOW_TRACKING_URI":
+                    _check_login(store)
             elif variable == "MLFLOW_TRACKING_URI":
                 with first_use_lock(store):  # the first client creates (migrates) the store
                     mlflow.MlflowClient().search_experiments(max_results=1)
+        except ConfigError:
+            raise
         except Exception as exc:  # connection refused, bad scheme, unreadable db...
             first = first_line(exc)
             what = "tracking store" if variable == "MLFLOW_TRACKING_URI" else "model registry"
@@ -58,6 +62,111 @@ def configure() -> str:
                               f"({config.redact(first)[:200]}); "
                               f"check {variable} or start the server") from None
     return uri
+
+
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+def _check_login(uri: str) -> None:
+    """A server with MLflow's basic-auth app answers /health to anyone; one authenticated call
+    tells a missing or wrong login at once, in a line, instead of at the first run."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as exc:
+        if exc.error_code != "UNAUTHENTICATED":
+            raise
+        user = os.environ.get(USERNAME_ENV)
+        if not user:
+            raise ConfigError(f"the tracking server {config.redact(uri)} requires a login (HTTP "
+                              f"401); fix: set {USERNAME_ENV} and {PASSWORD_ENV} in the "
+                              "environment") from None
+        raise ConfigError(f"the tracking server {config.redact(uri)} refused user {user!r} "
+                          "(HTTP 401: unknown user or wrong password); fix: check "
+                          f"{USERNAME_ENV} and {PASSWORD_ENV}") from None
+
+
+def check_can_write(experiment: str | None = None) -> None:
+    """Fail before any work when the tracking server will not let this user write: a user
+    with READ permission may browse the leaderboard but not start a compare. Probed with a
+    harmless experiment tag (EDIT permission), and a tag on the registered model the champion
+    goes to, when both exist; local stores have no permissions to probe."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    client = mlflow.MlflowClient()
+    if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` created the run: it could write
+        exp = client.get_experiment(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id)
+    else:
+        exp = client.get_experiment_by_name(experiment or os.environ.get(
+            "MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME))
+    user = os.environ.get(USERNAME_ENV, "(anonymous)")
+    probes = []
+    if exp is not None:
+        probes.append((f"experiment {exp.name!r}",
+                       lambda: client.set_experiment_tag(exp.experiment_id, "study.writer", user)))
+    try:
+        client.get_registered_model(config.REGISTERED_MODEL)
+        probes.append((f"registered model {config.REGISTERED_MODEL!r}",
+                       lambda: client.set_registered_model_tag(config.REGISTERED_MODEL,
+                                                               "study.writer", user)))
+    except MlflowException:
+        pass  # not there yet: registering creates it, which any user may
+    for what, probe in probes:
+        try:
+            probe()
+        except MlflowException as exc:
+            if exc.error_code != "PERMISSION_DENIED":
+                raise
+            raise ConfigError(
+                f"user {user!r} may not write to {what} on {config.redact(uri)} (HTTP 403: a "
+                "compare needs EDIT permission, this user has less); fix: ask the server's "
+                "admin to grant EDIT, or use an experiment of your own (MLFLOW_EXPERIMENT_NAME)"
+            ) from None
+
+
+def project_param(key: str) -> str | None:
+    """A parameter of the run `mlflow run` created for this process (MLFLOW_RUN_ID)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(config.tracking_uri())
+    return client.get_run(os.environ["MLFLOW_RUN_ID"]).data.params.get(key)
+
+
+def scrub_project_run() -> list[str]:
+    """`mlflow run` logs every -P value as a param of its run before the entry point starts.
+    When one holds a password the project refuses, that value must not stay in the store: on a
+    database store the project opens itself, it is overwritten with its redacted form (params
+    are otherwise immutable); behind a tracking server, the run is ended and deleted (its admin
+    purges deleted runs with `mlflow gc`). Returns the keys that held a secret."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return []
+    import mlflow
+
+    client = mlflow.MlflowClient(config.tracking_uri())
+    secret = {k: v for k, v in client.get_run(run_id).data.params.items()
+              if config.carries_secret(v)}
+    if not secret:
+        return []
+    store = client._tracking_client.store
+    try:
+        from mlflow.store.tracking.dbmodels.models import SqlParam
+
+        with store.ManagedSessionMaker() as session:
+            for key, value in secret.items():
+                session.query(SqlParam).filter(SqlParam.run_uuid == run_id,
+                                               SqlParam.key == key).update(
+                    {"value": config.redact(value)}, synchronize_session=False)
+    except AttributeError:  # a REST store: no database of ours to correct
+        client.set_terminated(run_id, "FAILED")  # before `mlflow run` tries to, on a deleted run
+        client.delete_run(run_id)
+    return sorted(secret)
 
 
 @contextmanager
@@ -162,7 +271,10 @@ def tuning_experiment_id(parent_run_id: str) -> str:
     parent_exp = client.get_experiment(parent.info.experiment_id)
     location = parent_exp.artifact_location
     # A local store keeps tuning artifacts beside the parent's, not in the working directory.
-    local = location and "://" not in location.replace("file://", "", 1)
+    # (A server's "mlflow-artifacts:/1" is not local: its first path part must stay the
+    # experiment id, which the basic-auth app reads to check artifact permissions.)
+    scheme = location.split(":", 1)[0] if location and ":" in location else ""
+    local = bool(location) and (scheme in ("", "file") or len(scheme) == 1)  # C:\ on Windows
     return ensure_experiment(parent_exp.name + config.TUNING_SUFFIX,
                              location + config.TUNING_SUFFIX if local else None)
 
@@ -514,6 +626,13 @@ def _alias_holder(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except Exception as exc:
         message = str(exc).lower()
+        if isinstance(exc, MlflowException) and exc.error_code == "PERMISSION_DENIED":
+            # MLflow's basic-auth app answers 403 for a model that does not exist yet
+            try:
+                if not client.search_registered_models(f"name = '{name}'"):
+                    return None
+            except Exception:
+                pass
         if isinstance(exc, MlflowException) and exc.error_code in (
                 "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
                 "not found" in message or "does not exist" in message):

@@ -122,8 +122,11 @@ def postgres_server() -> str:
     url = os.environ.get("STUDY_TEST_POSTGRES")
     if not url:
         script = config.PROJECT_ROOT / ".ci" / "postgres"
-        proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=120)
+        folder = "/tmp/study-postgres"
+        proc = subprocess.run([str(script), folder], capture_output=True, text=True, timeout=120)
         url = proc.stdout.strip() if proc.returncode == 0 else ""
+        # its password is in libpq's password file, found by every client this test starts
+        os.environ.setdefault("PGPASSFILE", f"{folder}/pgpass")
     if not url:
         if os.environ.get("STUDY_REQUIRE_POSTGRES") == "1":
             pytest.fail("no PostgreSQL server: run .ci/postgres (apt-get install postgresql)")

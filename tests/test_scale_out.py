@@ -327,3 +327,172 @@ def test_pipelines_side_by_side_match_one_at_a_time(tmp_path):
         assert results[2][name][1] == best, name  # the same trials chose the same parameters
         # one thread instead of two may reorder float sums, not change the model
         assert abs(results[2][name][0] - accuracy) <= 0.002, name
+
+
+def _table_text(url: str, password: str) -> str:
+    """Every row of every table of a PostgreSQL database, as text."""
+    import psycopg
+
+    with psycopg.connect(url, password=password) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+        assert tables, url
+        return "\n".join(str(row) for t in tables
+                         for row in conn.execute(f'SELECT t::text FROM "{t}" t'))
+
+
+def _files_text(folder: Path) -> str:
+    return "\n".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file())
+
+
+def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgres_server,
+                                                                         tmp_path):
+    """Production scale-out on loopback: PostgreSQL with scram-sha-256 passwords for MLflow's
+    store, its basic-auth app's users and Optuna; MLflow's basic-auth app with the admin
+    password changed at set-up. Logins fail in one line, a READ-only user cannot start a
+    compare, a writer's compare succeeds, and no password is stored, logged or printed."""
+    import secrets
+    import uuid
+
+    import psycopg
+    from mlflow.server import get_app_client
+
+    def secret(what: str) -> str:
+        return f"{what}-{secrets.token_hex(10)}"
+
+    pg_password, admin_first, admin_password = secret("pg"), secret("adm0"), secret("adm")
+    writer_password, reader_password = secret("wr"), secret("rd")
+    role, tag = f"study_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]
+    dbs = {kind: f"{kind}_{tag}" for kind in ("mlflow", "auth", "optuna")}
+    host = postgres_server.split("@", 1)[1].rsplit("/", 1)[0]  # 127.0.0.1:port
+    url = {kind: f"postgresql+psycopg://{role}@{host}/{db}" for kind, db in dbs.items()}
+    with psycopg.connect(postgres_server, autocommit=True) as conn:  # the superuser: PGPASSFILE
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{pg_password}'")
+        for db in dbs.values():
+            conn.execute(f'CREATE DATABASE "{db}" OWNER {role}')
+    # the study's role authenticates through libpq's environment, never a URL
+    pg_env = {k: v for k, v in os.environ.items() if k != "PGPASSFILE"}
+    pg_env["PGPASSWORD"] = pg_password
+
+    ini = tmp_path / "basic_auth.ini"
+    ini.write_text("[mlflow]\ndefault_permission = READ\n"
+                   f"database_uri = {url['auth']}\nadmin_username = admin\n"
+                   "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                   # each check hashes the password (PBKDF2, ~0.1-0.5 s here): cache good ones
+                   "auth_cache_ttl_seconds = 60\n")
+    port = free_port()
+    server_url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth",
+         "--host", "127.0.0.1", "--port", str(port), "--allowed-hosts", f"127.0.0.1:{port}",
+         "--workers", "1", "--backend-store-uri", url["mlflow"],
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        env={**pg_env, "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+             "MLFLOW_AUTH_ADMIN_PASSWORD": admin_first,
+             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    printed = []
+
+    def run(user: str | None, password: str | None, *args: str) -> subprocess.CompletedProcess:
+        env = study_env(tmp_path, tracking_uri=server_url)
+        env.pop("PGPASSFILE", None)
+        env.update(PGPASSWORD=pg_password)
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            env.pop(key, None)
+        if user:
+            env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
+        proc = subprocess.run(study_cmd(*args), cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=900)
+        printed.extend([proc.stdout, proc.stderr])
+        return proc
+
+    compare = ("compare", "--profile", "smoke", "--pipelines", "dummy,logreg",
+               "--storage", url["optuna"])
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if urllib.request.urlopen(server_url + "/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(1)
+        # set-up: the admin changes the first password, then creates the users
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_first)
+        try:
+            admin = get_app_client("basic-auth", tracking_uri=server_url)
+            admin.update_user_password("admin", admin_password, current_password=admin_first)
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = admin_password
+            admin.create_user("writer", writer_password)
+            admin.create_user("reader", reader_password)
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME")
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+
+        for user, password, says in [
+                (None, None, "requires a login (HTTP 401); fix: set MLFLOW_TRACKING_USERNAME"),
+                ("writer", reader_password, "refused user 'writer' (HTTP 401: unknown user or "
+                                            "wrong password)")]:
+            proc = run(user, password, *compare)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
+            assert says in proc.stderr
+
+        proc = run("writer", writer_password, *compare)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Champion registered: models:/fashion-mnist-classifier/1" in proc.stdout
+
+        os.environ.update(MLFLOW_TRACKING_USERNAME="reader", MLFLOW_TRACKING_PASSWORD=reader_password)
+        try:  # READ: the reader browses the leaderboard...
+            client = mlflow.MlflowClient(server_url)
+            exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+            finals = client.search_runs([exp.experiment_id], "tags.role = 'final'")
+            assert sorted(r.data.tags["pipeline"] for r in finals) == ["dummy", "logreg"]
+            runs_before = len(client.search_runs([exp.experiment_id], run_view_type=3))
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME")
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+        # ... but may not start a compare: one line, before any run or trial
+        proc = run("reader", reader_password, *compare)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.count("\n") == 1, proc.stderr
+        assert ("error: user 'reader' may not write to experiment 'fashion-mnist'" in proc.stderr
+                and "needs EDIT permission" in proc.stderr)
+        os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_password)
+        try:
+            assert len(mlflow.MlflowClient(server_url).search_runs(
+                [exp.experiment_id], run_view_type=3)) == runs_before
+            # README's grant: EDIT lets the reader write where the compare's probe writes
+            admin.grant_user_permission("reader", "experiment", exp.experiment_id, "EDIT")
+            os.environ.update(MLFLOW_TRACKING_USERNAME="reader",
+                              MLFLOW_TRACKING_PASSWORD=reader_password)
+            mlflow.MlflowClient(server_url).set_experiment_tag(exp.experiment_id, "by", "reader")
+        finally:
+            os.environ.pop("MLFLOW_TRACKING_USERNAME")
+            os.environ.pop("MLFLOW_TRACKING_PASSWORD")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+    # no password anywhere: every table of the three databases, the artifact store, the
+    # report, the server's log and everything the commands printed
+    haystacks = {kind: _table_text(f"postgresql://{role}@{host}/{db}", pg_password)
+                 for kind, db in dbs.items()}
+    haystacks["artifacts"] = _files_text(tmp_path / "server-artifacts")
+    haystacks["report"] = _files_text(tmp_path / "r")
+    haystacks["server log"] = (tmp_path / "server.log").read_text()
+    haystacks["printed"] = "\n".join(printed)
+    assert "logreg" in haystacks["report"] and "fashion-mnist" in haystacks["mlflow"]
+    # the searches see what they must: the storage URL (its user, no password), the users
+    assert f"{role}@{host}" in haystacks["mlflow"] and "writer" in haystacks["auth"]
+    for name, text in haystacks.items():
+        for value in (pg_password, admin_first, admin_password, writer_password, reader_password):
+            assert value not in text, f"a password in {name}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        for db in dbs.values():
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        conn.execute(f"DROP ROLE IF EXISTS {role}")
