@@ -261,12 +261,7 @@ def _tune(args) -> int:
                           "processes instead of --workers")
     splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
     args.storage = _given_storage(args.storage)
-    try:
-        storage = tuning.resolve_storage(args.storage)
-    except ConfigError:
-        if args.storage and config.carries_secret(args.storage):
-            tracking.scrub_project_run()  # `mlflow run` already logged it as a param
-        raise
+    storage = compare.resolve_storage(args.storage)
     compare.open_stores(storage)  # unreachable storage or server: one line, nothing written
     worker = args.tuning_run_id is not None
     if not worker:

@@ -268,6 +268,17 @@ def _record(outcomes, specs, profile: str) -> Iterator[Outcome]:
         yield outcome
 
 
+def resolve_storage(storage: str | None) -> str:
+    """tuning.resolve_storage, and a refused URL with a password is also scrubbed from the
+    params of the `mlflow run` run, which logged it before the study started."""
+    try:
+        return tuning.resolve_storage(storage)
+    except ConfigError:
+        if storage and config.carries_secret(storage):
+            tracking.scrub_project_run()
+        raise
+
+
 def open_stores(storage_url: str):
     """Check the MLflow store and open the Optuna storage, the one that can fail without
     writing anything first: an unreachable server or database leaves no local file behind
@@ -298,12 +309,7 @@ def compare(profile: str = config.DEFAULT_PROFILE, pipeline_names: str | None = 
     dataset = data.load(data_dir)  # bad data stops us before any store is touched
     splits = data.make_splits(dataset, config.PROFILES[profile])
     data_seconds = time.perf_counter() - start
-    try:
-        storage_url = tuning.resolve_storage(storage)
-    except ConfigError:
-        if storage and config.carries_secret(storage):
-            tracking.scrub_project_run()  # `mlflow run` already logged it as a param
-        raise
+    storage_url = resolve_storage(storage)
     tuner = Tuner(storage_url, open_stores(storage_url), workers, data_dir)
     tracking.check_can_write()  # a READ-only user stops here, before any run or trial
     stale = tracking.mark_stale_runs()

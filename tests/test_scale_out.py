@@ -127,6 +127,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, server: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    """Until the MLflow server at `url` answers /health; its log's tail if it dies first."""
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            raise AssertionError(log.read_text()[-3000:])
+        time.sleep(1)
+
+
 @pytest.fixture
 def mlflow_server(postgres_db, tmp_path):
     """A real `mlflow server` on loopback: runs and registry in PostgreSQL, artifacts proxied."""
@@ -138,16 +152,7 @@ def mlflow_server(postgres_db, tmp_path):
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        try:
-            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
-                break
-        except OSError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
-        time.sleep(1)
+    wait_healthy(url, server, tmp_path / "server.log")
     yield url
     # the test pointed this process's registry at the server (mlflow exports it to children)
     mlflow.set_registry_uri(None)
@@ -410,16 +415,7 @@ def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgre
     compare = ("compare", "--profile", "smoke", "--pipelines", "dummy,logreg",
                "--storage", url["optuna"])
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if urllib.request.urlopen(server_url + "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise AssertionError((tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(1)
+        wait_healthy(server_url, server, tmp_path / "server.log")
         # set-up: the admin changes the first password, then creates the users
         os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=admin_first)
         try:
