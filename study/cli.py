@@ -201,7 +201,6 @@ def _compare(args) -> int:
         raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
     from study import compare, leaderboard, tracking
 
-    args.storage = _given_storage(args.storage)
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
                              args.workers, args.parallel)
     print()
@@ -225,25 +224,6 @@ def _compare(args) -> int:
     return 1 if result.failures else 0
 
 
-RUN_STORAGE = "@run"
-
-
-def _given_storage(value: str | None) -> str | None:
-    """`--storage @run` (what MLproject passes): the storage is the `mlflow run` run's own
-    `storage` parameter. `mlflow run` prints the command line it starts, so a URL with a
-    password typed into -P would be printed; read from the run, it is not, and the project
-    then refuses it and scrubs the parameter."""
-    if value != RUN_STORAGE:
-        return value
-    from study import tracking
-
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        raise ConfigError(f"--storage {RUN_STORAGE} reads the storage parameter of the "
-                          "`mlflow run` run that starts this command; outside `mlflow run`, "
-                          "give the storage itself (local, a journal path or an RDB URL)")
-    return tracking.project_param("storage")
-
-
 def _tune(args) -> int:
     """A worker: a share of a parallel compare's trials, or a machine joining a study."""
     import zlib
@@ -260,7 +240,6 @@ def _tune(args) -> int:
         raise ConfigError("--n-trials queued takes one worker per process; start more "
                           "processes instead of --workers")
     splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
-    args.storage = _given_storage(args.storage)
     storage = compare.resolve_storage(args.storage)
     compare.open_stores(storage)  # unreachable storage or server: one line, nothing written
     worker = args.tuning_run_id is not None

@@ -268,9 +268,20 @@ def _record(outcomes, specs, profile: str) -> Iterator[Outcome]:
         yield outcome
 
 
+RUN_STORAGE = "@run"
+
+
 def resolve_storage(storage: str | None) -> str:
-    """tuning.resolve_storage, and a refused URL with a password is also scrubbed from the
-    params of the `mlflow run` run, which logged it before the study started."""
+    """tuning.resolve_storage, plus what `mlflow run` needs. MLproject passes `--storage @run`:
+    the storage is then that run's own `storage` parameter, because `mlflow run` prints the
+    command line it starts and a password typed into -P would be shown. A refused URL with a
+    password is also scrubbed from the run's params, which `mlflow run` logged before."""
+    if storage == RUN_STORAGE:
+        if not os.environ.get("MLFLOW_RUN_ID"):
+            raise ConfigError(f"--storage {RUN_STORAGE} reads the storage parameter of the "
+                              "`mlflow run` run that starts this command; outside `mlflow run`, "
+                              "give the storage itself (local, a journal path or an RDB URL)")
+        storage = tracking.project_param("storage")
     try:
         return tuning.resolve_storage(storage)
     except ConfigError:

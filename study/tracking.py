@@ -88,7 +88,12 @@ def _check_login(uri: str) -> None:
                           f"{USERNAME_ENV} and {PASSWORD_ENV}") from None
 
 
-def check_can_write(experiment: str | None = None) -> None:
+def experiment_name() -> str:
+    """The experiment a compare logs to outside `mlflow run`."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME)
+
+
+def check_can_write() -> None:
     """Fail before any work when the tracking server will not let this user write: a user
     with READ permission may browse the leaderboard but not start a compare. Probed with a
     harmless experiment tag (EDIT permission), and a tag on the registered model the champion
@@ -103,8 +108,7 @@ def check_can_write(experiment: str | None = None) -> None:
     if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` created the run: it could write
         exp = client.get_experiment(client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id)
     else:
-        exp = client.get_experiment_by_name(experiment or os.environ.get(
-            "MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME))
+        exp = client.get_experiment_by_name(experiment_name())
     user = os.environ.get(USERNAME_ENV, "(anonymous)")
     probes = []
     if exp is not None:
@@ -212,7 +216,7 @@ def compare_run(profile: str, seed: int, pipelines: list[str]) -> Iterator[str]:
         # start_run() calls create children instead of resuming the project run again.
         run = mlflow.start_run(run_name=f"compare-{profile}")
     else:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME))
+        mlflow.set_experiment(experiment_name())
         run = mlflow.start_run(run_name=f"compare-{profile}")
     with run:
         # host and pid let a later compare tell a run whose process died (SIGKILL, power cut)
@@ -297,7 +301,7 @@ class TuningLog:
         if parent_run_id:
             self.experiment_id = tuning_experiment_id(parent_run_id)
         else:
-            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", config.EXPERIMENT_NAME)
+            name = experiment_name()
             self.experiment_id = ensure_experiment(name + config.TUNING_SUFFIX)
         tags = {ROLE: "tuning", "pipeline": pipeline, "optuna_study": study_name,
                 "profile": profile, "host": socket.gethostname(), "pid": str(os.getpid())}
