@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--save-preprocessed", metavar="DIR", default=None,
                      help="save the 28x28 image the model saw, per file, into DIR")
     pre.add_argument("--print-request", action="store_true",
-                     help="print the JSON body `mlflow models serve` accepts for these images")
+                     help="print the JSON body `mlflow models serve` takes for these files "
+                          "(the files themselves, base64-encoded under \"image\")")
 
     abl = sub.add_parser("ablation", help="the seed report's MLP experiments, one run per setting")
     abl.add_argument("--profile", default=config.DEFAULT_PROFILE)

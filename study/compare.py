@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
 
 from study import config, data, leaderboard, pipelines, report, tracking, training, tuning
 from study.errors import ConfigError, RegistryError, first_line

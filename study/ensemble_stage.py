@@ -13,63 +13,20 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 
-from study import config, ensemble, tracking
+from study import config, ensemble, serving, tracking
 from study.ensemble import NAME
 
 VERIFY_ROWS = 1000  # test images predicted again through the logged model, as a check
 
 
-class WeightedEnsemble(mlflow.pyfunc.PythonModel):
-    """Weighted mean of member models' class probabilities. The members are logged models
-    (artifacts of this one) loaded through pyfunc, so each keeps its own input layout and
-    test-time augmentation, and gets the images in its own layout, (n, 784) or (n, 28, 28, 1)."""
-
-    # Its input is a tensor described by the logged signature, which type hints cannot
-    # express: skip MLflow's type-hint wrapping of predict (and its warning about the lack).
-    _skip_type_hint_validation = True
-
-    def __init__(self, weights: dict[str, float]):
-        self.weights = dict(weights)  # artifact key -> weight
-
-    def load_context(self, context):
-        members = {k: mlflow.pyfunc.load_model(context.artifacts[k]) for k in self.weights}
-        self.shapes = {k: _input_shape(m) for k, m in members.items()}
-        self.predictors = {k: _predictor(m) for k, m in members.items()}
-
-    def predict(self, context, model_input, params=None):
-        x = np.asarray(model_input, dtype=np.float32)
-        flat = x.reshape(len(x), -1)
-        total = np.zeros((len(x), 10))
-        for key, weight in self.weights.items():
-            member_x = flat.reshape(len(x), *self.shapes[key])
-            total += weight * np.asarray(self.predictors[key](member_x), dtype=np.float64)
-        return (total / sum(self.weights.values())).astype(np.float32)
-
-
-def _predictor(model):
-    """A member's predict function: a Keras network is called in large batches without its
-    pyfunc wrapper's per-call progress bar; anything else through pyfunc."""
-    if "keras" in model.metadata.flavors:
-        network = model.get_raw_model()
-        return lambda x: network.predict(x, batch_size=2048, verbose=0)
-    return model.predict
-
-
-def _input_shape(model) -> tuple[int, ...]:
-    """A pyfunc model's input shape without the batch axis: (784,) or (28, 28, 1)."""
-    try:
-        return tuple(model.metadata.get_input_schema().inputs[0].shape[1:])
-    except Exception:  # no tensor signature: the classical models' flat layout
-        return (784,)
+# Ensembles logged before serving.Classifier name this class in their pickle; it loads them.
+WeightedEnsemble = serving.Classifier
 
 
 @dataclass
@@ -191,8 +148,6 @@ def _log(parent_id, profile, data_digest, members, selection, summary, evaluatio
 
 
 def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test) -> None:
-    from mlflow.models import infer_signature
-
     metrics = lambda key: sum(c.metrics.get(key, 0.0) for c in members)  # noqa: E731
     mlflow.log_params({
         "pipeline": NAME, "members": ",".join(selection.weights),
@@ -217,65 +172,34 @@ def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_t
         mlflow.log_artifact(str(Path(tmp) / "selection.json"), artifact_path="ensemble")
     with tempfile.TemporaryDirectory() as tmp:
         tracking.log_evaluation(NAME, evaluation, val_proba, Path(tmp))
-    image_input = any(_is_image(c) for c in members)
-    info = log_model(selection.weights, {c.name: c.model_uri for c in members}, image_input,
-                     _requirements(members))
+    info = log_model(selection.weights, {c.name: c.model_uri for c in members})
     mlflow.set_tag("model_uri", info.model_uri)
-    _verify(info.model_uri, evaluation.proba, x_test, image_input)
+    _verify(info.model_uri, evaluation.proba, x_test)
 
 
-def log_model(weights: dict[str, float], model_uris: dict[str, str], image_input: bool,
-              requirements: list[str] | None = None):
-    """Log a WeightedEnsemble of logged models into the active run (as "model"). The members
-    are copied in from their URIs by MLflow itself; the signature takes images
-    (n, 28, 28, 1) when any member does, else flat pixels (n, 784)."""
-    import logging
-
-    from mlflow.models import infer_signature
+def log_model(weights: dict[str, float], model_uris: dict[str, str]):
+    """Log the ensemble into the active run (as "model"): a serving.Classifier over the
+    members' native models, fetched from their logged models by MLflow (not rebuilt)."""
+    from mlflow.artifacts import download_artifacts
 
     keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}
-    example = (np.zeros((2, 28, 28, 1)) if image_input else np.zeros((2, 784))).astype(np.float32)
-    signature = infer_signature(example, np.full((2, 10), 0.1, dtype=np.float32))
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the advice below, as a log line
-    with warnings.catch_warnings():
-        # The model is a class of this package shipped with code_paths; MLflow's advice to
-        # add type hints or log it from a file does not apply to a tensor signature.
-        warnings.filterwarnings("ignore", message=".*(type hints|input example|CloudPickle).*")
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=WeightedEnsemble({keys[n]: w for n, w in weights.items()}),
-            artifacts={keys[n]: uri for n, uri in model_uris.items()}, signature=signature,
-            pip_requirements=requirements, code_paths=[str(Path(__file__).resolve().parent)])
+    with tempfile.TemporaryDirectory() as tmp:
+        natives = {keys[n]: serving.native_model_path(
+            download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / keys[n])))
+            for n, uri in model_uris.items()}
+        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives)
 
 
-def _is_image(candidate) -> bool:
-    return candidate.kind == "keras"
-
-
-def _requirements(members) -> list[str]:
-    names = {"mlflow", "numpy", "scikit-learn", "cloudpickle"}
-    if any(_is_image(c) for c in members):
-        names |= {"keras", "tensorflow-cpu"}
-    out = []
-    for name in sorted(names):
-        try:
-            out.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            out.append(name)
-    return out
-
-
-def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray, image_input: bool) -> None:
+def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:
     """Load the logged ensemble back and predict VERIFY_ROWS test images: they must match the
     probabilities that were scored (so serving is the model on the leaderboard), and the time
     taken is the ensemble's prediction cost."""
     from study import data
 
-    model = mlflow.pyfunc.load_model(model_uri)
-    x = x_test[:VERIFY_ROWS]
-    x = data.as_image(x) if image_input else data.as_flat(x)
-    model.predict(x[:8])  # first calls trace the networks' graphs: not a per-image cost
+    model = mlflow.pyfunc.load_model(model_uri)  # (loading traces the networks' graph)
+    x = data.as_image(x_test[:VERIFY_ROWS])
     clock = time.perf_counter()
-    served = np.asarray(model.predict(x))
+    served = serving.probabilities(model.predict(x))
     seconds = time.perf_counter() - clock
     scored = test_proba[:len(x)]
     gap = float(np.abs(served - scored).max())

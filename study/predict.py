@@ -60,9 +60,7 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def load_image(path: Path):
-    """Open and fully decode one image, refusing what is not safe or not an image."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Open and fully decode one image file, refusing what is not safe or not an image."""
     if not path.exists():
         raise ImageError("no such file")
     if not os.access(path, os.R_OK) or not path.is_file():
@@ -72,10 +70,25 @@ def load_image(path: Path):
         raise ImageError("empty file")
     if size > MAX_BYTES:
         raise ImageError(f"file is {size / 2**20:.0f} MB; the limit is {MAX_BYTES // 2**20} MB")
+    return decode(path.read_bytes())
+
+
+def decode(raw: bytes, max_bytes: int = MAX_BYTES):
+    """Fully decode one encoded image (PNG, JPEG, WebP, ...), refusing what is not safe or not
+    an image: study predict's files and the served model's requests share this check."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not raw:
+        raise ImageError("empty file")
+    if len(raw) > max_bytes:
+        raise ImageError(f"{len(raw) / 2**20:.1f} MB of image data; the limit is "
+                         f"{max_bytes / 2**20:.0f} MB")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(io.BytesIO(raw))
             width, height = image.size  # from the header: nothing decoded yet
             if width * height > MAX_PIXELS:
                 raise ImageError(f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
@@ -128,11 +141,15 @@ def preprocess(image) -> np.ndarray:
 
 
 def model_input(model, images: np.ndarray) -> np.ndarray:
-    """(n, 28, 28) uint8 -> what the model's signature asks for: (n, 784) or (n, 28, 28, 1)."""
+    """(n, 28, 28) uint8 -> pixels in [0, 1] in the layout the model takes: any for the
+    study's served models (no input schema), else the one in a native model's signature."""
     x = images.astype(np.float32) / 255.0
+    schema = model.metadata.get_input_schema()
+    if schema is None:
+        return x[..., None]
     try:
-        shape = model.metadata.get_input_schema().inputs[0].shape
-    except Exception:  # no signature: the classical models' flat layout
+        shape = schema.inputs[0].shape
+    except Exception:  # a column schema: the classical models' flat layout
         shape = (-1, 784)
     return x.reshape(len(x), *shape[1:]) if shape else x.reshape(len(x), -1)
 
@@ -178,7 +195,9 @@ def classify(paths: list[str], model_uri: str = DEFAULT_MODEL_URI, top: int = 3,
         good.append((pred, small))
     if good:
         model = model if model is not None else load_model(model_uri)
-        proba = np.asarray(model.predict(model_input(model, np.stack([g[1] for g in good]))))
+        from study.serving import probabilities
+
+        proba = probabilities(model.predict(model_input(model, np.stack([g[1] for g in good]))))
         for (pred, _), p in zip(good, proba):
             order = np.argsort(-p)[:top]
             pred.top = [(CLASS_NAMES[i], float(p[i])) for i in order]
@@ -186,15 +205,25 @@ def classify(paths: list[str], model_uri: str = DEFAULT_MODEL_URI, top: int = 3,
 
 
 def request_body(paths: list[str], model_uri: str = DEFAULT_MODEL_URI) -> str:
-    """The JSON a served model takes for these images: {"inputs": tensor in its signature's shape}."""
-    images = []
+    """The JSON a served model takes for these files: the files themselves, base64-encoded
+    under "image" (the model preprocesses them as `classify` does), or for a model logged
+    before the study's served models, the preprocessed pixels in its signature's layout."""
+    import base64
+
+    from study.serving import IMAGE_INPUT
+
+    images, files = [], []
     for path, small in prepared(paths):
         if isinstance(small, ImageError):
             raise ConfigError(f"{path}: {small}")
         images.append(small)
+        files.append(path)
     if not images:
         raise ConfigError("no image files given")
     model = load_model(model_uri)
+    if model.metadata.get_input_schema() is None:
+        encoded = [base64.b64encode(f.read_bytes()).decode("ascii") for f in files]
+        return json.dumps({"inputs": {IMAGE_INPUT: encoded}})
     return json.dumps({"inputs": np.round(model_input(model, np.stack(images)), 5).tolist()})
 
 

@@ -352,6 +352,11 @@ def pip_requirements(kind: str, reducer: str) -> list[str]:
         names = ["mlflow", "numpy", "keras", "tensorflow-cpu"]
     if reducer == "umap":
         names.append("umap-learn")
+    return pinned(names)
+
+
+def pinned(names) -> list[str]:
+    """name==installed version for each installed package (else the bare name)."""
     reqs = []
     for name in names:
         try:
@@ -371,7 +376,6 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
     `started` (epoch seconds: when the pipeline's tuning began), so MLflow's Duration column
     is the pipeline's, and records its data splits as dataset inputs (`data_rows`)."""
     import mlflow
-    from mlflow.models import infer_signature
 
     from study.evaluation import plot_learning_curves
 
@@ -430,18 +434,32 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
                 plot_learning_curves(fit.history, f"{spec.name}: learning curves",
                                      Path(tmp) / "learning_curves.png")
             log_evaluation(spec.name, evaluation, val_proba, Path(tmp))
-        proba_example = fit.predict_proba(x_example)
-        from study.training import features
+        info = log_model(fit, spec.reducer, x_example)
+        mlflow.set_tag("model_uri", info.model_uri)
+        return run.info.run_id
 
-        signature = infer_signature(features(fit.kind, x_example), proba_example.astype(np.float32))
-        reqs = pip_requirements(fit.kind, spec.reducer)
+
+def log_model(fit, reducer: str, x_example: np.ndarray):
+    """The final model, as the active run's "model": a serving.Classifier (images or pixels
+    in, probabilities and the class name out) around the native Keras or sklearn model, which
+    is kept inside it with its own flavor and tensor signature (artifacts/network)."""
+    from mlflow.models import infer_signature
+
+    from study import serving
+    from study.training import features
+
+    signature = infer_signature(features(fit.kind, x_example),
+                                fit.predict_proba(x_example).astype(np.float32))
+    reqs = pip_requirements(fit.kind, reducer)
+    with tempfile.TemporaryDirectory() as tmp:
+        native = str(Path(tmp) / serving.NETWORK)
         if fit.kind == "keras":
             import mlflow.keras
 
             from study.training import inference_copy
 
-            info = mlflow.keras.log_model(inference_copy(fit.model), name="model",
-                                          signature=signature, pip_requirements=reqs)
+            mlflow.keras.save_model(inference_copy(fit.model), native, signature=signature,
+                                    pip_requirements=reqs)
         else:
             import logging
 
@@ -451,13 +469,11 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
             logging.getLogger("mlflow.sklearn").setLevel(logging.ERROR)
             # cloudpickle, not skops: skops refuses types it does not know (our SoftmaxSVC,
             # UMAP's internals). code_paths ships the study package those types live in.
-            info = mlflow.sklearn.log_model(fit.model, name="model", signature=signature,
-                                            pip_requirements=reqs,
-                                            serialization_format="cloudpickle",
-                                            code_paths=[str(Path(__file__).resolve().parent)],
-                                            pyfunc_predict_fn="predict_proba")
-        mlflow.set_tag("model_uri", info.model_uri)
-        return run.info.run_id
+            mlflow.sklearn.save_model(fit.model, native, signature=signature,
+                                      pip_requirements=reqs, serialization_format="cloudpickle",
+                                      code_paths=[str(Path(__file__).resolve().parent)],
+                                      pyfunc_predict_fn="predict_proba")
+        return serving.log_model({serving.NETWORK: 1.0}, {serving.NETWORK: native})
 
 
 def log_data_inputs(data_digest: str, rows: dict[str, int]) -> None:

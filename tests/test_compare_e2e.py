@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from study import config, pipelines
+from study import config, pipelines, serving
 
 pytestmark = pytest.mark.slow
 
@@ -90,11 +90,14 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
     for name in ("cnn_seed1", "cnn_modern"):  # cnn_modern trains with a custom loss
         cnn = next(c for c in children if c.data.tags["pipeline"] == name)
         model = mlflow.pyfunc.load_model(cnn.data.tags["model_uri"])
-        proba = np.asarray(model.predict(fmnist.x_test[:8, :, :, None].astype(np.float32) / 255))
+        proba = serving.probabilities(
+            model.predict(fmnist.x_test[:8, :, :, None].astype(np.float32) / 255))
         assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-4)
     logreg = next(c for c in children if c.data.tags["pipeline"] == "logreg")
     model = mlflow.pyfunc.load_model(logreg.data.tags["model_uri"])
-    proba = np.asarray(model.predict(fmnist.x_test[:8].reshape(8, -1).astype(np.float32) / 255))
+    answer = model.predict(fmnist.x_test[:8].reshape(8, -1).astype(np.float32) / 255)
+    proba = serving.probabilities(answer)
+    assert list(answer[serving.CLASS_OUTPUT]) == [config.CLASS_NAMES[i] for i in proba.argmax(1)]
     assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-6)
 
     tuning = client.get_experiment_by_name("e2e-tuning")

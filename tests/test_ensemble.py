@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from study import compare, config, ensemble, ensemble_stage, tracking
+from study import compare, config, ensemble, ensemble_stage, serving, tracking
 from study.errors import ConfigError
 
 
@@ -167,11 +167,13 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
     x = fmnist.x_test[:50].astype(np.float32) / 255
     uris = {n: client.get_run(rows[n]["run_id"]).data.tags["model_uri"] for n in weights}
-    expected = sum(w * np.asarray(mlflow.pyfunc.load_model(uris[n]).predict(x.reshape(50, -1)))
-                   for n, w in weights.items())
-    assert np.allclose(model.predict(x.reshape(50, -1)), expected, atol=1e-5)
-    # classical members only: the signature takes flat pixels, as theirs do
-    assert model.metadata.get_input_schema().inputs[0].shape == (-1, 784)
+    expected = sum(w * serving.probabilities(mlflow.pyfunc.load_model(uris[n]).predict(
+        x.reshape(50, -1))) for n, w in weights.items())
+    for layout in (x.reshape(50, -1), x[..., None]):  # flat or image pixels, either way
+        assert np.allclose(serving.probabilities(model.predict(layout)), expected, atol=1e-5)
+    # it holds its members' native models, as MLflow copied them from their logged models
+    held = Path(model._model_impl.context.artifacts[f"member_0_{next(iter(weights))}"])
+    assert (held / "MLmodel").is_file() and "sklearn" in (held / "MLmodel").read_text()
     assert run.data.metrics["served_max_abs_diff"] < 1e-5
 
     # Built again without one member's validation probabilities: left out, and said so.

@@ -2,26 +2,41 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from study import config, data, predict
+from study import config, data, predict, serving
+
+
+def _log_served(estimator, x: np.ndarray):
+    """An estimator logged the way a compare logs its final models (a serving.Classifier
+    around the native sklearn model) into the active run; its model URI."""
+    from mlflow.models import infer_signature
+
+    with tempfile.TemporaryDirectory() as tmp:
+        native = str(Path(tmp) / serving.NETWORK)
+        mlflow.sklearn.save_model(estimator, native, pyfunc_predict_fn="predict_proba",
+                                  signature=infer_signature(x[:5], estimator.predict_proba(x[:5])))
+        return serving.log_model({serving.NETWORK: 1.0}, {serving.NETWORK: native}).model_uri
 
 
 @pytest.fixture(scope="module")
 def model(fmnist, tmp_path_factory):
-    """A real logistic regression on 6,000 real images, logged and loaded back via pyfunc."""
-    from mlflow.models import infer_signature
+    """A real logistic regression on 6,000 real images, logged as a compare logs its models
+    and loaded back via pyfunc."""
     from sklearn.linear_model import LogisticRegression
 
     rows = data.stratified_subsample(np.arange(60000), fmnist.y_train, 6000)
@@ -31,17 +46,15 @@ def model(fmnist, tmp_path_factory):
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     mlflow.set_experiment("predict-tests")  # not a stale experiment id from an earlier test
     with mlflow.start_run():
-        info = mlflow.sklearn.log_model(clf, name="model", pyfunc_predict_fn="predict_proba",
-                                        signature=infer_signature(x[:5], clf.predict_proba(x[:5])))
-    return {"pyfunc": mlflow.pyfunc.load_model(info.model_uri), "uri": info.model_uri,
-            "store": store, "info": info}
+        uri = _log_served(clf, x)
+    return {"pyfunc": mlflow.pyfunc.load_model(uri), "uri": uri, "store": store,
+            "estimator": clf}
 
 
 @pytest.fixture(scope="module")
 def ensemble_model(model, fmnist):
-    """The study's ensemble pyfunc over two real logged models: the logistic regression above
+    """The study's ensemble over two real logged models: the logistic regression above
     (weight 0.7) and a k-NN (0.3), logged into the same store."""
-    from mlflow.models import infer_signature
     from sklearn.neighbors import KNeighborsClassifier
 
     from study import ensemble_stage
@@ -52,15 +65,13 @@ def ensemble_model(model, fmnist):
     mlflow.set_tracking_uri(f"sqlite:///{model['store'] / 'mlflow.db'}")
     mlflow.set_experiment("predict-tests")
     with mlflow.start_run():
-        knn_uri = mlflow.sklearn.log_model(
-            knn, name="model", pyfunc_predict_fn="predict_proba",
-            signature=infer_signature(x[:5], knn.predict_proba(x[:5]))).model_uri
+        knn_uri = _log_served(knn, x)
     with mlflow.start_run():
         info = ensemble_stage.log_model({"logreg": 0.7, "knn": 0.3},
-                                        {"logreg": model["uri"], "knn": knn_uri}, False)
-    members = {"logreg": model["pyfunc"], "knn": mlflow.pyfunc.load_model(knn_uri)}
+                                        {"logreg": model["uri"], "knn": knn_uri})
     return {"pyfunc": mlflow.pyfunc.load_model(info.model_uri), "uri": info.model_uri,
-            "store": model["store"], "members": members, "weights": {"logreg": 0.7, "knn": 0.3}}
+            "store": model["store"], "members": {"logreg": model["estimator"], "knn": knn},
+            "weights": {"logreg": 0.7, "knn": 0.3}}
 
 
 def test_ensemble_classifies_files_with_the_weighted_mean_of_its_members(ensemble_model,
@@ -72,11 +83,110 @@ def test_ensemble_classifies_files_with_the_weighted_mean_of_its_members(ensembl
     results = predict.classify([str(p) for p in paths], model=ensemble_model["pyfunc"], top=10)
     views = np.stack([small for _, small in predict.prepared([str(p) for p in paths])])
     flat = views.reshape(4, -1).astype(np.float32) / 255
-    expected = sum(w * np.asarray(ensemble_model["members"][n].predict(flat))
+    expected = sum(w * ensemble_model["members"][n].predict_proba(flat)
                    for n, w in ensemble_model["weights"].items())
     for result, proba in zip(results, expected):
         got = dict(result.top)
         assert all(abs(got[c] - proba[i]) < 1e-5 for i, c in enumerate(config.CLASS_NAMES))
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def test_the_served_model_takes_image_files_and_pixels_alike(model, fmnist, tmp_path):
+    """Encoded files (base64 in JSON, a DataFrame column, raw bytes) get `study predict`'s
+    preprocessing; pixels in any of the three layouts give the same answer."""
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / (f"{i}.png" if i % 2 else f"{i}.jpg"))
+        photo(fmnist.x_test[i], 90 + 30 * i, (0.2, 0.5, 0.9)).save(paths[-1])
+    local = predict.classify([str(p) for p in paths], model=model["pyfunc"], top=10)
+    served = model["pyfunc"]
+    answers = [served.predict({serving.IMAGE_INPUT: np.asarray([_b64(p) for p in paths])}),
+               served.predict(pd.DataFrame({serving.IMAGE_INPUT: [_b64(p) for p in paths]})),
+               served.predict([p.read_bytes() for p in paths])]
+    for answer in answers:
+        assert list(answer.columns) == [serving.CLASS_OUTPUT, *config.CLASS_NAMES]
+        for row, result in zip(answer.to_dict("records"), local):
+            assert row[serving.CLASS_OUTPUT] == result.top[0][0]
+            assert all(abs(row[c] - p) < 1e-6 for c, p in result.top)
+    x = fmnist.x_test[:5].astype(np.float32) / 255
+    layouts = [serving.probabilities(served.predict(v))
+               for v in (x, x[..., None], x.reshape(5, -1), pd.DataFrame(x.reshape(5, -1)))]
+    assert all(np.array_equal(layouts[0], other) for other in layouts[1:])
+    assert np.allclose(layouts[0], model["estimator"].predict_proba(x.reshape(5, -1)), atol=1e-6)
+
+
+def test_concurrent_requests_share_one_batch_and_each_gets_its_own_rows():
+    import threading
+    import time
+
+    calls = []
+
+    def slow_double(x):
+        calls.append(len(x))
+        time.sleep(0.05)  # while the first batch runs, the other requests queue up
+        if (x < 0).any():
+            raise ValueError("negative rows")
+        return x * 2
+
+    batcher = serving.Batcher(slow_double)
+    inputs = [np.full((i + 1, 3), float(i)) for i in range(8)]
+    results: dict[int, np.ndarray] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: batcher(inputs[i])}))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(results[i], inputs[i] * 2) for i in range(8))
+    assert sum(calls) == sum(range(1, 9)) and len(calls) < 8  # merged, nothing lost
+    with pytest.raises(ValueError, match="negative rows"):  # a failed batch: its callers hear it
+        batcher(np.full((1, 3), -1.0))
+    assert np.array_equal(batcher(np.ones((1, 3))), np.full((1, 3), 2.0))  # and it goes on
+
+
+def _bad_requests(png: bytes) -> dict[str, tuple[object, str]]:
+    """What a client gets wrong, in-process, and a phrase its error must contain."""
+    good = np.full((2, 28, 28, 1), 0.5, dtype=np.float32)
+    nan = good.copy()
+    nan[1, 3, 4, 0] = np.nan
+    images = lambda *items: {serving.IMAGE_INPUT: np.asarray(items, dtype=object)}  # noqa: E731
+    return {
+        "empty batch": (np.zeros((0, 28, 28, 1)), "empty request"),
+        "empty image list": ({serving.IMAGE_INPUT: np.asarray([], dtype=object)}, "empty"),
+        "wrong shape": (np.zeros((2, 27, 28)), "expected (n, 28, 28, 1)"),
+        "NaN": (nan, "image 1: pixels must be finite"),
+        "0-255 pixels": (good * 255, "divide 0-255 pixels by 255"),
+        "ragged rows": ([[0.1, 0.2], [0.3]], "rectangular array of numbers"),
+        "unknown input": ({"photo": np.asarray(["x"])}, "unknown input ['photo']"),
+        "not base64": (images("abc!!!"), "image 0: not base64"),
+        "not an image": (images(base64.b64encode(b"hello").decode()), "image 0: not an image"),
+        "truncated": (images(base64.b64encode(png[:len(png) // 2]).decode()), "truncated"),
+        "decompression bomb": (images(base64.b64encode(_bomb_bytes(50_000, 50_000)).decode()),
+                               "decompression bomb"),
+        "too many images": (np.zeros((serving.MAX_IMAGES + 1, 784)), "the limit is"),
+        "image over the size limit": ([png + b"\0" * (serving.MAX_IMAGE_BYTES + 1)],
+                                      "the limit is"),
+    }
+
+
+def test_bad_requests_are_refused_in_one_line_with_http_400(model, fmnist, tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    path = tmp_path / "good.png"
+    _good_png(path, fmnist)
+    for name, (request, phrase) in _bad_requests(path.read_bytes()).items():
+        with pytest.raises(MlflowException) as err:
+            model["pyfunc"].predict(request)
+        assert isinstance(err.value, serving.RequestError), name
+        assert err.value.get_http_status_code() == 400, name
+        assert phrase in err.value.message and "\n" not in err.value.message, \
+            (name, err.value.message)
+        err.value.message = "Failed to predict data '...'. Error: " + err.value.message
+        assert phrase in err.value.message and not err.value.message.startswith("Failed")
+    assert len(model["pyfunc"].predict(str(_b64(path)))) == 1  # and it still answers
 
 
 def photo(image28: np.ndarray, size: int, colour: tuple[float, float, float],
@@ -105,7 +215,7 @@ def test_real_photos_get_the_prediction_of_their_28x28_original(model, fmnist, t
     results = predict.classify(paths, model=model["pyfunc"], top=3,
                                save_preprocessed=str(tmp_path / "seen"))
     assert all(r.error is None and len(r.top) == 3 for r in results)
-    original = np.asarray(model["pyfunc"].predict(data.as_flat(originals))).argmax(axis=1)
+    original = serving.probabilities(model["pyfunc"].predict(data.as_flat(originals))).argmax(1)
     photos = [config.CLASS_NAMES.index(r.top[0][0]) for r in results]
     agree = int(np.sum(np.asarray(photos) == original))
     assert agree >= 95, f"{agree}/100 photos classified like their originals"
@@ -129,13 +239,17 @@ def test_light_background_is_inverted_and_object_cropped():
 
 
 def _bomb_png(path: Path, width: int, height: int) -> None:
+    path.write_bytes(_bomb_bytes(width, height))
+
+
+def _bomb_bytes(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels (checksums valid)."""
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-                     + chunk(b"IEND", b""))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
 
 
 def _good_png(path: Path, fmnist) -> None:
@@ -217,11 +331,55 @@ def test_cli_directory_with_bad_files_classifies_the_good_ones(tmp_path, model, 
     assert proc.returncode == 0 and proc.stdout.count("\n") >= 2 and "ERROR" not in proc.stdout
 
 
+def _post(url: str, body: bytes) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/invocations", body,
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _post_body(paths: list[Path]) -> bytes:
+    return json.dumps({"inputs": {serving.IMAGE_INPUT: [_b64(p) for p in paths]}}).encode()
+
+
+def _curl_photo(url: str, path: Path) -> tuple[int, str]:
+    """README's curl command for one photo (urllib with the same body where curl is missing)."""
+    import shutil
+
+    if not shutil.which("curl"):
+        return _post(url, _post_body([path]))
+    command = ("(printf '{\"inputs\": {\"image\": [\"'; base64 -w0 \"$PHOTO\"; printf '\"]}}') | "
+               "curl -s -w '\\n%{http_code}' -H 'Content-Type: application/json' "
+               f"--data-binary @- {url}/invocations")
+    out = subprocess.run(["bash", "-c", command], env={**os.environ, "PHOTO": str(path)},
+                         capture_output=True, text=True, timeout=60).stdout
+    body, _, status = out.rpartition("\n")
+    return int(status), body
+
+
+def _serve_load():
+    """benchmarks/serve_load.py, whose list of malformed requests the serving test sends."""
+    import importlib.util
+
+    path = config.PROJECT_ROOT / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("champion", ["single", "ensemble"])
 def test_served_champion_answers_http(tmp_path, model, fmnist, champion, request):
-    """`mlflow models serve` on loopback: probabilities for a good request, 4xx for a bad one,
-    with a single model or the ensemble as the champion."""
+    """`mlflow models serve` on loopback, with a single model or the ensemble as the champion:
+    photos (PNG, JPEG) sent as files get study predict's answer; every malformed request of
+    the serving benchmark a 4xx, and the server keeps answering."""
     import socket
     import time
     import urllib.error
@@ -248,30 +406,39 @@ def test_served_champion_answers_http(tmp_path, model, fmnist, champion, request
                 assert server.poll() is None, server.stderr.read().decode()[-2000:]
                 time.sleep(1)
         photos = []
-        for i in range(3):
-            photos.append(tmp_path / f"p{i}.png")
-            photo(fmnist.x_test[i], 100, (0.2, 0.5, 0.9)).save(photos[-1])
+        for i in range(4):  # real test images as product photos, PNG and JPEG
+            photos.append(tmp_path / (f"p{i}.png" if i % 2 else f"p{i}.jpg"))
+            photo(fmnist.x_test[i], 100 + 40 * i, (0.2, 0.5, 0.9)).save(photos[-1])
+        local = subprocess.run([sys.executable, "-m", "study", "predict", *map(str, photos),
+                                "--json", "--top", "10"], env=env, capture_output=True,
+                               text=True, timeout=300)
+        assert local.returncode == 0, local.stderr[-2000:]
+        local = json.loads(local.stdout)
         made = subprocess.run([sys.executable, "-m", "study", "predict", *map(str, photos),
                                "--print-request"], env=env, capture_output=True, text=True,
                               timeout=300)  # the README's way to build a request
         assert made.returncode == 0, made.stderr[-2000:]
-        body = made.stdout.encode()
-        req = urllib.request.Request(f"{url}/invocations", body,
-                                     {"Content-Type": "application/json"})
-        answer = json.loads(urllib.request.urlopen(req, timeout=30).read())
-        proba = np.asarray(answer["predictions"])
-        assert proba.shape == (3, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-5)
-        if champion == "ensemble":  # the served answer is the ensemble's weighted mean
-            inputs = np.asarray(json.loads(body)["inputs"], dtype=np.float32)
-            local = request.getfixturevalue("ensemble_model")["pyfunc"].predict(inputs)
-            assert np.allclose(proba, local, atol=1e-5)
-        bad = urllib.request.Request(f"{url}/invocations", b'{"inputs": [[1, 2, 3]]}',
-                                     {"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(bad, timeout=30)
-        assert 400 <= err.value.code < 500
-        message = json.loads(err.value.read())
-        assert message.get("message")
+        assert len(made.stdout) < 4 * sum(p.stat().st_size for p in photos)  # the files, base64
+        answer = json.loads(_post(url, made.stdout.encode())[1])["predictions"]
+        # README's curl, one photo at a time: the same class as study predict on that file
+        for path, mine in zip(photos, local):
+            status, body = _curl_photo(url, path)
+            assert status == 200, body
+            (row,) = json.loads(body)["predictions"]
+            assert row["class"] == mine["top"][0]["class"]
+            for got in (row, answer[photos.index(path)]):
+                assert all(abs(got[t["class"]] - t["probability"]) < 1e-5 for t in mine["top"])
+        # each malformed request of the serving benchmark gets a 4xx with a one-line message,
+        # and the server answers the next valid request
+        pixels = json.dumps({"inputs": np.round(fmnist.x_test[:1, :, :, None] / 255, 4).tolist()})
+        bad = _serve_load().malformed(pixels.encode(), photos[1].read_bytes())
+        bad.pop("body of 64 MB (pixels)")  # 12 s of MLflow's JSON parsing; in the benchmark
+        for name, payload in bad.items():
+            status, body = _post(url, payload)
+            assert 400 <= status < 500, (name, status, body[:300])
+            message = json.loads(body).get("message", "")
+            assert message and (name == "not JSON" or "\n" not in message), (name, message)
+            assert _post(url, _post_body(photos[:1]))[0] == 200, f"no answer after {name}"
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
