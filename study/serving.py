@@ -260,9 +260,9 @@ def pixels(model_input: Any) -> np.ndarray:
     except (TypeError, ValueError):
         raise RequestError("pixels must be a rectangular array of numbers, or send encoded "
                            f"images under '{IMAGE_INPUT}'") from None
-    if x.ndim == 0 or len(x) == 0:
+    if x.ndim > 0 and len(x) == 0:
         raise RequestError("empty request: send at least one image")
-    if x.shape[1:] not in ((28, 28, 1), (28, 28), (784,)):
+    if x.ndim == 0 or x.shape[1:] not in ((28, 28, 1), (28, 28), (784,)):
         raise RequestError(f"pixels of shape {x.shape}; expected (n, 28, 28, 1), (n, 28, 28) "
                            f"or (n, 784), or encoded images under '{IMAGE_INPUT}'")
     _check_count(len(x))
@@ -308,11 +308,13 @@ def _decode_all(images: list) -> np.ndarray:
     if not images:
         raise RequestError("empty request: send at least one image")
     _check_count(len(images))
-    raw = [_bytes(i, item) for i, item in enumerate(images)]
-    total = sum(map(len, raw))
-    if total > MAX_REQUEST_BYTES:
-        raise RequestError(f"{total / 2**20:.0f} MB of images in one request; the limit is "
-                           f"{MAX_REQUEST_BYTES // 2**20} MB: send fewer or smaller images")
+    raw, total = [], 0
+    for i, item in enumerate(images):
+        raw.append(_bytes(i, item))
+        total += len(raw[-1])
+        if total > MAX_REQUEST_BYTES:
+            raise RequestError(f"over {MAX_REQUEST_BYTES // 2**20} MB of images in one request "
+                               "(the limit): send fewer or smaller images")
     out = np.empty((len(raw), 28, 28), dtype=np.float32)
     for i, data in enumerate(raw):
         try:
