@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
-import zlib
 from pathlib import Path
 
 import mlflow
@@ -243,13 +241,8 @@ def _bomb_png(path: Path, width: int, height: int) -> None:
 
 
 def _bomb_bytes(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels (checksums valid)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
-            + chunk(b"IEND", b""))
+    """A tiny PNG whose header claims width x height pixels: the serving benchmark's."""
+    return _serve_load().bomb_png(width, height)
 
 
 def _good_png(path: Path, fmnist) -> None:
