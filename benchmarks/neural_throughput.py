@@ -66,7 +66,7 @@ def main() -> int:
     args = parser.parse_args()
 
     training.configure_tensorflow(config.SEED)
-    splits = data.make_splits(data.load(), config.PROFILES["quick"])
+    splits = data.make_splits(data.load(), config.profile("quick"))
     print(f"CPU bf16 instructions: {training.cpu_supports_bf16()}; TF threads: "
           f"intra={os.environ.get('STUDY_TF_THREADS', os.cpu_count())}", flush=True)
     x, y = splits.x_train[: args.rows], splits.y_train[: args.rows]

@@ -43,7 +43,7 @@ def run(pipeline: str, profile: str, trials: int, workers: int, storage: str | N
     seed = config.SEED if storage is None else config.SEED + workers
     # Both settings evaluate the same parameter sets (queued; workers pop each exactly once),
     # so the comparison is of throughput, not of which parameters each sampler happened to draw.
-    study = tuning.open_study(spec, profile, seed, tuning.open_storage(url))
+    study = tuning.open_study(spec, spec.budget(profile), seed, tuning.open_storage(url))
     for params in same_params(spec, trials):
         study.enqueue_trial(params)
     start = time.perf_counter()

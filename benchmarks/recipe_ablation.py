@@ -102,9 +102,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; valid: {', '.join(VARIANTS)}")
     spec = pipelines.load(args.pipeline)
-    recipe = tuning.final_params(spec, args.profile, {})
+    recipe = tuning.final_params(spec, spec.budget(args.profile), {})
     recipe.pop("max_seconds", None)  # the whole schedule for every variant
-    splits = data.make_splits(data.load(), config.PROFILES["quick"])
+    splits = data.make_splits(data.load(), config.profile("quick"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{spec.name}-{args.profile}-ablation"

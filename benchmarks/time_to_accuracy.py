@@ -71,7 +71,7 @@ def recorder(splits, rows: list[dict], out_csv: Path, started: list[float],
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:
-    from study.evaluation import pyplot
+    from study.figures import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -104,13 +104,13 @@ def main() -> int:
     args = parser.parse_args()
 
     spec = pipelines.load(args.pipeline)
-    params = tuning.final_params(spec, args.profile, {})
+    params = tuning.final_params(spec, spec.budget(args.profile), {})
     params.pop("max_seconds", None)
     for item in args.set:
         key, _, value = item.partition("=")
         params[key] = yaml.safe_load(value)
     params["patience"] = 10**6  # the whole curve, not the early-stopped part
-    splits = data.make_splits(data.load(), config.PROFILES["quick"])
+    splits = data.make_splits(data.load(), config.profile("quick"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{spec.name}-{args.profile}" + "".join(f"-{s.replace('=', '')}" for s in args.set)

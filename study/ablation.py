@@ -10,8 +10,8 @@ accuracy only; test accuracy is reported, never used to choose):
 
 from __future__ import annotations
 
+import logging
 import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from study import config, data, pipelines, training
+from study import config, data, pipelines, tables, training
 from study.errors import ConfigError
-from study.evaluation import plot_validation_curves
+from study.figures import plot_validation_curves
+
+logger = logging.getLogger(__name__)
 
 EXPERIMENT = "ablation"
 BASE = {"hidden": "50x50", "activation": "tanh", "learning_rate": 1.2e-2, "momentum": 0.9,
@@ -40,8 +42,8 @@ class Experiment:
     settings: list[dict[str, Any]]
 
 
-def experiments(best: dict[str, Any]) -> list[Experiment]:
-    """The four experiments; 2-4 start from `best` (updated as results come in)."""
+def experiments() -> list[Experiment]:
+    """The four experiments, in order; 2-4 start from the best setting so far (run())."""
     return [
         Experiment("lr_batch", "Learning rate and mini-batch size", "learning_rate, batch_size",
                    [{"learning_rate": lr, "batch_size": bs}
@@ -60,19 +62,16 @@ def label(setting: dict[str, Any]) -> str:
                      for k, v in setting.items())
 
 
-def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
+def run(profile: config.Profile | str = config.DEFAULT_PROFILE, seed: int = config.SEED,
         data_dir: str | None = None, compare_run_id: str | None = "latest") -> dict[str, Any]:
     """Train every setting, log each as a run of the `ablation` experiment; return the table.
     The ablation belongs to a compare (its report shows it): `compare_run_id`, by default
     the latest finished compare in the store, None for none."""
     from study import tracking
 
-    if profile not in config.PROFILES:
-        raise ConfigError(f"unknown profile {profile!r}; valid: {', '.join(config.PROFILES)}")
+    profile = config.profile(profile)
     tracking.configure()
-    splits = data.make_splits(data.load(data_dir), config.PROFILES[profile])
-    spec = pipelines.load("mlp_seed")
-    budget = BUDGET[profile]
+    splits = data.make_splits(data.load(data_dir), profile)
     compare_id = None
     if compare_run_id:
         try:
@@ -80,7 +79,7 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
         except ConfigError:
             if compare_run_id != "latest":  # named on purpose: it must exist
                 raise
-    parent_id = tracking.start_ablation(EXPERIMENT, profile, compare_id)
+    parent_id = tracking.start_ablation(EXPERIMENT, profile.name, compare_id)
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[tuple[str, dict[str, list[float]]]]] = {}
@@ -88,31 +87,12 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
                             "batch_size": BASE["batch_size"]}
     best_run = None
     try:
-        for exp in experiments(best):
-            found = []
-            for i, setting in enumerate(exp.settings, start=1):
-                params = {**BASE, **best_overrides(exp.key, best), **setting, **budget}
-                if exp.key != "lr_batch":
-                    params["batch_size"] = BASE["batch_size"]
-                # what is trained, without the epoch budget: the setting a winner carries on
-                trained = {k: v for k, v in params.items() if k not in budget}
-                fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val,
-                                   splits.y_val, seed)
-                proba = fit.predict_proba(splits.x_test)
-                test_acc = float(np.mean(proba.argmax(axis=1) == splits.y_test))
-                best_val = float(max(fit.history["val_accuracy"]))
-                row = {"experiment": exp.key, "setting": label(setting), "params": trained,
-                       "best_val_accuracy": best_val, "test_accuracy": test_acc,
-                       "epochs": len(fit.history["loss"]), "best_epoch": fit.best_epoch,
-                       "fit_seconds": fit.fit_seconds}
-                rows.append(row)
-                found.append(row)
-                curves.setdefault(exp.key, []).append((label(setting), fit.history))
-                row["run_id"] = tracking.log_ablation_setting(
-                    parent_id, f"{exp.key}: {label(setting)}", params, row, fit.history)
-                print(f"[ablation] {exp.key} {i}/{len(exp.settings)} {label(setting)}: "
-                      f"val {best_val:.4f} test {test_acc:.4f} epochs {row['epochs']} "
-                      f"({fit.fit_seconds:.1f}s)", file=sys.stderr, flush=True)
+        for exp in experiments():
+            found = [_run_setting(exp, i, setting, best, BUDGET[profile.name], splits, seed,
+                                  parent_id)
+                     for i, setting in enumerate(exp.settings, start=1)]
+            rows += found
+            curves[exp.key] = [(r["setting"], r.pop("history")) for r in found]
             winner = max(found, key=lambda r: r["best_val_accuracy"])  # validation only
             # the full setting the winner was trained with (experiments 2-4 train at the
             # seed's batch 128, whatever batch won experiment 1), so "best" was trained
@@ -120,7 +100,7 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
         seconds = time.perf_counter() - start
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            for exp in experiments(best):
+            for exp in experiments():
                 plot_validation_curves(dict(curves.get(exp.key, [])), exp.title,
                                        tmp / f"ablation_{exp.key}.png")
             (tmp / "ablation.md").write_text(render_markdown(rows) + "\n")
@@ -134,16 +114,44 @@ def run(profile: str = config.DEFAULT_PROFILE, seed: int = config.SEED,
             "run_id": parent_id, "compare_run_id": compare_id}
 
 
+def _run_setting(exp: Experiment, i: int, setting: dict[str, Any], best: dict[str, Any],
+                 budget: dict[str, Any], splits, seed: int, parent_id: str) -> dict[str, Any]:
+    """Train one setting from the best so far, score it, log it as a run; its table row
+    (with its curves under "history", which the caller takes out)."""
+    from study import tracking
+
+    spec = pipelines.load("mlp_seed")
+    params = {**BASE, **best_overrides(exp.key, best), **setting, **budget}
+    if exp.key != "lr_batch":
+        params["batch_size"] = BASE["batch_size"]
+    # what is trained, without the epoch budget: the setting a winner carries on
+    trained = {k: v for k, v in params.items() if k not in budget}
+    fit = training.fit(spec, params, splits.x_train, splits.y_train, splits.x_val,
+                       splits.y_val, seed)
+    proba = fit.predict_proba(splits.x_test)
+    test_acc = float(np.mean(proba.argmax(axis=1) == splits.y_test))
+    best_val = float(max(fit.history["val_accuracy"]))
+    row = {"experiment": exp.key, "setting": label(setting), "params": trained,
+           "best_val_accuracy": best_val, "test_accuracy": test_acc,
+           "epochs": len(fit.history["loss"]), "best_epoch": fit.best_epoch,
+           "fit_seconds": fit.fit_seconds}
+    row["run_id"] = tracking.log_ablation_setting(
+        parent_id, f"{exp.key}: {label(setting)}", params, row, fit.history)
+    logger.info(f"[ablation] {exp.key} {i}/{len(exp.settings)} {label(setting)}: "
+                f"val {best_val:.4f} test {test_acc:.4f} epochs {row['epochs']} "
+                f"({fit.fit_seconds:.1f}s)")
+    row["history"] = fit.history
+    return row
+
+
 def best_overrides(key: str, best: dict[str, Any]) -> dict[str, Any]:
     """Experiment 1 starts from the seed's setting; later ones from the best so far."""
     return {} if key == "lr_batch" else {k: v for k, v in best.items() if k != "batch_size"}
 
 
 def render_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| experiment | setting | best val acc | test acc | epochs (best) | fit s |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['experiment']} | {r['setting']} | {r['best_val_accuracy']:.4f} | "
-                     f"{r['test_accuracy']:.4f} | {r['epochs']} ({r['best_epoch']}) | "
-                     f"{r['fit_seconds']:.1f} |")
-    return "\n".join(lines)
+    return tables.markdown(
+        ["experiment", "setting", "best val acc", "test acc", "epochs (best)", "fit s"],
+        [[r["experiment"], r["setting"], f"{r['best_val_accuracy']:.4f}", f"{r['test_accuracy']:.4f}",
+          f"{r['epochs']} ({r['best_epoch']})", f"{r['fit_seconds']:.1f}"] for r in rows],
+        numeric={2, 3, 4, 5})

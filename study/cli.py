@@ -2,163 +2,56 @@
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import sys
 
 from study import config
+from study.arguments import QUEUED, build_parser, optional
 from study.errors import ConfigError, StudyError
 
-
-def _number(text: str) -> float:
-    """MLproject passes numbers as text (whole ones as 2.0 too); NaN for anything else,
-    infinities included."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        return float("nan")
-    return value if math.isfinite(value) else float("nan")
+LOG_LEVEL_ENV = config.LOG_LEVEL_ENV
 
 
-def _seed(text: str) -> int:
-    value = _number(text)
-    if value != value:
-        raise argparse.ArgumentTypeError(f"seed must be a whole number, got {text!r}")
-    if value != int(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"seed must be a whole number >= 0, got {text!r}")
-    return int(value)
+class _Stderr(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a message comes (tests and callers swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
-def _positive(what: str, auto: bool = False):
-    """A whole number >= 1 (MLproject passes floats such as 2.0); 'auto' -> None if allowed."""
-
-    def parse(text: str) -> int | None:
-        if auto and text in ("auto", "-", ""):
-            return None
-        value = _number(text)
-        if not value >= 1 or value != int(value):
-            raise argparse.ArgumentTypeError(
-                f"{what} must be a whole number >= 1{' or auto' if auto else ''}, got {text!r}")
-        return int(value)
-
-    return parse
-
-
-QUEUED = -1  # `--n-trials queued`: pop the study's queued trials (a parallel compare's queue)
-
-
-def _trials(text: str) -> int | None:
-    return QUEUED if text == "queued" else _positive("n_trials", auto=True)(text)
-
-
-def _seconds(text: str) -> float | None:
-    if text in ("auto", "-", ""):
-        return None
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"timeout must be seconds > 0 or auto, got {text!r}")
-    return value
-
-
-def _optional(text: str) -> str | None:
-    """MLproject cannot pass an empty value, so '-' and 'auto' mean 'not given'."""
-    return None if text in ("", "-", "auto", "local", "default") else text
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like every other user error
-        self.exit(2, f"error: {message} (see `study {self.prog.split()[-1]} --help`)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="study", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    cmp = sub.add_parser("compare", help="tune, train, test and rank the pipelines")
-    cmp.add_argument("--profile", default=config.DEFAULT_PROFILE,
-                     help=f"one of {', '.join(config.PROFILES)} (default {config.DEFAULT_PROFILE})")
-    cmp.add_argument("--pipelines", default="all", help="comma list of pipelines, or 'all'")
-    cmp.add_argument("--seed", type=_seed, default=config.SEED, help="seed of models and samplers")
-    cmp.add_argument("--data-dir", type=_optional, default=None,
-                     help=f"folder with the four .gz files (else ${config.DATA_DIR_ENV}, the Debian "
-                          "package, the Keras cache, then a download)")
-    cmp.add_argument("--storage", type=_optional, default=None,
-                     help="Optuna storage: 'local' journal file, a journal path, or an RDB URL "
-                          "without a password (@run: the `mlflow run` run's storage parameter)")
-    cmp.add_argument("--workers", type=_positive("workers"), default=1,
-                     help="processes that share each pipeline's tuning study (default 1)")
-    cmp.add_argument("--parallel", type=_positive("parallel"), default=1,
-                     help="pipelines run side by side in worker processes, each with its share "
-                          "of the cores (default 1; 2 pays off for single-threaded models)")
-
-    tun = sub.add_parser("tune", help="join a pipeline's shared Optuna study as a worker")
-    tun.add_argument("--pipeline", required=True, help="a pipeline name (see `study pipelines`)")
-    tun.add_argument("--profile", default=config.DEFAULT_PROFILE)
-    tun.add_argument("--seed", type=_seed, default=config.SEED)
-    tun.add_argument("--storage", type=_optional, default=None,
-                     help="the study's storage: 'local' journal, a journal path, or an RDB URL "
-                          "without a password (@run: the `mlflow run` run's storage parameter)")
-    tun.add_argument("--n-trials", type=_trials, default=None,
-                     help="trials to run (default auto: what the profile's budget still misses; "
-                          "queued: help drain the queue of a running parallel compare)")
-    tun.add_argument("--timeout", type=_seconds, default=None,
-                     help="seconds after which no new trial starts (default: the profile's)")
-    tun.add_argument("--workers", type=_positive("workers"), default=1,
-                     help="processes on this machine popping the trials from the study's queue")
-    tun.add_argument("--data-dir", type=_optional, default=None)
-    # set by a parallel compare for the workers it starts
-    tun.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
-    tun.add_argument("--tuning-run-id", type=_optional, default=None, help=argparse.SUPPRESS)
-
-    rep = sub.add_parser("report", help="rebuild the leaderboard and report of a compare run")
-    rep.add_argument("--run-id", default="latest", help="a compare (parent) run id, or 'latest'")
-    rep.add_argument("--out", type=_optional, default=None,
-                     help="report folder (default reports/<timestamp>-<profile>/)")
-    rep.add_argument("--data-dir", type=_optional, default=None)
-
-    pre = sub.add_parser("predict", help="classify image files with the champion (or any model)")
-    pre.add_argument("paths", nargs="+", help="image files, directories or glob patterns")
-    pre.add_argument("--model-uri", default=None,
-                     help="an MLflow model URI (default models:/fashion-mnist-classifier@champion)")
-    pre.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    pre.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
-    pre.add_argument("--save-preprocessed", metavar="DIR", default=None,
-                     help="save the 28x28 image the model saw, per file, into DIR")
-    pre.add_argument("--print-request", action="store_true",
-                     help="print the JSON body `mlflow models serve` takes for these files "
-                          "(the files themselves, base64-encoded under \"image\")")
-
-    abl = sub.add_parser("ablation", help="the seed report's MLP experiments, one run per setting")
-    abl.add_argument("--profile", default=config.DEFAULT_PROFILE)
-    abl.add_argument("--seed", type=_seed, default=config.SEED)
-    abl.add_argument("--data-dir", type=_optional, default=None)
-    abl.add_argument("--compare-run-id", default="latest",
-                     help="the compare whose report shows this ablation: a run id, 'latest' "
-                          "(the default: the latest finished compare, if any) or '-' (none)")
-
-    rpt = sub.add_parser("repeats", help="refit a compare's top models with more seeds: "
-                                         "mean +/- std of test accuracy")
-    rpt.add_argument("--run-id", default="latest", help="the compare run (default: latest)")
-    rpt.add_argument("--seeds", type=_positive("seeds"), default=5, help="seeds per model (>= 2)")
-    rpt.add_argument("--top", type=_positive("top"), default=3, help="how many of the best models")
-    rpt.add_argument("--data-dir", type=_optional, default=None)
-
-    dat = sub.add_parser("data", help="find or fetch the dataset and verify it")
-    dat.add_argument("--data-dir", type=_optional, default=None)
-
-    sub.add_parser("pipelines", help="list the registered pipelines")
-    sub.add_parser("store", help="create (or check) the MLflow tracking store, safely when "
-                   "several processes start at once")
-    return parser
+def configure_logging(verbosity: int = 0) -> None:
+    """The study's one logging set-up: its progress lines on stderr, as plain lines. Level:
+    -v DEBUG, -q WARNING, else $STUDY_LOG_LEVEL, else INFO. Library modules only log; worker
+    processes inherit the level through the environment (config.worker_env)."""
+    if verbosity:
+        level = "DEBUG" if verbosity > 0 else "WARNING"
+    else:
+        level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ConfigError(f"{LOG_LEVEL_ENV}={level!r} is not a log level; use DEBUG, INFO, "
+                          "WARNING or ERROR")
+    logger = logging.getLogger("study")
+    for handler in [h for h in logger.handlers if isinstance(h, _Stderr)]:
+        logger.removeHandler(handler)
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False  # once, here; not again through the root logger
 
 
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (CPU features, graph attribute notices) hides progress.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    args = build_parser().parse_args(argv)
+    args = build_parser(__doc__).parse_args(argv)
     try:
+        configure_logging(args.verbose - args.quiet)
         if args.command == "data":
             from study import data
 
@@ -198,14 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args) -> int:
-    if args.profile not in config.PROFILES:
-        raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
     from study import compare, leaderboard, tracking
 
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
                              args.workers, args.parallel)
     print()
-    print(f"Leaderboard (compare run {result.run_id}, {args.profile} profile, "
+    print(f"Leaderboard (compare run {result.run_id}, {args.profile.name} profile, "
           f"{result.seconds / 60:.1f} min)")
     print(leaderboard.render_text(result.rows))
     print()
@@ -231,8 +122,6 @@ def _tune(args) -> int:
 
     from study import compare, data, pipelines, tracking, tuning
 
-    if args.profile not in config.PROFILES:
-        raise ConfigError(f"unknown profile {args.profile!r}; valid: {', '.join(config.PROFILES)}")
     (spec,) = pipelines.resolve([args.pipeline])
     if not spec.search:
         raise ConfigError(f"pipeline {spec.name} has no search space, nothing to tune; "
@@ -240,7 +129,8 @@ def _tune(args) -> int:
     if args.n_trials == QUEUED and args.workers > 1:
         raise ConfigError("--n-trials queued takes one worker per process; start more "
                           "processes instead of --workers")
-    splits = data.make_splits(data.load(args.data_dir), config.PROFILES[args.profile])
+    splits = data.make_splits(data.load(args.data_dir), args.profile)
+    budget = spec.budget(args.profile)
     storage = compare.resolve_storage(args.storage)
     compare.open_stores(storage)  # unreachable storage or server: one line, nothing written
     worker = args.tuning_run_id is not None
@@ -248,21 +138,21 @@ def _tune(args) -> int:
         tracking.check_can_write()  # a READ-only user stops here, before any trial
     if worker:
         tuning.exit_with_parent()
-    name = tuning.study_name(spec, args.profile, args.seed)
-    log = tracking.TuningLog(spec.name, name, args.profile, run_id=args.tuning_run_id)
+    name = tuning.study_name(spec, budget.profile, args.seed)
+    log = tracking.TuningLog(spec.name, name, budget.profile, run_id=args.tuning_run_id)
     if not worker and os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run . -e tune`
         tracking.set_tags(os.environ["MLFLOW_RUN_ID"],
                           {tracking.ROLE: "tuning_launcher", "tuning_run_id": log.run_id})
     try:
         if args.workers > 1:
-            result = tuning.tune_parallel(spec, args.profile, args.seed, storage, args.workers,
+            result = tuning.tune_parallel(spec, budget, args.seed, storage, args.workers,
                                           splits, args.data_dir, log.run_id, log.log_trial,
                                           args.n_trials, args.timeout)
         else:
             index = args.worker_index
             if index is None:  # a machine joining on its own: its own sampler seed
                 index = zlib.crc32(tuning.worker_id().encode()) % 100_000
-            result = tuning.tune(spec, args.profile, splits, args.seed, storage,
+            result = tuning.tune(spec, budget, splits, args.seed, storage,
                                  log_trial=log.log_trial, timeout=args.timeout,
                                  n_trials=None if args.n_trials == QUEUED else args.n_trials,
                                  queued=args.n_trials == QUEUED, worker_index=index,
@@ -301,11 +191,11 @@ def _predict(args) -> int:
     if not 1 <= args.top <= config.N_CLASSES:
         raise ConfigError(f"--top must be between 1 and {config.N_CLASSES}, got {args.top}")
     tracking.configure()
-    uri = _optional(args.model_uri) or predict.DEFAULT_MODEL_URI
+    uri = optional(args.model_uri) or predict.DEFAULT_MODEL_URI
     if args.print_request:
         print(predict.request_body(args.paths, uri))
         return 0
-    results = predict.classify(args.paths, uri, args.top, _optional(args.save_preprocessed or ""))
+    results = predict.classify(args.paths, uri, args.top, optional(args.save_preprocessed or ""))
     print(predict.render(results, args.json))
     bad = [r for r in results if r.error]
     for r in bad:  # one line per bad file on stderr too, for scripts that only read stderr
@@ -316,8 +206,7 @@ def _predict(args) -> int:
 def _repeats(args) -> int:
     from study import repeats
 
-    summary = repeats.run(args.run_id, args.seeds, args.top, args.data_dir,
-                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    summary = repeats.run(args.run_id, args.seeds, args.top, args.data_dir)
     if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run . -e repeats`: link the two runs
         from study import tracking
 
@@ -340,7 +229,7 @@ def _ablation(args) -> int:
         tracking.set_tags(os.environ["MLFLOW_RUN_ID"],
                           {tracking.ROLE: "ablation_launcher", "ablation_run_id": result["run_id"]})
     print(ablation.render_markdown(result["rows"]))
-    print(f"\nablation run {result['run_id']} ({args.profile} profile): "
+    print(f"\nablation run {result['run_id']} ({args.profile.name} profile): "
           f"{result['seconds'] / 60:.1f} min; best setting {result['best']} (run "
           f"{result['best_run_id']}); "
           + (f"shown in the report of compare {result['compare_run_id']} (rebuild it with "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = PROJECT_ROOT / "study"  # shipped with logged models (code_paths)
 PIPELINES_DIR = PROJECT_ROOT / "pipelines"
 PIPELINES_ENV = "STUDY_PIPELINES_DIR"  # a folder of your own pipeline YAMLs instead
 REPORTS_DIR = PROJECT_ROOT / "reports"
@@ -112,6 +113,7 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+LOG_LEVEL_ENV = "STUDY_LOG_LEVEL"  # the study's log level (the CLI's -v/-q win over it)
 THREADS_ENV = "STUDY_THREADS"  # cores one process may use; compare's workers split the machine
 
 
@@ -129,9 +131,14 @@ def thread_env(n: int) -> dict[str, str]:
 
 def worker_env(threads: int) -> dict[str, str]:
     """This process's environment for a worker it starts: its share of the cores, this
-    tracking store, and no MLFLOW_RUN_ID (a worker must not resume the project run)."""
+    tracking store, this log level, and no MLFLOW_RUN_ID (a worker must not resume the
+    project run)."""
+    import logging
+
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    return {**env, **thread_env(threads), "MLFLOW_TRACKING_URI": tracking_uri()}
+    level = logging.getLevelName(logging.getLogger("study").getEffectiveLevel())
+    return {**env, **thread_env(threads), "MLFLOW_TRACKING_URI": tracking_uri(),
+            LOG_LEVEL_ENV: level}
 
 
 def default_optuna_journal() -> Path:
@@ -154,3 +161,16 @@ PROFILES = {
     "full": Profile("full", train_subsample=None, val_subsample=None),
 }
 DEFAULT_PROFILE = "quick"
+
+
+def profile(name: str | Profile) -> Profile:
+    """The profile called `name`, resolved once where a command starts (a Profile passes
+    through); the layers below receive the Profile and each pipeline's Budget, never a name
+    to look up. An unknown name is a one-line ConfigError naming the valid ones."""
+    if isinstance(name, Profile):
+        return name
+    if name not in PROFILES:
+        from study.errors import ConfigError
+
+        raise ConfigError(f"unknown profile {name!r}; valid: {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,28 +1,26 @@
-"""The ensemble stage of a compare, and the MLflow model that serves the ensemble.
+"""The ensemble stage of a compare.
 
 Reads every final model's logged validation and test probabilities (nothing is retrained or
 re-predicted), chooses weights on validation (study.ensemble.select), scores them on the test
-set once and logs a final run like the others (family `ensemble`). Its model is a pyfunc that
-holds its members' logged models and returns the weighted mean of their probabilities, so
-`study predict` and `mlflow models serve` use it like any single model. Run by compare after
-the pipelines, and by report for a compare that has none (an interrupted or older one).
+set once and logs a final run like the others (family `ensemble`, tracking.log_ensemble). Its
+model is a serving.Classifier over its members' logged models that returns the weighted mean
+of their probabilities, so `study predict` and `mlflow models serve` use it like any single
+model. Run by compare after the pipelines, and by report for a compare that has none (an
+interrupted or older one).
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
+import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import mlflow.pyfunc
 import numpy as np
 
-from study import config, ensemble, serving, tracking
+from study import ensemble, serving, tracking
 from study.ensemble import NAME
 
-VERIFY_ROWS = 1000  # test images predicted again through the logged model, as a check
+logger = logging.getLogger(__name__)
 
 
 # Ensembles logged before serving.Classifier name this class in their pickle; it loads them.
@@ -61,7 +59,7 @@ def candidates(runs: list[dict]) -> list[ensemble.Candidate]:
 
 
 def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
-        x_test: np.ndarray, data_digest: str, log=print) -> StageResult:
+        x_test: np.ndarray, data_digest: str) -> StageResult:
     """Build, score and log the ensemble of one compare (once: an existing one is kept)."""
     settings = ensemble.load_config()
     if not settings.enabled:
@@ -74,7 +72,7 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
     kept, left_out = ensemble.usable(candidates(runs), len(y_val), len(y_test),
                                      settings.exclude_families, data_digest)
     for reason in left_out:
-        log(f"ensemble: left out {reason}")
+        logger.info(f"ensemble: left out {reason}")
     if len(kept) < 2:
         message = (f"ensemble: not built, {len(kept)} usable model(s); it needs two "
                    "(failed or excluded models are left out)")
@@ -107,109 +105,11 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
         "agreement_test": {"models": names, "matrix": agree.round(4).tolist()},
         "selection_seconds": selection_seconds,
     }
-    run_id = _log(parent_id, profile, data_digest, members, selection, summary, evaluation,
-                  val_proba, y_val, x_test, started)
+    run_id = tracking.log_ensemble(parent_id, profile, data_digest, members, selection, summary,
+                                   evaluation, val_proba, y_val, x_test, started)
     mix = ", ".join(f"{n} {w:.2f}" for n, w in selection.weights.items())
     message = (f"ensemble: {mix} -> val {selection.val_accuracy:.4f} "
                f"(best member {best.name} {best_val:.4f}), test {evaluation.accuracy:.4f} "
                f"({100 * (evaluation.accuracy - best_test):+.2f} points over {best.name})"
                + "".join(f"; {note}" for note in selection.notes))
     return StageResult(run_id, message, left_out)
-
-
-def _log(parent_id, profile, data_digest, members, selection, summary, evaluation, val_proba,
-         y_val, x_test, started) -> str:
-    """The ensemble's final run, a child of the compare run, spanning the stage's work."""
-    import hashlib
-
-    client = mlflow.MlflowClient()
-    parent = client.get_run(parent_id)
-    digest = hashlib.sha256(json.dumps([summary["weights"], summary["rounds"],
-                                        summary["max_members"]], sort_keys=True).encode())
-    tags = {tracking.ROLE: "final", "pipeline": NAME, "family": "ensemble", "reducer": "-",
-            "model": "weighted_ensemble", "kind": "pyfunc", "profile": profile,
-            "data_digest": data_digest, "pipeline_digest": digest.hexdigest()[:10],
-            "code_digest": config.code_digest(),
-            "mlflow.parentRunId": parent_id}
-    if selection.notes:
-        tags["fit_notes"] = "; ".join(selection.notes)
-    run_id = client.create_run(parent.info.experiment_id, start_time=int(started * 1000),
-                               run_name=NAME, tags=tags).info.run_id
-    try:
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-            # it chose on validation rows and was scored on the test set
-            tracking.log_data_inputs(data_digest, {"validation": len(y_val),
-                                                   "test": len(x_test)})
-            _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test)
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    return run_id
-
-
-def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test) -> None:
-    metrics = lambda key: sum(c.metrics.get(key, 0.0) for c in members)  # noqa: E731
-    mlflow.log_params({
-        "pipeline": NAME, "members": ",".join(selection.weights),
-        **{f"weight.{n}": f"{w:.4f}" for n, w in selection.weights.items()},
-        "rounds": summary["rounds"], "max_members": summary["max_members"],
-        "best_round": selection.best_round, "selected_on": "validation accuracy, log loss",
-        "left_out": "; ".join(summary["left_out"])[:6000] or "-"})
-    mlflow.log_metrics({
-        "val_accuracy": selection.val_accuracy, "val_log_loss": selection.val_log_loss,
-        "test_accuracy": evaluation.accuracy, "test_macro_f1": evaluation.macro_f1,
-        # what the ensemble costs to fit is what its members cost
-        "fit_seconds": metrics("fit_seconds"), "tuning_seconds": metrics("tuning_seconds"),
-        "selection_seconds": summary["selection_seconds"],
-        "n_params": metrics("n_params"), "model_bytes": metrics("model_bytes"),
-        "n_trials": 0, "n_members": len(selection.weights),
-        "best_member_val_accuracy": summary["best_member_val_accuracy"],
-        "best_member_test_accuracy": summary["best_member_test_accuracy"],
-        "val_gain": selection.val_accuracy - summary["best_member_val_accuracy"],
-        "test_gain": evaluation.accuracy - summary["best_member_test_accuracy"]})
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "selection.json").write_text(json.dumps(summary, indent=1))
-        mlflow.log_artifact(str(Path(tmp) / "selection.json"), artifact_path="ensemble")
-    with tempfile.TemporaryDirectory() as tmp:
-        tracking.log_evaluation(NAME, evaluation, val_proba, Path(tmp))
-    info = log_model(selection.weights, {c.name: c.model_uri for c in members})
-    mlflow.set_tag("model_uri", info.model_uri)
-    _verify(info.model_uri, evaluation.proba, x_test)
-
-
-def log_model(weights: dict[str, float], model_uris: dict[str, str]):
-    """Log the ensemble into the active run (as "model"): a serving.Classifier over the
-    members' native models, fetched from their logged models by MLflow (not rebuilt)."""
-    from mlflow.artifacts import download_artifacts
-
-    keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}
-    with tempfile.TemporaryDirectory() as tmp:
-        natives = {keys[n]: serving.native_model_path(
-            download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / keys[n])))
-            for n, uri in model_uris.items()}
-        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives)
-
-
-def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:
-    """Load the logged ensemble back and predict VERIFY_ROWS test images: they must match the
-    probabilities that were scored (so serving is the model on the leaderboard), and the time
-    taken is the ensemble's prediction cost."""
-    from study import data
-
-    model = mlflow.pyfunc.load_model(model_uri)  # (loading traces the networks' graph)
-    x = data.as_image(x_test[:VERIFY_ROWS])
-    clock = time.perf_counter()
-    served = serving.probabilities(model.predict(x))
-    seconds = time.perf_counter() - clock
-    scored = test_proba[:len(x)]
-    gap = float(np.abs(served - scored).max())
-    flips = float(np.mean(served.argmax(axis=1) != scored.argmax(axis=1)))
-    mlflow.log_metrics({"predict_seconds": seconds * len(test_proba) / len(x),
-                        "predict_ms_per_1000": 1000.0 * seconds / len(x) * 1000.0,
-                        "served_max_abs_diff": gap})
-    # bf16 networks may differ in the last bits with another batch size; a real mismatch
-    # (wrong member, weights or TTA) moves probabilities by far more than this
-    if gap > 0.02 or flips > 0.002:
-        raise RuntimeError(f"the logged ensemble disagrees with the scored one: probabilities "
-                           f"differ by up to {gap:.2g}, classes on {flips:.1%} of {len(x)} "
-                           "test images")

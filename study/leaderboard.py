@@ -9,12 +9,13 @@ would call some model "worse" by chance one time in two).
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 from typing import Any
 
 import numpy as np
+
+from study import tables
 
 ALPHA = 0.05
 
@@ -183,16 +184,15 @@ def _short(value: str) -> str:
     return str(value) if number.is_integer() else f"{number:.4g}"
 
 
+def _table(rows: list[dict[str, Any]], columns) -> tuple[list[str], list[list[str]], set[int]]:
+    """Header, cells and numeric column positions of the leaderboard for `columns`."""
+    return ([title for _, title in columns], [[cell(r, k) for k, _ in columns] for r in rows],
+            {i for i, (k, _) in enumerate(columns) if k in NUMERIC})
+
+
 def render_text(rows: list[dict[str, Any]], wide: bool = False) -> str:
     """A fixed-width table for the terminal (best parameters only when `wide`)."""
-    columns = [c for c in COLUMNS if wide or c[0] != "best_params"]
-    table = [[title for _, title in columns]] + [[cell(r, k) for k, _ in columns] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    right = {i for i, (k, _) in enumerate(columns) if k in NUMERIC}
-    lines = ["  ".join(v.rjust(w) if i in right else v.ljust(w)
-                       for i, (v, w) in enumerate(zip(line, widths))).rstrip() for line in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return tables.text(*_table(rows, [c for c in COLUMNS if wide or c[0] != "best_params"]))
 
 
 def render_csv(rows: list[dict[str, Any]]) -> str:
@@ -216,20 +216,12 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def render_markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(t for _, t in COLUMNS) + " |"
-    rule = "|" + "|".join("---:" if k in NUMERIC else "---" for k, _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(cell(r, k).replace("|", "\\|") for k, _ in COLUMNS) + " |"
-            for r in rows]
-    return "\n".join([head, rule, *body])
+    return tables.markdown(*_table(rows, COLUMNS))
 
 
 def render_html(rows: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in COLUMNS)
-    body = []
-    for r in rows:
-        cls = "champion" if r["rank"] == 1 else ("same" if r.get("indistinguishable") else "")
-        tds = "".join(f'<td class="{"num" if k in NUMERIC else ""}">{html.escape(cell(r, k))}</td>'
-                      for k, _ in COLUMNS)
-        body.append(f'<tr class="{cls}">{tds}</tr>')
-    return (f'<table class="leaderboard"><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    """The leaderboard with the champion's row and those indistinguishable from it marked."""
+    head, body, numeric = _table(rows, COLUMNS)
+    classes = ["champion" if r["rank"] == 1 else ("same" if r.get("indistinguishable") else "")
+               for r in rows]
+    return tables.html(head, body, numeric, classes, table_class="leaderboard")

@@ -29,6 +29,7 @@ BUDGET_KEYS = {"n_trials", "timeout", "tune_subsample", "tune_val_subsample", "f
 class Budget:
     """What tuning and the final fit may spend in one profile."""
 
+    profile: str  # the profile it belongs to (names the Optuna study, tags the runs)
     n_trials: int
     timeout: float  # seconds for the whole study; checked between trials
     tune_subsample: int | None = None  # training rows used while tuning (None: all)
@@ -52,12 +53,14 @@ class PipelineSpec:
     digest: str  # hash of the definition: a changed YAML starts a fresh Optuna study
     tta: str = "none"  # "mirror": try mirror test-time augmentation, keep it where it pays
 
-    def budget(self, profile: str) -> Budget:
-        return self.budgets[profile]
+    def budget(self, profile: config.Profile | str) -> Budget:
+        """What this pipeline may spend in `profile`: resolved once per compare, then passed."""
+        return self.budgets[config.profile(profile).name]
 
-    def tunes(self, profile: str) -> bool:
-        """Whether this profile tunes anything (a search space and trials to spend on it)."""
-        return bool(self.search) and self.budgets[profile].n_trials > 0
+    def tunes(self, budget: Budget | config.Profile | str) -> bool:
+        """Whether a budget tunes anything (a search space and trials to spend on it)."""
+        budget = budget if isinstance(budget, Budget) else self.budget(budget)
+        return bool(self.search) and budget.n_trials > 0
 
 
 def available(pipelines_dir: Path | None = None) -> list[str]:
@@ -97,7 +100,7 @@ def _check_budget(name: str, profile: str, raw: Any) -> Budget:
     for key in ("tune_subsample", "tune_val_subsample"):
         if raw.get(key) is not None and (not isinstance(raw[key], int) or raw[key] < 10):
             raise ConfigError(f"pipeline {name}: budget.{profile}.{key} must be an integer >= 10")
-    return Budget(n_trials, float(timeout), raw.get("tune_subsample"),
+    return Budget(profile, n_trials, float(timeout), raw.get("tune_subsample"),
                   raw.get("tune_val_subsample"), dict(raw.get("fit") or {}),
                   dict(raw.get("tune_fit") or {}))
 

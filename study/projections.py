@@ -12,7 +12,7 @@ import numpy as np
 
 from study.config import CLASS_NAMES
 from study.data import as_flat
-from study.evaluation import pyplot
+from study.figures import pyplot, save
 
 
 def explained_variance(x_train: np.ndarray, path: Path) -> dict[str, int]:
@@ -36,13 +36,12 @@ def explained_variance(x_train: np.ndarray, path: Path) -> dict[str, int]:
     ax.set_ylabel("cumulative explained variance")
     ax.set_title("PCA on the training split")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save(fig, path)
     return needed
 
 
 def scatter_map(embedding: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
+    """Points coloured by class, one legend entry per class."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 6), dpi=80)  # 10k points: keeps the PNG small
     cmap = plt.get_cmap("tab10")
@@ -53,10 +52,7 @@ def scatter_map(embedding: np.ndarray, labels: np.ndarray, title: str, path: Pat
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def pca_map(x_train, x_test, y_test, seed: int, path: Path) -> Path:

@@ -10,14 +10,17 @@ never change the compare's leaderboard.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from typing import Any
 
 import yaml
 
-from study import config, data, leaderboard, pipelines, tracking, training, tuning
+from study import config, data, leaderboard, pipelines, tables, tracking, training, tuning
 from study.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def best_params(run: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def summarize(results: dict[str, list[float]], original: dict[str, float]) -> di
 
 
 def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
-        data_dir: str | None = None, log=print) -> dict[str, Any]:
+        data_dir: str | None = None) -> dict[str, Any]:
     """Refit the compare's `top` models with `seeds` more seeds each; log and return the
     summary."""
     if seeds < 2 or top < 1:
@@ -71,18 +74,53 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
     tracking.configure()
     compare = tracking.find_compare_run(compare_run_id)
     compare_id = compare.info.run_id
-    profile = compare.data.tags.get("profile") or compare.data.params.get("profile", "quick")
-    if profile not in config.PROFILES:
-        raise ConfigError(f"compare {compare_id} has unknown profile {profile!r}")
+    name = compare.data.tags.get("profile") or compare.data.params.get("profile", "quick")
+    if name not in config.PROFILES:
+        raise ConfigError(f"compare {compare_id} has unknown profile {name!r}")
+    profile = config.profile(name)  # the compare's, resolved once from its run
     base_seed = int(float(compare.data.params.get("seed", config.SEED)))
     runs = {r["run_id"]: r for r in tracking.final_runs(compare_id)}
     chosen, notes = pick(leaderboard.rank(list(runs.values())), top)
     if not chosen:
         raise ConfigError(f"compare {compare_id} has no final model to repeat")
-    splits = data.make_splits(data.load(data_dir), config.PROFILES[profile])
-    digest = data.fingerprint(splits)
+    splits = data.make_splits(data.load(data_dir), profile)
+    specs = _unchanged_specs(chosen, runs, data.fingerprint(splits), compare_id)
+    seed_list = [base_seed + k for k in range(1, seeds + 1)]
+    parent_id = tracking.start_repeats(compare, profile.name, seed_list,
+                                       [r["pipeline"] for r in chosen])
+    started = time.perf_counter()
+    results: dict[str, list[float]] = {r["pipeline"]: [] for r in chosen}
+    try:
+        for row in chosen:
+            spec = specs[row["pipeline"]]
+            params = tuning.final_params(spec, spec.budget(profile),
+                                         best_params(runs[row["run_id"]]))
+            for i, seed in enumerate(seed_list, start=1):
+                fit, val_proba = training.final_fit(  # as compare, epochs shown for networks
+                    spec, params, splits, seed, progress=f"[repeats] {spec.name} seed {seed}")
+                test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
+                val_acc = training.accuracy(val_proba, splits.y_val)
+                results[spec.name].append(test_acc)
+                tracking.log_repeat(parent_id, spec.name, seed, {
+                    "test_accuracy": test_acc, "val_accuracy": val_acc,
+                    "fit_seconds": fit.fit_seconds})
+                logger.info(f"[repeats] {spec.name} seed {seed} ({i}/{seeds}): test "
+                            f"{test_acc:.4f} val {val_acc:.4f} ({fit.fit_seconds:.0f}s)")
+        summary = summarize(results, {r["pipeline"]: r["test_accuracy"] for r in chosen})
+        summary.update(compare_run_id=compare_id, profile=profile.name, seeds=seed_list,
+                       notes=notes, seconds=time.perf_counter() - started, run_id=parent_id)
+        tracking.finish_repeats(parent_id, summary, render_markdown(summary))
+    except BaseException:
+        tracking.finish_repeats(parent_id, None, None, status="FAILED")
+        raise
+    return summary
+
+
+def _unchanged_specs(chosen, runs, digest: str, compare_id: str) -> dict[str, Any]:
+    """The chosen models' pipeline definitions, refused before any training when the
+    definition or the data changed since the compare: that would not be a repeat."""
     specs = {}
-    for row in chosen:  # refuse before any training: a changed definition is not a repeat
+    for row in chosen:
         spec, logged = pipelines.load(row["pipeline"]), runs[row["run_id"]]
         if logged.get("pipeline_digest") != spec.digest:
             raise ConfigError(f"pipeline {spec.name} changed since compare {compare_id} "
@@ -93,45 +131,24 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
                               f"{logged.get('data_digest')}, here {digest}); pass the data "
                               "folder it used with --data-dir")
         specs[row["pipeline"]] = spec
-    seed_list = [base_seed + k for k in range(1, seeds + 1)]
-    parent_id = tracking.start_repeats(compare, profile, seed_list, [r["pipeline"] for r in chosen])
-    started = time.perf_counter()
-    results: dict[str, list[float]] = {r["pipeline"]: [] for r in chosen}
-    try:
-        for row in chosen:
-            spec = specs[row["pipeline"]]
-            params = tuning.final_params(spec, profile, best_params(runs[row["run_id"]]))
-            for i, seed in enumerate(seed_list, start=1):
-                fit, val_proba = training.final_fit(  # as compare, epochs shown for networks
-                    spec, params, splits, seed, progress=f"[repeats] {spec.name} seed {seed}")
-                test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
-                val_acc = training.accuracy(val_proba, splits.y_val)
-                results[spec.name].append(test_acc)
-                tracking.log_repeat(parent_id, spec.name, seed, {
-                    "test_accuracy": test_acc, "val_accuracy": val_acc,
-                    "fit_seconds": fit.fit_seconds})
-                log(f"[repeats] {spec.name} seed {seed} ({i}/{seeds}): test {test_acc:.4f} "
-                    f"val {val_acc:.4f} ({fit.fit_seconds:.0f}s)")
-        summary = summarize(results, {r["pipeline"]: r["test_accuracy"] for r in chosen})
-        summary.update(compare_run_id=compare_id, profile=profile, seeds=seed_list, notes=notes,
-                       seconds=time.perf_counter() - started, run_id=parent_id)
-        tracking.finish_repeats(parent_id, summary, render_markdown(summary))
-    except BaseException:
-        tracking.finish_repeats(parent_id, None, None, status="FAILED")
-        raise
-    return summary
+    return specs
 
 
 def render_markdown(summary: dict[str, Any]) -> str:
-    lines = ["| model | in the compare | mean +/- std | range | per seed |",
-             "|---|---:|---:|---:|---|"]
+    return tables.markdown(["model", "in the compare", "mean +/- std", "range", "per seed"],
+                           table_rows(summary), numeric={1, 2, 3})
+
+
+def table_rows(summary: dict[str, Any]) -> list[list[str]]:
+    """One row per repeated model: its compare figure, mean and spread over the seeds."""
+    rows = []
     for name in summary["order"]:
         m = summary["models"][name]
         compared = m["compare_test_accuracy"]
-        lines.append(f"| {name} | {'-' if compared is None else f'{compared:.4f}'} | "
-                     f"{m['mean']:.4f} +/- {m['std']:.4f} | {m['min']:.4f}-{m['max']:.4f} | "
-                     f"{', '.join(f'{v:.4f}' for v in m['values'])} |")
-    return "\n".join(lines)
+        rows.append([name, "-" if compared is None else f"{compared:.4f}",
+                     f"{m['mean']:.4f} +/- {m['std']:.4f}", f"{m['min']:.4f}-{m['max']:.4f}",
+                     ", ".join(f"{v:.4f}" for v in m["values"])])
+    return rows
 
 
 def verdict(summary: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
+from study import config
 from study.config import CLASS_NAMES
 
 IMAGE_INPUT = "image"  # the input name (JSON key or DataFrame column) for encoded image files
@@ -370,6 +371,6 @@ def log_model(weights: dict[str, float], native_paths: dict[str, str]):
         return mlflow.pyfunc.log_model(
             name="model", python_model=Classifier(weights), artifacts=native_paths,
             signature=signature(), pip_requirements=sorted(requirements),
-            code_paths=[str(Path(__file__).resolve().parent)],
+            code_paths=[str(config.PACKAGE_DIR)],
             metadata={"inputs": INPUTS_DOC, "outputs": f"'{CLASS_OUTPUT}' (the top class name) "
                       "and one probability column per class"})

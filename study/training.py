@@ -7,12 +7,12 @@ the best validation epoch.
 
 from __future__ import annotations
 
+import logging
 import inspect
 import io
 import math
 import os
 import pickle
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +27,8 @@ from study.errors import ConfigError
 from study.models import get_builder
 from study.models.reducers import build_reducer
 from study.pipelines import PipelineSpec
+
+logger = logging.getLogger(__name__)
 
 # Settings consumed by the Keras training loop; everything else goes to the builder.
 # `seed_offset` starts a network from other random numbers than the study seed gives (weights,
@@ -159,7 +161,7 @@ def _progress_callback(prefix: str, epochs: int):
             logs = logs or {}
             shown = " ".join(f"{k}={v:.4f}" for k, v in logs.items()
                              if k in ("loss", "accuracy", "val_loss", "val_accuracy"))
-            print(f"{prefix} epoch {epoch + 1}/{epochs} {shown}", file=sys.stderr, flush=True)
+            logger.info(f"{prefix} epoch {epoch + 1}/{epochs} {shown}")
 
     return Progress()
 

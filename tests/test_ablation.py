@@ -60,7 +60,7 @@ def test_smoke_ablation_logs_every_setting(tracking_store):
                                 tags={"role": "compare"}).info.run_id
     client.set_terminated(compare, "FINISHED")
     result = ablation.run("smoke")
-    settings = sum(len(e.settings) for e in ablation.experiments({}))
+    settings = sum(len(e.settings) for e in ablation.experiments())
     assert settings == 21 and len(result["rows"]) == settings
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("ablation")

@@ -182,7 +182,7 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     artifacts = Path(client.get_run(rows[gone]["run_id"]).info.artifact_uri.replace("file://", ""))
     (artifacts / "evaluation" / "val_proba.npy").unlink()
     again = ensemble_stage.run(result.run_id, "smoke", splits.y_val, splits.y_test,
-                               splits.x_test, data.fingerprint(splits), log=lambda _: None)
+                               splits.x_test, data.fingerprint(splits))
     assert any(line.startswith(f"{gone}: no validation probabilities") for line in again.left_out)
     assert again.run_id  # two of the three candidates remain
     assert gone not in client.get_run(again.run_id).data.params["members"].split(",")

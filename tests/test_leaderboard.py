@@ -113,7 +113,7 @@ def test_same_or_worse_is_decided_on_holm_adjusted_p_values():
 
 def test_without_the_champions_predictions_nothing_is_called_same():
     """An unreadable prediction file must not turn into 'same (p=1)' for every model."""
-    from study.report import verdict
+    from study.report.texts import verdict
 
     y = np.zeros(100, dtype=int)
     bad = y.copy()
@@ -144,7 +144,7 @@ def test_every_rendering_has_every_column():
 
 
 def test_pareto_front():
-    from study.report import pareto_front
+    from study.figures import pareto_front
 
     # (cost, accuracy): 1 dominates 0; 3 is slower but better; 2 is dominated by 1
     points = [(10.0, 0.80), (5.0, 0.85), (20.0, 0.84), (50.0, 0.90)]
@@ -154,7 +154,7 @@ def test_pareto_front():
 def test_references_set_a_published_figure_against_ours_on_the_same_split():
     """The seed report's cnn_seed2 figure (0.918) is a validation accuracy: it is compared
     with our validation accuracy, not our test accuracy."""
-    from study.report import references
+    from study.report.texts import references
 
     rows = leaderboard.rank([run("cnn_seed2", 0.91, 0.9, 1.0), run("cnn_seed3", 0.92, 0.9, 1.0)])
     for r in rows:

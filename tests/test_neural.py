@@ -11,7 +11,7 @@ from study import pipelines, training, tuning
 
 def test_same_seed_same_validation_accuracy(tiny):
     spec = pipelines.load("cnn_seed1")
-    params = {**tuning.final_params(spec, "smoke", {}), "epochs": 3}
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), "epochs": 3}
     runs = [training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=11)
             for _ in range(2)]
     acc = [float(np.mean(r.predict_proba(tiny.x_val).argmax(1) == tiny.y_val)) for r in runs]
@@ -24,7 +24,7 @@ def test_seed_offset_starts_a_network_from_other_random_numbers(tiny):
     initial weights, so other predictions (the ensemble needs members that differ)."""
     assert pipelines.load("cnn_modern_b").fit["seed_offset"] == 1
     spec = pipelines.load("mlp_seed")
-    params = {**tuning.final_params(spec, "smoke", {}), "epochs": 1}
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), "epochs": 1}
     proba = {offset: training.fit(spec, {**params, "seed_offset": offset}, tiny.x_train,
                                   tiny.y_train, tiny.x_val, tiny.y_val, seed=11)
              .predict_proba(tiny.x_val) for offset in (0, 1)}
@@ -36,7 +36,7 @@ def test_seed_offset_starts_a_network_from_other_random_numbers(tiny):
 
 def test_final_weights_are_the_best_validation_epochs(tiny):
     spec = pipelines.load("mlp_seed")
-    params = {**tuning.final_params(spec, "smoke", {}), "epochs": 6, "patience": 10,
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), "epochs": 6, "patience": 10,
               "learning_rate": 0.05}
     result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=3)
     history = result.history["val_accuracy"]
@@ -66,7 +66,7 @@ def test_time_limit_stops_before_the_epoch_that_would_overrun(monkeypatch):
 
 def test_fit_with_a_time_limit_keeps_its_best_epoch_and_says_why(tiny):
     spec = pipelines.load("mlp_seed")
-    params = {**tuning.final_params(spec, "smoke", {}), "epochs": 500, "patience": 500,
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), "epochs": 500, "patience": 500,
               "max_seconds": 1e-3}  # shorter than any epoch: the first one is the last
     result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=3)
     assert len(result.history["loss"]) == 1 and result.best_epoch == 1
@@ -82,7 +82,7 @@ def test_pruning_callback_stops_a_weak_trial():
         strong.report(value, step)
     study.tell(strong, 0.8)
     weak = study.ask()
-    callback = tuning._keras_pruning_callback(weak)
+    callback = tuning.keras_pruning_callback(weak)
     callback.on_epoch_end(0, {"val_accuracy": 0.2})  # warm-up step: never pruned
     with pytest.raises(optuna.TrialPruned):
         callback.on_epoch_end(1, {"val_accuracy": 0.3})
@@ -91,7 +91,7 @@ def test_pruning_callback_stops_a_weak_trial():
 def test_two_trial_keras_tuning_reports_every_epoch(tiny, tmp_path):
     spec = pipelines.load("cnn_seed1")
     storage = tuning.open_storage(str(tmp_path / "o.journal"))
-    result = tuning.tune(spec, "smoke", tiny, seed=2, storage=storage)
+    result = tuning.tune(spec, spec.budget("smoke"), tiny, seed=2, storage=storage)
     assert result.n_trials == 2
     epochs = spec.budget("smoke").fit["epochs"]
     study = optuna.load_study(study_name=result.study_name, storage=storage)
@@ -113,7 +113,7 @@ def test_bf16_is_refused_where_the_cpu_lacks_it(monkeypatch):
 def test_the_pruner_stops_a_trial_that_is_clearly_behind():
     """Median pruning over epochs: a trial far below the earlier trials is stopped once it is
     past the warm-up (half its epochs), not on its first epoch."""
-    budget = pipelines.Budget(n_trials=5, timeout=60, tune_fit={"epochs": 6})
+    budget = pipelines.Budget(profile="quick", n_trials=5, timeout=60, tune_fit={"epochs": 6})
     study = optuna.create_study(direction="maximize", pruner=tuning.pruner_for(budget))
     for value in (0.84, 0.86, 0.85):
         study.add_trial(optuna.trial.create_trial(
@@ -140,7 +140,7 @@ def test_cnn_modern_learns_on_a_few_hundred_real_images(tiny):
     """A short run of the quick recipe (narrowed) improves validation accuracy well above the
     untrained network's; the averaged weights are the ones kept."""
     spec = pipelines.load("cnn_modern")
-    params = {**tuning.final_params(spec, "quick", {}), "widths": "16-16-32-32", "epochs": 6,
+    params = {**tuning.final_params(spec, spec.budget("quick"), {}), "widths": "16-16-32-32", "epochs": 6,
               "batch_size": 32, "max_seconds": None}
     untrained = training.fit(spec, {**params, "epochs": 1, "learning_rate": 1e-9},
                              tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=5)

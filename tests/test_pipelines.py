@@ -20,7 +20,7 @@ def test_pipeline_builds_fits_and_predicts(name, tiny):
     spec = pipelines.load(name)
     # One draw from the search space, the smoke fit settings: what a tuning trial does.
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    params = {**tuning.final_params(spec, "smoke", {}), **tuning.suggest(trial, spec.search)}
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), **tuning.suggest(trial, spec.search)}
     result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1)
     proba = result.predict_proba(tiny.x_test)
     assert proba.shape == (len(tiny.y_test), 10)
@@ -76,7 +76,7 @@ def test_mlp_topologies_from_the_seed():
 def test_model_rebuilds_from_best_params(tiny):
     """Builder and search space are apart: best_params alone rebuild the same model."""
     spec = pipelines.load("logreg")
-    params = tuning.final_params(spec, "smoke", {"C": 0.5})
+    params = tuning.final_params(spec, spec.budget("smoke"), {"C": 0.5})
     a = training.fit(spec, params, tiny.x_train, tiny.y_train, seed=3)
     b = training.fit(spec, params, tiny.x_train, tiny.y_train, seed=3)
     assert a.model.named_steps["model"].C == 0.5
@@ -149,7 +149,7 @@ def test_reducer_is_fitted_on_training_rows_only(name, tiny):
     """The reducer sits inside the Pipeline: it sees exactly the rows passed to fit()."""
     spec = pipelines.load(name)
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    params = {**tuning.final_params(spec, "smoke", {}), **tuning.suggest(trial, spec.search)}
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), **tuning.suggest(trial, spec.search)}
     result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1)
     reducer = result.model.named_steps["reduce"]
     x_train = training.features("sklearn", tiny.x_train)

@@ -55,7 +55,7 @@ def ensemble_model(model, fmnist):
     (weight 0.7) and a k-NN (0.3), logged into the same store."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from study import ensemble_stage
+    from study import tracking
 
     rows = data.stratified_subsample(np.arange(60000), fmnist.y_train, 3000, seed=7)
     x = data.as_flat(fmnist.x_train[rows])
@@ -65,7 +65,7 @@ def ensemble_model(model, fmnist):
     with mlflow.start_run():
         knn_uri = _log_served(knn, x)
     with mlflow.start_run():
-        info = ensemble_stage.log_model({"logreg": 0.7, "knn": 0.3},
+        info = tracking.log_ensemble_model({"logreg": 0.7, "knn": 0.3},
                                         {"logreg": model["uri"], "knn": knn_uri})
     return {"pyfunc": mlflow.pyfunc.load_model(info.model_uri), "uri": info.model_uri,
             "store": model["store"], "members": {"logreg": model["estimator"], "knn": knn},

@@ -14,7 +14,7 @@ def test_two_trials_log_two_nested_runs_and_resume(tiny, tracking_store, tmp_pat
     mlflow.set_experiment("t")
     with mlflow.start_run() as parent:
         log = tracking.TuningLog(spec.name, "s", "smoke", parent_run_id=parent.info.run_id)
-        result = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage, log_trial=log.log_trial)
+        result = tuning.tune(spec, spec.budget("smoke"), tiny, seed=5, storage=storage, log_trial=log.log_trial)
         log.finish(result)
     assert result.n_trials == 2 and len(result.history) == 2
     assert 0.3 < result.best_value <= 1.0 and set(result.best_params) == {"C"}
@@ -30,7 +30,7 @@ def test_two_trials_log_two_nested_runs_and_resume(tiny, tracking_store, tmp_pat
     assert client.search_runs([parent.info.experiment_id], "tags.role = 'trial'") == []
 
     # A rerun continues the stored study: the budget is already spent, no new trial runs.
-    again = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage)
+    again = tuning.tune(spec, spec.budget("smoke"), tiny, seed=5, storage=storage)
     assert again.n_trials == 2 and again.history == [] and again.best_params == result.best_params
     # its tuning seconds are still what the two trials cost, not ~0 for a run that added none
     assert result.seconds > 0 and again.seconds == result.seconds
@@ -46,7 +46,7 @@ def test_interrupted_study_is_topped_up_to_budget(tiny, tmp_path):
                                 direction="maximize")
     study.enqueue_trial({"C": 0.1})
     study.optimize(lambda t: 0.5 + 0 * t.suggest_float("C", 1e-3, 10.0, log=True), n_trials=1)
-    result = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage)
+    result = tuning.tune(spec, spec.budget("smoke"), tiny, seed=5, storage=storage)
     assert result.n_trials == 2 and len(result.history) == 1  # one stored + one new
 
 
@@ -76,11 +76,11 @@ def test_a_profile_with_zero_trials_uses_the_fixed_parameters(tiny, tmp_path):
     assert spec.search and spec.budget("quick").n_trials == 0 and not spec.tunes("quick")
     assert spec.tunes("smoke")
     journal = tmp_path / "o.journal"
-    result = tuning.tune(spec, "quick", tiny, seed=5, storage=tuning.open_storage(str(journal)))
+    result = tuning.tune(spec, spec.budget("quick"), tiny, seed=5, storage=tuning.open_storage(str(journal)))
     assert result.n_trials == 0 and result.best_params == {} and result.history == []
     storage = tuning.open_storage(str(journal))
     assert not [s for s in optuna.get_all_study_summaries(storage) if s.study_name.startswith("mlp")]
-    params = tuning.final_params(spec, "quick", result.best_params)
+    params = tuning.final_params(spec, spec.budget("quick"), result.best_params)
     assert params["activation"] == "tanh" and params["hidden"] == "50x50"  # the seed's setting
 
 
@@ -103,7 +103,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path, monke
 
     monkeypatch.setattr(training, "fit", fit_failing_first)
     storage = tuning.open_storage(str(tmp_path / "o.journal"))
-    result = tuning.tune(spec, "smoke", tiny, seed=5, storage=storage, n_trials=2)
+    result = tuning.tune(spec, spec.budget("smoke"), tiny, seed=5, storage=storage, n_trials=2)
     states = [h["state"] for h in result.history]
     assert states == ["FAIL", "COMPLETE"]
     assert result.history[0]["error"] == "ValueError: Input X contains NaN."
@@ -116,4 +116,4 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path, monke
     # every trial failing: the pipeline fails, with the reason and where to fix it
     monkeypatch.setattr(training, "fit", lambda *a, **k: 1 / 0)
     with pytest.raises(ConfigError, match=r"all 2 tuning trial\(s\) failed \(ZeroDivisionError"):
-        tuning.tune(spec, "smoke", tiny, seed=6, storage=storage, n_trials=2)
+        tuning.tune(spec, spec.budget("smoke"), tiny, seed=6, storage=storage, n_trials=2)

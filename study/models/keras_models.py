@@ -50,80 +50,42 @@ def _output(layers):
     return layers.Dense(10, activation="softmax", dtype="float32", name="probabilities")
 
 
-def cnn_seed1(learning_rate: float = 1e-3, precision: str = "float32"):
-    """The seed report's first CNN, layer for layer (693,962 parameters)."""
+def _seed_network(name: str, layout: str, learning_rate: float, precision: str):
+    """A seed-report network, layer for layer from `layout`: cNv / cNs a 3x3 ReLU convolution
+    with N filters ('valid' / 'same' padding), p a 2x2 max pooling, f flatten, dN a ReLU dense
+    layer of N units, xR dropout at rate R; then a float32 softmax, Adam at `learning_rate`."""
     import keras
     from keras import layers
 
     p = _policy(precision)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(32, 3, strides=1, padding="valid", activation="relu", dtype=p),
-            layers.MaxPooling2D(pool_size=2, dtype=p),
-            layers.Flatten(dtype=p),
-            layers.Dense(128, activation="relu", dtype=p),
-            _output(layers),
-        ],
-        name="cnn_seed1",
-    )
+    make = {"c": lambda a: layers.Conv2D(int(a[:-1]), 3, activation="relu", dtype=p,
+                                         padding={"v": "valid", "s": "same"}[a[-1]]),
+            "p": lambda a: layers.MaxPooling2D(2, dtype=p),
+            "f": lambda a: layers.Flatten(dtype=p),
+            "d": lambda a: layers.Dense(int(a), activation="relu", dtype=p),
+            "x": lambda a: layers.Dropout(float(a), dtype=p)}
+    hidden = [make[token[0]](token[1:]) for token in layout.split()]
+    model = keras.Sequential([keras.Input(shape=(28, 28, 1)), *hidden, _output(layers)],
+                             name=name)
     return _compile(model, keras.optimizers.Adam(learning_rate=learning_rate))
+
+
+def cnn_seed1(learning_rate: float = 1e-3, precision: str = "float32"):
+    """The seed report's first CNN, layer for layer (693,962 parameters)."""
+    return _seed_network("cnn_seed1", "c32v p f d128", learning_rate, precision)
 
 
 def cnn_seed2(learning_rate: float = 1e-3, precision: str = "float32"):
     """The seed report's second CNN (381,066 parameters)."""
-    import keras
-    from keras import layers
-
-    p = _policy(precision)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(32, 3, padding="valid", activation="relu", dtype=p),
-            layers.MaxPooling2D(2, dtype=p),
-            layers.Conv2D(64, 3, padding="same", activation="relu", dtype=p),
-            layers.MaxPooling2D(2, dtype=p),
-            layers.Flatten(dtype=p),
-            layers.Dense(128, activation="relu", dtype=p),
-            layers.Dropout(0.25, dtype=p),
-            layers.Dense(256, activation="relu", dtype=p),
-            layers.Dropout(0.25, dtype=p),
-            layers.Dense(128, activation="relu", dtype=p),
-            _output(layers),
-        ],
-        name="cnn_seed2",
-    )
-    return _compile(model, keras.optimizers.Adam(learning_rate=learning_rate))
+    return _seed_network("cnn_seed2", "c32v p c64s p f d128 x0.25 d256 x0.25 d128",
+                         learning_rate, precision)
 
 
 def cnn_seed3(learning_rate: float = 1e-3, precision: str = "float32"):
     """The seed report's third CNN (576,330 parameters)."""
-    import keras
-    from keras import layers
-
-    p = _policy(precision)
-    model = keras.Sequential(
-        [
-            keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(64, 3, padding="valid", activation="relu", dtype=p),
-            layers.MaxPooling2D(2, dtype=p),
-            layers.Conv2D(128, 3, padding="same", activation="relu", dtype=p),
-            layers.MaxPooling2D(2, dtype=p),
-            layers.Conv2D(64, 3, padding="same", activation="relu", dtype=p),
-            layers.Flatten(dtype=p),
-            layers.Dense(128, activation="relu", dtype=p),
-            layers.Dropout(0.25, dtype=p),
-            layers.Dense(256, activation="relu", dtype=p),
-            layers.Dropout(0.5, dtype=p),
-            layers.Dense(256, activation="relu", dtype=p),
-            layers.Dropout(0.25, dtype=p),
-            layers.Dense(128, activation="relu", dtype=p),
-            layers.Dropout(0.10, dtype=p),
-            _output(layers),
-        ],
-        name="cnn_seed3",
-    )
-    return _compile(model, keras.optimizers.Adam(learning_rate=learning_rate))
+    return _seed_network("cnn_seed3",
+                         "c64v p c128s p c64s f d128 x0.25 d256 x0.5 d256 x0.25 d128 x0.10",
+                         learning_rate, precision)
 
 
 def parse_hidden(hidden: str | list[int] | tuple[int, ...]) -> list[int]:

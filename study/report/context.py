@@ -1,0 +1,125 @@
+"""Everything a report shows, read from MLflow once (and the test images from the verified
+dataset files): the sections only format it, so none of them talks to MLflow."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from study import config, leaderboard, tracking
+from study.config import CLASS_NAMES
+
+REDUCTION_FIGURES = ("pca_explained_variance.png", "pca_map.png", "umap_map.png")
+ABLATION_FIGURES = ("lr_batch", "l2", "activation", "topology")
+
+
+@dataclass(frozen=True)
+class Context:
+    """One compare as its report sees it; built once by `gather`, read by every section."""
+
+    parent: Any  # the compare's MLflow run
+    profile: str
+    stamp: datetime  # when the compare started
+    folder: Path  # where the report and its figures go
+    dataset: Any  # data.FashionMNIST: the test images and labels
+    rows: list[dict[str, Any]]  # the ranked leaderboard, significance added
+    predictions: dict[str, np.ndarray]  # run id -> test predictions
+    champion_proba: np.ndarray | None
+    ensemble_note: str
+    ensemble_summary: dict[str, Any] | None
+    failures: list[dict[str, Any]]
+    per_class_f1: dict[str, list[float]]  # pipeline -> F1 per class, leaderboard order
+    curves: dict[str, dict[str, list[float]]]  # network -> validation accuracy/loss per epoch
+    tunings: list[dict[str, Any]]
+    environment: dict[str, Any]
+    reduction_images: dict[str, Path | None]
+    repeats: tuple[Any, dict[str, Any]] | None  # (run, summary) of the compare's seed repeats
+    ablation: tuple[Any, dict[str, Any], dict[str, Path | None]] | None  # (run, table, images)
+
+    @property
+    def run_id(self) -> str:
+        return self.parent.info.run_id
+
+    @property
+    def champion(self) -> dict[str, Any] | None:
+        return self.rows[0] if self.rows else None
+
+    @property
+    def y_test(self) -> np.ndarray:
+        return self.dataset.y_test
+
+
+def fetch(run_id: str, artifact: str, folder: Path) -> Path | None:
+    """Copy one artifact of a run into the report folder, flat, beside report.md."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = tracking.download_artifact(run_id, artifact, tmp)
+        return Path(shutil.copy(local, folder / local.name)) if local else None
+
+
+def gather(parent, dataset, ensemble_note: str, out_dir: Path | None) -> Context:
+    """Read one compare's results; ranks are written back to the final runs on the way."""
+    pid = parent.info.run_id
+    profile = parent.data.tags.get("profile", parent.data.params.get("profile", "?"))
+    rows = leaderboard.rank(tracking.final_runs(pid))
+    predictions = {r["run_id"]: tracking.load_npy(r["run_id"], "evaluation/test_predictions.npy")
+                   for r in rows}
+    predictions = {k: v.astype(np.int64) for k, v in predictions.items() if v is not None}
+    leaderboard.add_significance(rows, predictions, dataset.y_test)
+    for row in rows:
+        tracking.set_rank(row["run_id"], row["rank"])
+    stamp = datetime.fromtimestamp(parent.info.start_time / 1000, tz=timezone.utc)
+    folder = Path(out_dir) if out_dir else config.reports_dir() / f"{stamp:%Y%m%d-%H%M%S}-{profile}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ensemble_row = next((r for r in rows if r["family"] == "ensemble"), None)
+    return Context(
+        parent=parent, profile=profile, stamp=stamp, folder=folder, dataset=dataset, rows=rows,
+        predictions=predictions,
+        champion_proba=(tracking.load_npy(rows[0]["run_id"], "evaluation/test_proba.npy")
+                        if rows else None),
+        ensemble_note=ensemble_note,
+        ensemble_summary=(tracking.load_json(ensemble_row["run_id"], "ensemble/selection.json")
+                          if ensemble_row else None),
+        failures=tracking.failed_runs(pid), per_class_f1=_per_class_f1(rows),
+        curves=_curves(rows), tunings=tracking.tuning_runs(pid),
+        environment=tracking.load_json(pid, "environment.json") or {},
+        reduction_images={name: fetch(pid, f"reduction/{name}", folder)
+                          for name in REDUCTION_FIGURES},
+        repeats=_repeats(pid), ablation=_ablation(pid, folder))
+
+
+def _per_class_f1(rows) -> dict[str, list[float]]:
+    out = {}
+    for r in rows:
+        rep = tracking.load_json(r["run_id"], "evaluation/classification_report.json")
+        if rep:
+            out[r["pipeline"]] = [rep[c]["f1-score"] for c in CLASS_NAMES]
+    return out
+
+
+def _curves(rows) -> dict[str, dict[str, list[float]]]:
+    curves = {r["pipeline"]: {k: tracking.metric_history(r["run_id"], f"epoch/{k}")
+                              for k in ("val_accuracy", "val_loss")}
+              for r in rows if r.get("kind") == "keras"}
+    return {k: v for k, v in curves.items() if v["val_accuracy"]}
+
+
+def _repeats(pid: str):
+    run = tracking.repeats_run_of(pid)
+    summary = tracking.load_json(run.info.run_id, "repeats/repeats.json") if run else None
+    return (run, summary) if summary else None
+
+
+def _ablation(pid: str, folder: Path):
+    run = tracking.ablation_run_of(pid)
+    if run is None:
+        return None
+    table = tracking.load_json(run.info.run_id, "ablation/ablation.json") or {}
+    images = {key: fetch(run.info.run_id, f"ablation/ablation_{key}.png", folder)
+              for key in ABLATION_FIGURES}
+    return run, table, images

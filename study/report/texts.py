@@ -1,0 +1,102 @@
+"""The report's sentences that depend on the results: the verdict under the leaderboard, the
+published references set against ours, the champion's most confused class pairs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from study.config import CLASS_NAMES
+
+# Published references, side by side with ours (the references section).
+ZALANDO = [  # Xiao et al. 2017, Table 3 / the repository's benchmark: best of each family
+    ("Logistic regression", "linear", 0.842),
+    ("Random forest", "random_forest", 0.873),
+    ("SVC", "svm", 0.897),
+    ("k-NN", "knn", 0.854),
+    ("Gradient boosting", "gradient_boosting", 0.880),
+    ("MLP", "mlp", 0.871),
+]
+
+# (pipeline, published figure, the split it was measured on, its schedule): each is set
+# against our figure on the same split, like with like
+SEED_CNNS = [("cnn_seed1", 0.8902, "test", "10 epochs"), ("cnn_seed2", 0.918, "validation", "20 epochs"),
+             ("cnn_seed3", 0.9178, "test", "50 epochs")]
+
+SMALL_CNN_RANGE = (0.934, 0.939)  # the best small CNNs in Zalando's benchmark table
+
+
+def verdict(rows: list[dict[str, Any]]) -> str:
+    """Two sentences: who wins and by how much it matters; what the cheaper options cost."""
+    champ = rows[0]
+    same = [r["pipeline"] for r in rows[1:] if r.get("indistinguishable")]
+    untested = [r["pipeline"] for r in rows[1:] if r.get("indistinguishable") is None]
+    first = (f"**{champ['pipeline']}** ranks first with test accuracy {champ['test_accuracy']:.4f}"
+             + (f" (95% CI {champ['ci_low']:.4f}-{champ['ci_high']:.4f})"
+                if champ.get("ci_low", float("nan")) == champ.get("ci_low") else "")  # not NaN
+             + ("; no model could be tested against it (test predictions missing)."
+                if untested and len(untested) == len(rows) - 1 else
+                f"; {', '.join(same)} {'is' if len(same) == 1 else 'are'} statistically "
+                "indistinguishable from it (exact McNemar, 5%, Holm-adjusted)." if same else
+                "; every other model is significantly worse (exact McNemar, 5%, "
+                "Holm-adjusted)." if not untested else
+                "; every model tested is significantly worse (exact McNemar, 5%, "
+                f"Holm-adjusted); not tested (predictions missing): {', '.join(untested)}."))
+    classical = [r for r in rows if r.get("kind") == "sklearn" and r["family"] != "baseline"]
+    near = [r for r in rows if r["test_accuracy"] >= champ["test_accuracy"] - 0.01]
+    fastest = min(near, key=lambda r: r["fit_seconds"]) if near else champ
+    second = []
+    if classical and classical[0]["run_id"] != champ["run_id"]:
+        c = classical[0]
+        second.append(f"The best classical model, {c['pipeline']}, reaches {c['test_accuracy']:.4f} "
+                      f"({100 * (champ['test_accuracy'] - c['test_accuracy']):.1f} points behind) "
+                      f"in {c['fit_seconds']:.0f} s of fitting")
+    if fastest["run_id"] != champ["run_id"]:
+        second.append(f"{'the' if second else 'The'} cheapest model within one point of the "
+                      f"champion is {fastest['pipeline']} ({fastest['fit_seconds']:.0f} s to fit "
+                      f"against {champ['fit_seconds']:.0f} s)")
+    if not second:
+        second.append(f"No cheaper model comes within one point of it; it took "
+                      f"{champ['fit_seconds']:.0f} s to fit")
+    return first + " " + "; ".join(second) + "."
+
+
+def references(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Each published figure against our best model of its family, on the same split."""
+    def best(pred) -> dict[str, Any] | None:
+        found = [r for r in rows if pred(r)]
+        return max(found, key=lambda r: r["test_accuracy"]) if found else None
+
+    def line(label, ref, ours, ref_text=None, split="test"):
+        if ours is None:
+            return [label, ref_text or f"{ref:.4f}", "not in this run", "-"]
+        value = ours.get({"test": "test_accuracy", "validation": "val_accuracy"}[split],
+                         float("nan"))
+        if value != value:  # NaN: no figure on that split to set against it
+            return [label, ref_text or f"{ref:.4f}", f"no {split} figure ({ours['pipeline']})", "-"]
+        return [label, ref_text or f"{ref:.4f}",
+                f"{value:.4f}{'' if split == 'test' else ' ' + split} ({ours['pipeline']})",
+                f"{100 * (value - ref):+.1f} points"]
+
+    out = [line(f"Zalando benchmark: {label}", ref, best(lambda r, f=fam: r["family"] == f))
+           for label, fam, ref in ZALANDO]
+    for name, ref, split, schedule in SEED_CNNS:
+        out.append(line(f"Seed report: {name} ({split}, {schedule})", ref,
+                        best(lambda r, n=name: r["pipeline"] == n), split=split))
+    out.append(line("Published small CNNs (Zalando table)", SMALL_CNN_RANGE[0],
+                    best(lambda r: r["family"] == "cnn"),
+                    f"{SMALL_CNN_RANGE[0]:.3f}-{SMALL_CNN_RANGE[1]:.3f}"))
+    out.append(line("Published small CNNs, against our ensemble", SMALL_CNN_RANGE[0],
+                    best(lambda r: r["family"] == "ensemble"),
+                    f"{SMALL_CNN_RANGE[0]:.3f}-{SMALL_CNN_RANGE[1]:.3f}"))
+    return out
+
+
+def confused_pairs(cm: np.ndarray, top: int = 5) -> list[tuple[str, str, int]]:
+    """Class pairs the model mixes up most, both directions counted together."""
+    pairs = []
+    for i in range(len(cm)):
+        for j in range(i + 1, len(cm)):
+            pairs.append((CLASS_NAMES[i], CLASS_NAMES[j], int(cm[i, j] + cm[j, i])))
+    return sorted(pairs, key=lambda p: -p[2])[:top]

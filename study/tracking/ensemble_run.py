@@ -1,0 +1,125 @@
+"""The ensemble's final run: its weights, scores, selection record and the pyfunc model
+over its members' logged models (fetched by MLflow, not rebuilt), checked by loading it
+back and predicting test images again."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from study import config, figures, serving
+from study.ensemble import NAME
+from study.tracking.common import ROLE
+from study.tracking.runs import log_data_inputs, log_evaluation
+
+VERIFY_ROWS = 1000  # test images predicted again through the logged model, as a check
+
+
+def log_ensemble(parent_id, profile, data_digest, members, selection, summary, evaluation,
+                 val_proba, y_val, x_test, started) -> str:
+    """The ensemble's final run, a child of the compare run, spanning the stage's work."""
+    import hashlib
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    digest = hashlib.sha256(json.dumps([summary["weights"], summary["rounds"],
+                                        summary["max_members"]], sort_keys=True).encode())
+    tags = {ROLE: "final", "pipeline": NAME, "family": "ensemble", "reducer": "-",
+            "model": "weighted_ensemble", "kind": "pyfunc", "profile": profile,
+            "data_digest": data_digest, "pipeline_digest": digest.hexdigest()[:10],
+            "code_digest": config.code_digest(),
+            "mlflow.parentRunId": parent_id}
+    if selection.notes:
+        tags["fit_notes"] = "; ".join(selection.notes)
+    run_id = client.create_run(parent.info.experiment_id, start_time=int(started * 1000),
+                               run_name=NAME, tags=tags).info.run_id
+    try:
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            # it chose on validation rows and was scored on the test set
+            log_data_inputs(data_digest, {"validation": len(y_val),
+                                                   "test": len(x_test)})
+            _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test)
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
+
+
+def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test) -> None:
+    """Params, metrics, the selection record, evaluation artifacts and the checked model."""
+    import mlflow
+
+    metrics = lambda key: sum(c.metrics.get(key, 0.0) for c in members)  # noqa: E731
+    mlflow.log_params({
+        "pipeline": NAME, "members": ",".join(selection.weights),
+        **{f"weight.{n}": f"{w:.4f}" for n, w in selection.weights.items()},
+        "rounds": summary["rounds"], "max_members": summary["max_members"],
+        "best_round": selection.best_round, "selected_on": "validation accuracy, log loss",
+        "left_out": "; ".join(summary["left_out"])[:6000] or "-"})
+    mlflow.log_metrics({
+        "val_accuracy": selection.val_accuracy, "val_log_loss": selection.val_log_loss,
+        "test_accuracy": evaluation.accuracy, "test_macro_f1": evaluation.macro_f1,
+        # what the ensemble costs to fit is what its members cost
+        "fit_seconds": metrics("fit_seconds"), "tuning_seconds": metrics("tuning_seconds"),
+        "selection_seconds": summary["selection_seconds"],
+        "n_params": metrics("n_params"), "model_bytes": metrics("model_bytes"),
+        "n_trials": 0, "n_members": len(selection.weights),
+        "best_member_val_accuracy": summary["best_member_val_accuracy"],
+        "best_member_test_accuracy": summary["best_member_test_accuracy"],
+        "val_gain": selection.val_accuracy - summary["best_member_val_accuracy"],
+        "test_gain": evaluation.accuracy - summary["best_member_test_accuracy"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "selection.json").write_text(json.dumps(summary, indent=1))
+        mlflow.log_artifact(str(Path(tmp) / "selection.json"), artifact_path="ensemble")
+    with tempfile.TemporaryDirectory() as tmp:
+        figures.final_model_figures(NAME, evaluation, {}, Path(tmp))
+        log_evaluation(NAME, evaluation, val_proba, Path(tmp))
+    info = log_ensemble_model(selection.weights, {c.name: c.model_uri for c in members})
+    mlflow.set_tag("model_uri", info.model_uri)
+    _verify(info.model_uri, evaluation.proba, x_test)
+
+
+def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str]):
+    """Log the ensemble into the active run (as "model"): a serving.Classifier over the
+    members' native models, fetched from their logged models by MLflow (not rebuilt)."""
+    from mlflow.artifacts import download_artifacts
+
+    keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}
+    with tempfile.TemporaryDirectory() as tmp:
+        natives = {keys[n]: serving.native_model_path(
+            download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / keys[n])))
+            for n, uri in model_uris.items()}
+        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives)
+
+
+def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:
+    """Load the logged ensemble back and predict VERIFY_ROWS test images: they must match the
+    probabilities that were scored (so serving is the model on the leaderboard), and the time
+    taken is the ensemble's prediction cost."""
+    from study import data
+
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(model_uri)  # (loading traces the networks' graph)
+    x = data.as_image(x_test[:VERIFY_ROWS])
+    clock = time.perf_counter()
+    served = serving.probabilities(model.predict(x))
+    seconds = time.perf_counter() - clock
+    scored = test_proba[:len(x)]
+    gap = float(np.abs(served - scored).max())
+    flips = float(np.mean(served.argmax(axis=1) != scored.argmax(axis=1)))
+    mlflow.log_metrics({"predict_seconds": seconds * len(test_proba) / len(x),
+                        "predict_ms_per_1000": 1000.0 * seconds / len(x) * 1000.0,
+                        "served_max_abs_diff": gap})
+    # bf16 networks may differ in the last bits with another batch size; a real mismatch
+    # (wrong member, weights or TTA) moves probabilities by far more than this
+    if gap > 0.02 or flips > 0.002:
+        raise RuntimeError(f"the logged ensemble disagrees with the scored one: probabilities "
+                           f"differ by up to {gap:.2g}, classes on {flips:.1%} of {len(x)} "
+                           "test images")

@@ -1,0 +1,139 @@
+"""Reading what compares logged: final, failed and tuning runs, compare runs, artifacts,
+metric histories and models. Everything the report, the ensemble stage and predict read."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from study import config
+from study.errors import ConfigError, first_line
+from study.tracking.common import ROLE
+
+def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """The final-model children of one compare run, as plain dicts."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=(f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{ROLE} = 'final' "
+                       "and attributes.status = 'FINISHED'"),
+        max_results=1000,
+    )
+    return [
+        {"run_id": r.info.run_id, "status": r.info.status, **r.data.tags, "metrics": r.data.metrics,
+         "params": r.data.params}
+        for r in runs
+    ]
+
+
+def failed_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """Pipelines of one compare that raised (their runs hold traceback.txt)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], max_results=1000, filter_string=(
+        f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{ROLE} = 'failed'"))
+    return [{"run_id": r.info.run_id, "pipeline": r.data.tags.get("pipeline", "?")} for r in runs]
+
+
+def tuning_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """Each pipeline's tuning run of one compare, with its trial runs (number order)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    exp = client.get_experiment_by_name(
+        client.get_experiment(parent.info.experiment_id).name + config.TUNING_SUFFIX)
+    if exp is None:
+        return []
+    out = []
+    for run in client.search_runs([exp.experiment_id], max_results=1000, filter_string=(
+            f"tags.compare_run_id = '{parent_run_id}' and tags.{ROLE} = 'tuning'")):
+        trials = client.search_runs([exp.experiment_id], max_results=5000, filter_string=(
+            f"tags.mlflow.parentRunId = '{run.info.run_id}' and tags.{ROLE} = 'trial'"))
+        out.append({
+            "run_id": run.info.run_id, "pipeline": run.data.tags.get("pipeline", "?"),
+            "metrics": run.data.metrics, "params": run.data.params,
+            "importances": load_json(run.info.run_id, "param_importances.json") or {},
+            "trials": sorted(({"number": int(t.data.tags.get("trial_number", 0)),
+                               "state": t.data.tags.get("trial_state", ""),
+                               "val_accuracy": t.data.metrics.get("val_accuracy"),
+                               "fit_seconds": t.data.metrics.get("fit_seconds"),
+                               "params": t.data.params} for t in trials),
+                             key=lambda t: t["number"]),
+        })
+    return sorted(out, key=lambda r: r["pipeline"])
+
+
+def find_compare_run(run_id: str | None = None):
+    """A compare run by id, or the latest finished one in any experiment."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if run_id and run_id not in ("latest", "-"):
+        try:
+            run = client.get_run(run_id)
+        except Exception:
+            raise ConfigError(f"no MLflow run {run_id!r} in {config.redact(config.tracking_uri())}; "
+                              "pass a compare run id from the leaderboard or 'latest'") from None
+        if run.data.tags.get(ROLE) != "compare":
+            raise ConfigError(f"run {run_id} is not a compare run (role="
+                              f"{run.data.tags.get(ROLE, 'none')}); pass the parent run's id")
+        return run
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"tags.{ROLE} = 'compare' and "
+                              "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise ConfigError(f"no finished compare run in {config.redact(config.tracking_uri())}; run "
+                          "`mlflow run . -e compare` first or set MLFLOW_TRACKING_URI")
+    return runs[0]
+
+
+def download_artifact(run_id: str, path: str, dst: str | Path) -> Path | None:
+    """Download one artifact of a run; None when it does not exist."""
+    import mlflow
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
+                                                        dst_path=str(dst)))
+    except Exception:  # missing artifact: the report leaves that part out and says so
+        return None
+
+
+def load_json(run_id: str, path: str) -> Any:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifact(run_id, path, tmp)
+        return json.loads(local.read_text()) if local else None
+
+
+def load_npy(run_id: str, path: str) -> np.ndarray | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifact(run_id, path, tmp)
+        return np.load(local) if local else None
+
+
+def metric_history(run_id: str, key: str) -> list[float]:
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def load_pyfunc(uri: str, hint: str):
+    """A logged or registered model as a pyfunc; a one-line ConfigError when it cannot load."""
+    import mlflow
+
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # unknown alias, missing run, unreachable store...
+        first = first_line(exc)
+        raise ConfigError(f"cannot load model {uri} ({first[:200]}); {hint}") from None

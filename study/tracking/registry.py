@@ -1,0 +1,89 @@
+"""The model registry: registering a compare's rank-1 model and moving the champion alias
+only on paired evidence from the test set."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from study import config
+from study.errors import RegistryError, first_line
+from study.tracking.queries import load_npy
+
+def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGISTERED_MODEL,
+                      alias: str = config.CHAMPION_ALIAS) -> dict[str, Any]:
+    """Register a compare's rank-1 model as a new version. The alias moves only on evidence:
+    when nothing holds it yet, or when the new model is right significantly more often where
+    the two disagree on the same test images (exact McNemar, 5%). A strict gain of a few
+    images is not enough: over many compares the alias would become the best of many looks at
+    the test set. A registry error raises RegistryError before anything moves."""
+    import mlflow
+
+    from study.leaderboard import ALPHA, mcnemar_exact
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    accuracy = run.data.metrics["test_accuracy"]
+    holder = _alias_holder(client, name, alias)  # before registering: an error changes nothing
+    model_uri = run.data.tags.get("model_uri") or f"runs:/{run_id}/model"
+    tags = {"pipeline": run.data.tags.get("pipeline", ""), "profile": run.data.tags.get("profile", ""),
+            "test_accuracy": f"{accuracy:.6f}", "run_id": run_id}
+    try:
+        version = mlflow.register_model(model_uri, name, tags=tags).version
+    except Exception as exc:
+        raise RegistryError(f"cannot register {model_uri} as {name} ({first_line(exc)[:200]}); "
+                            f"the alias @{alias} was left where it was") from None
+    p_value = None
+    if holder is None:
+        moved, reason = True, "the first champion"
+    else:
+        new = load_npy(run_id, "evaluation/test_predictions.npy")
+        old = load_npy(holder.run_id, "evaluation/test_predictions.npy")
+        if any(p is None or len(p) != len(y_test) for p in (new, old)):
+            moved, reason = False, ("no paired test: the test predictions of version "
+                                    f"{holder.version} or of this model cannot be read")
+        else:
+            old_right, new_right = old == y_test, new == y_test
+            broken = int(np.sum(old_right & ~new_right))
+            fixed = int(np.sum(new_right & ~old_right))
+            p_value = mcnemar_exact(broken, fixed)
+            moved = fixed > broken and p_value < ALPHA
+            reason = (f"against version {holder.version} on the same {len(y_test)} test images: "
+                      f"{fixed} right only here, {broken} right only there, McNemar "
+                      f"p={p_value:.2g} {'<' if p_value < ALPHA else '>='} {ALPHA:g}")
+    if moved:
+        try:
+            client.set_registered_model_alias(name, alias, version)
+        except Exception as exc:
+            raise RegistryError(f"registered {name} version {version} but could not move "
+                                f"@{alias} to it ({first_line(exc)[:200]})") from None
+    return {"name": name, "version": int(version), "alias_moved": moved,
+            "alias_version": int(version) if moved else int(holder.version),
+            "previous_accuracy": (None if holder is None else
+                                  float(holder.tags.get("test_accuracy", "nan"))),
+            "test_accuracy": accuracy, "p_value": p_value, "reason": reason}
+
+
+def _alias_holder(client, name: str, alias: str):
+    """The model version holding the alias; None when the model or its alias does not exist
+    yet. Any other registry error is a RegistryError, never "no holder"."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except Exception as exc:
+        message = str(exc).lower()
+        if isinstance(exc, MlflowException) and exc.error_code == "PERMISSION_DENIED":
+            # MLflow's basic-auth app answers 403 for a model that does not exist yet
+            try:
+                if not client.search_registered_models(f"name = '{name}'"):
+                    return None
+            except Exception:
+                pass
+        if isinstance(exc, MlflowException) and exc.error_code in (
+                "RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE") and (
+                "not found" in message or "does not exist" in message):
+            return None
+        raise RegistryError(f"cannot read the alias @{alias} of {name} ({first_line(exc)[:200]});"
+                            " nothing was registered, the alias was left where it was") from None
