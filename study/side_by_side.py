@@ -34,15 +34,15 @@ _worker: dict[str, Any] = {}  # per pipeline worker process: its job, data and s
 
 def _start_worker(job: Job) -> None:
     """Initializer of a pipeline worker: the same data, splits and stores as its compare."""
+    from study.cli import configure_logging
+
+    configure_logging()  # the level its compare passed in the environment
     tuning.exit_with_parent()
     tracking.configure()
     dataset = data.load(job.data_dir)
     splits = data.make_splits(dataset, job.profile)
     if data.fingerprint(splits) != job.data_digest:  # cannot happen unless the files changed
         raise RuntimeError("the data files changed while the compare was running")
-    from study.cli import configure_logging
-
-    configure_logging()  # the level its compare passed in the environment
     _worker.update(job=job, splits=splits,
                    setup=TuningSetup(job.storage_url, tuning.open_storage(job.storage_url),
                                      job.workers, job.data_dir))
@@ -51,7 +51,8 @@ def _start_worker(job: Job) -> None:
 def _work(name: str, label: str) -> Outcome:
     """One pipeline in a worker process; its final run is a child of the compare run."""
     job, spec = _worker["job"], pipelines.load(name)
-    logger.info(f"=== {label}: {spec.name} ({spec.description or spec.model}) in process {os.getpid()}")
+    logger.info(f"=== {label}: {spec.name} ({spec.description or spec.model}) in process "
+                f"{os.getpid()}")
     return attempt(spec, job.profile, _worker["splits"], job.seed, _worker["setup"],
                    job.parent_run_id, job.data_digest)
 
@@ -104,7 +105,7 @@ def run(todo: list[tuple[str, Any]], job: Job, parallel: int,
             except Exception as exc:  # raised outside the pipeline's own guard (loading it)
                 outcome = failed_outcome(futures[future], exc)
             logger.info(f"--- {done}/{len(futures)} done: {outcome.pipeline}"
-                f"{' FAILED' if outcome.failure else ''}")
+                        f"{' FAILED' if outcome.failure else ''}")
             yield outcome
     except BaseException:  # interrupted: stop the workers now, not after their pipeline
         # the pool's workers are this process's only multiprocessing children meanwhile

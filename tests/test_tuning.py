@@ -86,11 +86,14 @@ def test_a_profile_with_zero_trials_uses_the_fixed_parameters(tiny, tmp_path):
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path, monkeypatch, capsys):
     """One trial raising (as a scikit-learn ValueError would) is a FAIL with its reason; the
-    next trial runs and the pipeline gets its best parameters from the trials that finished."""
+    next trial runs and the pipeline gets its best parameters from the trials that finished.
+    The failure is a warning of the `study` logger, on stderr once the CLI's set-up is in place."""
     import pytest
 
-    from study import training
+    from study import cli, training
     from study.errors import ConfigError
+
+    cli.configure_logging()
 
     spec = pipelines.load("logreg")
     real_fit, calls = training.fit, []

@@ -27,14 +27,13 @@ def _study_for_work(spec: PipelineSpec, budget: Budget, seed: int, storage,
     study = open_study(spec, budget, seed, storage, worker_index)
     stale = fail_stale_trials(study, storage)
     if stale:
-        logger.info(f"[{spec.name}] trials {', '.join(str(n + 1) for n in stale)} were left running "
-             "by a process that is gone: marked FAIL, their budget is run again")
+        logger.info(f"[{spec.name}] trials {', '.join(str(n + 1) for n in stale)} were left "
+                    "running by a process that is gone: marked FAIL, their budget is run again")
     return study
 
 
 def _say_reused(spec: PipelineSpec, budget: Budget, name: str) -> None:
-    logger.info(f"[{spec.name}] study {name} already holds {budget.n_trials} trials; "
-         "reusing it")
+    logger.info(f"[{spec.name}] study {name} already holds {budget.n_trials} trials; reusing it")
 
 
 def tune(spec: PipelineSpec, budget: Budget, splits: Splits, seed: int, storage=None,

@@ -99,7 +99,7 @@ def _after_trial(spec: PipelineSpec, history: list, log_trial: TrialLogger | Non
             entry = trial_entry(frozen)
             history.append(entry)
             logger.warning(f"[{spec.name}] {label(frozen.number)} failed: {entry['error']} "
-                 "(the study goes on)")
+                           "(the study goes on)")
         elif frozen.state.name in FINISHED:
             entry = trial_entry(frozen)
             history.append(entry)
@@ -108,9 +108,9 @@ def _after_trial(spec: PipelineSpec, history: list, log_trial: TrialLogger | Non
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in frozen.params.items())
             notes = frozen.user_attrs.get("notes")
             logger.info(f"[{spec.name}] {label(frozen.number)} {frozen.state.name.lower()} "
-                 f"val_accuracy={_fmt(entry['val_accuracy'])} best={_fmt(best)} {shown} "
-                 f"({frozen.user_attrs.get('seconds', 0.0):.1f}s)"
-                 f"{' [' + '; '.join(notes) + ']' if notes else ''}")
+                        f"val_accuracy={_fmt(entry['val_accuracy'])} best={_fmt(best)} {shown} "
+                        f"({frozen.user_attrs.get('seconds', 0.0):.1f}s)"
+                        f"{' [' + '; '.join(notes) + ']' if notes else ''}")
         else:
             return
         if log_trial is not None:
