@@ -71,7 +71,7 @@ def recorder(splits, rows: list[dict], out_csv: Path, started: list[float],
 
 
 def plot(rows: list[dict], title: str, path: Path) -> None:
-    from study.figures import pyplot
+    from study.figures import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -86,9 +86,7 @@ def plot(rows: list[dict], title: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
 
 
 def main() -> int:
