@@ -72,6 +72,7 @@ def run(profile: config.Profile | str = config.DEFAULT_PROFILE, seed: int = conf
     profile = config.profile(profile)
     tracking.configure()
     splits = data.make_splits(data.load(data_dir), profile)
+    spec = pipelines.load("mlp_seed")
     compare_id = None
     if compare_run_id:
         try:
@@ -88,8 +89,8 @@ def run(profile: config.Profile | str = config.DEFAULT_PROFILE, seed: int = conf
     best_run = None
     try:
         for exp in experiments():
-            found = [_run_setting(exp, i, setting, best, BUDGET[profile.name], splits, seed,
-                                  parent_id)
+            found = [_run_setting(spec, exp, i, setting, best, BUDGET[profile.name], splits,
+                                  seed, parent_id)
                      for i, setting in enumerate(exp.settings, start=1)]
             rows += found
             curves[exp.key] = [(r["setting"], r.pop("history")) for r in found]
@@ -114,13 +115,12 @@ def run(profile: config.Profile | str = config.DEFAULT_PROFILE, seed: int = conf
             "run_id": parent_id, "compare_run_id": compare_id}
 
 
-def _run_setting(exp: Experiment, i: int, setting: dict[str, Any], best: dict[str, Any],
+def _run_setting(spec, exp: Experiment, i: int, setting: dict[str, Any], best: dict[str, Any],
                  budget: dict[str, Any], splits, seed: int, parent_id: str) -> dict[str, Any]:
     """Train one setting from the best so far, score it, log it as a run; its table row
     (with its curves under "history", which the caller takes out)."""
     from study import tracking
 
-    spec = pipelines.load("mlp_seed")
     params = {**BASE, **best_overrides(exp.key, best), **setting, **budget}
     if exp.key != "lr_batch":
         params["batch_size"] = BASE["batch_size"]

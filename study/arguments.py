@@ -8,9 +8,6 @@ import argparse
 from study import config
 from study.errors import ConfigError
 
-LOG_LEVEL_ENV = config.LOG_LEVEL_ENV
-
-
 def _number(text: str) -> float:
     """MLproject passes numbers as text (whole ones as 2.0 too); NaN for anything else,
     infinities included."""
@@ -90,7 +87,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="more detail (-v: debug messages)")
     common.add_argument("-q", "--quiet", action="count", default=0,
                         help=f"only warnings and errors (default: progress too; or set "
-                             f"{LOG_LEVEL_ENV}=WARNING)")
+                             f"{config.LOG_LEVEL_ENV}=WARNING)")
 
     _add_compare(sub, common)
     _add_tune(sub, common)

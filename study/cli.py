@@ -10,9 +10,6 @@ from study import config
 from study.arguments import QUEUED, build_parser, optional
 from study.errors import ConfigError, StudyError
 
-LOG_LEVEL_ENV = config.LOG_LEVEL_ENV
-
-
 class _Stderr(logging.StreamHandler):
     """Writes to sys.stderr as it is when a message comes (tests and callers swap it)."""
 
@@ -32,9 +29,9 @@ def configure_logging(verbosity: int = 0) -> None:
     if verbosity:
         level = "DEBUG" if verbosity > 0 else "WARNING"
     else:
-        level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+        level = os.environ.get(config.LOG_LEVEL_ENV, "INFO").upper()
     if not isinstance(logging.getLevelName(level), int):
-        raise ConfigError(f"{LOG_LEVEL_ENV}={level!r} is not a log level; use DEBUG, INFO, "
+        raise ConfigError(f"{config.LOG_LEVEL_ENV}={level!r} is not a log level; use DEBUG, INFO, "
                           "WARNING or ERROR")
     logger = logging.getLogger("study")
     for handler in [h for h in logger.handlers if isinstance(h, _Stderr)]:

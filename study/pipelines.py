@@ -57,9 +57,8 @@ class PipelineSpec:
         """What this pipeline may spend in `profile`: resolved once per compare, then passed."""
         return self.budgets[config.profile(profile).name]
 
-    def tunes(self, budget: Budget | config.Profile | str) -> bool:
+    def tunes(self, budget: Budget) -> bool:
         """Whether a budget tunes anything (a search space and trials to spend on it)."""
-        budget = budget if isinstance(budget, Budget) else self.budget(budget)
         return bool(self.search) and budget.n_trials > 0
 
 

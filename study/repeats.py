@@ -75,9 +75,10 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
     compare = tracking.find_compare_run(compare_run_id)
     compare_id = compare.info.run_id
     name = compare.data.tags.get("profile") or compare.data.params.get("profile", "quick")
-    if name not in config.PROFILES:
-        raise ConfigError(f"compare {compare_id} has unknown profile {name!r}")
-    profile = config.profile(name)  # the compare's, resolved once from its run
+    try:
+        profile = config.profile(name)  # the compare's, resolved once from its run
+    except ConfigError as exc:
+        raise ConfigError(f"compare {compare_id}: {exc}") from None
     base_seed = int(float(compare.data.params.get("seed", config.SEED)))
     runs = {r["run_id"]: r for r in tracking.final_runs(compare_id)}
     chosen, notes = pick(leaderboard.rank(list(runs.values())), top)

@@ -73,8 +73,8 @@ def test_a_profile_with_zero_trials_uses_the_fixed_parameters(tiny, tmp_path):
     """cnn_modern and mlp_seed are fixed in quick: no study is opened, no trial runs, and the
     final parameters are the YAML's own."""
     spec = pipelines.load("mlp_seed")
-    assert spec.search and spec.budget("quick").n_trials == 0 and not spec.tunes("quick")
-    assert spec.tunes("smoke")
+    assert spec.search and spec.budget("quick").n_trials == 0 and not spec.tunes(spec.budget("quick"))
+    assert spec.tunes(spec.budget("smoke"))
     journal = tmp_path / "o.journal"
     result = tuning.tune(spec, spec.budget("quick"), tiny, seed=5, storage=tuning.open_storage(str(journal)))
     assert result.n_trials == 0 and result.best_params == {} and result.history == []

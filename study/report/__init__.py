@@ -54,7 +54,7 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
         except Exception as exc:  # the models are ranked and reported without it
             ensemble_note = f"ensemble: could not be built ({type(exc).__name__}: {first_line(exc)})"
             logger.warning(ensemble_note)
-    ctx = context.gather(parent, dataset, ensemble_note, out_dir)
+    ctx = context.gather(parent, profile, dataset, ensemble_note, out_dir)
     folder = ctx.folder
     (folder / "leaderboard.csv").write_text(leaderboard.render_csv(ctx.rows))
     (folder / "leaderboard.md").write_text(leaderboard.render_markdown(ctx.rows) + "\n")

@@ -62,10 +62,9 @@ def fetch(run_id: str, artifact: str, folder: Path) -> Path | None:
         return Path(shutil.copy(local, folder / local.name)) if local else None
 
 
-def gather(parent, dataset, ensemble_note: str, out_dir: Path | None) -> Context:
+def gather(parent, profile: str, dataset, ensemble_note: str, out_dir: Path | None) -> Context:
     """Read one compare's results; ranks are written back to the final runs on the way."""
     pid = parent.info.run_id
-    profile = parent.data.tags.get("profile", parent.data.params.get("profile", "?"))
     rows = leaderboard.rank(tracking.final_runs(pid))
     predictions = {r["run_id"]: tracking.load_npy(r["run_id"], "evaluation/test_predictions.npy")
                    for r in rows}

@@ -73,21 +73,15 @@ def fail_stale_trials(study, storage) -> list[int]:
     (RDB storages fail those through Optuna's heartbeat). `storage`: the study's storage."""
     import optuna
 
-    failed = []
+    failed, study_id = [], storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
         if processes.died_here(host, pid):
-            trial_id = _trial_id(study, storage, trial.number)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             storage.set_trial_user_attr(trial_id, "failed_because", "worker died")
             storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
             failed.append(trial.number)
     return failed
-
-
-def _trial_id(study, storage, number: int) -> int:
-    """The storage's id of trial `number` (public storage API; FrozenTrial keeps it private)."""
-    return storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), number)
 
 
 def queue_trials(study, n: int) -> int:
@@ -111,8 +105,10 @@ def pop_queued_trial(study, storage):
     import optuna
 
     waiting = optuna.trial.TrialState.WAITING
+    study_id = storage.get_study_id_from_name(study.study_name)
     for trial in study.get_trials(deepcopy=False, states=(waiting,)):
-        trial_id = _trial_id(study, storage, trial.number)
+        # the storage's id of the trial, by public calls (FrozenTrial keeps it private)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
         try:
             if storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING):
                 return optuna.trial.Trial(study, trial_id)
