@@ -70,8 +70,7 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
     params = tuning.final_params(spec, budget, tuned.best_params)
     logger.info(f"[{spec.name}] final fit on {len(splits.y_train)} rows with "
                 f"{tuned.best_params or 'fixed parameters'}")
-    fit, val_proba = training.final_fit(spec, params, splits, seed,
-                                        progress=f"[{spec.name}] final")
+    fit, val_proba = final_fit(spec, params, splits, seed, parent_run_id)
     val_accuracy = training.accuracy(val_proba, splits.y_val)
     start = time.perf_counter()
     proba = fit.predict_proba(splits.x_test)  # the one and only look at the test set
@@ -92,6 +91,25 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
                 f"test_macro_f1={evaluation.macro_f1:.4f} val_accuracy={val_accuracy:.4f} "
                 f"fit={fit.fit_seconds:.1f}s{' [' + '; '.join(fit.notes) + ']' if fit.notes else ''}")
     return run_id
+
+
+def final_fit(spec, params: dict[str, Any], splits: data.Splits, seed: int,
+              parent_run_id: str):
+    """training.final_fit; a specialist is folded into its generalist's network as this
+    compare logged it (the generalist ran first: pipelines.resolve orders them)."""
+    progress = f"[{spec.name}] final"
+    if not spec.generalist:
+        return training.final_fit(spec, params, splits, seed, progress=progress)
+    from study import specialists
+
+    general = tracking.final_run_of(parent_run_id, spec.generalist)
+    if general is None:
+        raise ConfigError(f"{spec.name} folds into {spec.generalist}, which has no final model "
+                          "in this compare (it failed?); rerun the compare to retry both")
+    fit, val_proba = specialists.final_fit(spec, params, splits, seed,
+                                           tracking.load_network(general["run_id"]), progress)
+    fit.info["generalist_run_id"] = general["run_id"]
+    return fit, val_proba
 
 
 @dataclass
@@ -257,8 +275,7 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
 
             job = side_by_side.Job(profile, seed, data_dir, storage_url, workers, parent_id,
                                    data_digest)
-            runner = side_by_side.run(todo, job, parallel, [s.name for s in specs
-                                                            if s.reducer != "none"])
+            runner = _side_by_side(todo, specs, job, parallel)
         else:
             runner = _one_at_a_time(todo, specs, profile, splits, seed, setup, parent_id,
                                     data_digest)
@@ -297,6 +314,20 @@ def _not_reused(specs, parent_id: str, profile: config.Profile, seed: int,
         else:
             todo.append((label, spec))
     return todo
+
+
+def _side_by_side(todo, specs, job, parallel: int) -> Iterator[Outcome]:
+    """The pipelines `parallel` at a time in worker processes; specialists in a second wave,
+    once the generalists they fold into have logged their models."""
+    from study import side_by_side
+
+    first = [(label, spec) for label, spec in todo if not spec.generalist]
+    reduced = [s.name for s in specs if s.reducer != "none"]
+    if first or reduced:
+        yield from side_by_side.run(first, job, parallel, reduced)
+    later = [(label, spec) for label, spec in todo if spec.generalist]
+    if later:
+        yield from side_by_side.run(later, job, parallel, [])
 
 
 def _one_at_a_time(todo, specs, profile: config.Profile, splits: data.Splits, seed: int,

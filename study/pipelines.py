@@ -52,6 +52,8 @@ class PipelineSpec:
     path: Path
     digest: str  # hash of the definition: a changed YAML starts a fresh Optuna study
     tta: str = "none"  # "mirror": try mirror test-time augmentation, keep it where it pays
+    generalist: str | None = None  # a specialist's: the pipeline whose model it folds into
+    classes: tuple[int, ...] = ()  # a specialist's group of classes, in its outputs' order
 
     def budget(self, profile: config.Profile | str) -> Budget:
         """What this pipeline may spend in `profile`: resolved once per compare, then passed."""
@@ -135,7 +137,10 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
     if tta != "none" and get_builder(raw["model"]).kind != "keras":
         raise ConfigError(f"{path}: tta: {tta} needs an image model (a Keras builder), "
                           f"not {raw['model']}; remove the tta key")
+    generalist, classes = _check_specialist(path, raw, pipelines_dir)
     canonical = json.dumps(raw, sort_keys=True, default=str)
+    if generalist:  # a retrained generalist makes its specialists' models stale too
+        canonical += load(generalist, pipelines_dir).digest
     return PipelineSpec(
         name=name,
         family=str(raw["family"]),
@@ -149,7 +154,42 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         path=path,
         digest=hashlib.sha256(canonical.encode()).hexdigest()[:10],
         tta=tta,
+        generalist=generalist,
+        classes=classes,
     )
+
+
+def _check_specialist(path: Path, raw: dict, pipelines_dir: Path | None
+                      ) -> tuple[str | None, tuple[int, ...]]:
+    """A `specialist:` section: {generalist: <pipeline>, classes: [2-9 distinct labels]}."""
+    from study.models import get_builder
+
+    section = raw.get("specialist")
+    if section is None:
+        return None, ()
+    if not isinstance(section, dict) or set(section) != {"generalist", "classes"}:
+        raise ConfigError(f"{path}: specialist must be a mapping with generalist (a pipeline) "
+                          "and classes (a list of class numbers 0-9)")
+    generalist, classes = section["generalist"], section["classes"]
+    if generalist not in available(pipelines_dir) or generalist == path.stem:
+        raise ConfigError(f"{path}: specialist.generalist {generalist!r} is not another "
+                          f"pipeline; valid: {', '.join(available(pipelines_dir))}")
+    if not (isinstance(classes, list) and 2 <= len(classes) < config.N_CLASSES
+            and len(set(classes)) == len(classes)
+            and all(isinstance(c, int) and 0 <= c < config.N_CLASSES for c in classes)):
+        raise ConfigError(f"{path}: specialist.classes must list 2-9 distinct class numbers "
+                          f"0-9, got {classes!r}")
+    if get_builder(raw["model"]).kind != "keras":
+        raise ConfigError(f"{path}: a specialist needs an image model (a Keras builder), "
+                          f"not {raw['model']}")
+    if raw.get("search"):
+        raise ConfigError(f"{path}: a specialist takes its generalist's recipe as fixed "
+                          "parameters; remove its search space")
+    general = load(generalist, pipelines_dir)
+    if general.generalist or get_builder(general.model).kind != "keras":
+        raise ConfigError(f"{path}: specialist.generalist {generalist!r} must be an image "
+                          "model that is not a specialist itself")
+    return generalist, tuple(classes)
 
 
 def resolve(names: str | list[str] | None,
@@ -166,4 +206,11 @@ def resolve(names: str | list[str] | None,
     if unknown:
         raise ConfigError(f"unknown pipeline(s) {', '.join(unknown)}; "
                           f"valid: {', '.join(available(pipelines_dir))}")
-    return [load(n, pipelines_dir) for n in dict.fromkeys(wanted)]
+    specs = [load(n, pipelines_dir) for n in dict.fromkeys(wanted)]
+    chosen = {spec.name for spec in specs}
+    for spec in specs:
+        if spec.generalist and spec.generalist not in chosen:
+            raise ConfigError(f"pipeline {spec.name} is a specialist folded into "
+                              f"{spec.generalist}: select {spec.generalist} too")
+    # specialists after the generalists they fold into (a stable sort keeps the rest in order)
+    return sorted(specs, key=lambda spec: spec.generalist is not None)

@@ -36,7 +36,8 @@ def _SmoothedSparseCE(label_smoothing: float):
             self.label_smoothing = label_smoothing
 
         def call(self, y_true, y_pred):
-            y_true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), 10)
+            y_true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"),
+                                 ops.shape(y_pred)[-1])
             return keras.losses.categorical_crossentropy(
                 y_true, y_pred, label_smoothing=self.label_smoothing)
 
@@ -46,8 +47,8 @@ def _SmoothedSparseCE(label_smoothing: float):
     return SmoothedSparseCE(label_smoothing)
 
 
-def _output(layers):
-    return layers.Dense(10, activation="softmax", dtype="float32", name="probabilities")
+def _output(layers, classes: int = 10):
+    return layers.Dense(classes, activation="softmax", dtype="float32", name="probabilities")
 
 
 def _seed_network(name: str, layout: str, learning_rate: float, precision: str):
@@ -129,7 +130,7 @@ def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum
                weight_decay: float = 5e-4, label_smoothing: float = 0.0,
                bn_momentum: float = 0.6, warmup_epochs: float = 1.0, augment: bool = True,
                shift: int = 2, erase: float = 0.0, steps_per_epoch: int = 188,
-               epochs: int = 12, precision: str = "float32"):
+               epochs: int = 12, precision: str = "float32", classes: int = 10):
     """A small network trained the way the fastest published recipes train (Keller Jordan's
     airbench for CIFAR-10), sized for two CPU cores. Four stages of conv -> max-pool -> BN ->
     GELU -> conv -> BN -> GELU (28 -> 14 -> 7 -> 4 -> 2 pixels), global max pooling and one
@@ -142,6 +143,7 @@ def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum
     averaging (EMA) is a fit setting (`ema` in the YAML), applied by the trainer.
 
     `steps_per_epoch` and `epochs` size the schedule; the trainer passes the real ones.
+    `classes`: outputs (a specialist has one per class of its group).
     """
     import keras
     from keras import layers
@@ -171,7 +173,9 @@ def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum
         # conv, then pool, then normalise and activate (cheaper: BN on a quarter of the pixels)
         stack += [first[0], layers.MaxPooling2D(2, padding="same", dtype=p), *first[1:],
                   *conv(width)]
-    stack += [layers.GlobalMaxPooling2D(dtype=p), _output(layers)]
+    if not 2 <= classes <= 10:
+        raise ValueError(f"classes must be 2-10 outputs, got {classes}")
+    stack += [layers.GlobalMaxPooling2D(dtype=p), _output(layers, classes)]
     model = keras.Sequential(stack, name="cnn_modern")
     total = max(1, steps_per_epoch * epochs)
     warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch)))
@@ -205,3 +209,42 @@ def with_mirror(model):
     outputs = layers.Average(dtype="float32", name="probabilities")([model(inputs),
                                                                      model(mirrored)])
     return keras.Model(inputs, outputs, name=f"{model.name}_mirror_tta")
+
+
+def fold_specialist(generalist, specialist, group: list[int] | tuple[int, ...]):
+    """A generalist with a specialist for `group` folded in (Hinton et al.'s specialists):
+    p(c) = p_generalist(group) * p_specialist(c | group) for c in the group, the generalist's
+    p(c) elsewhere. `specialist` has one output per class of `group`, in that order. Made of
+    frozen 0/1 Dense layers (exact in float32), so the saved model is plain Keras, like the
+    mirror TTA: it loads anywhere without study's code."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    n, k = (int(m.outputs[0].shape[-1]) for m in (generalist, specialist))
+    group = [int(c) for c in group]
+    if k != len(group) or len(set(group)) != k or not all(0 <= c < n for c in group):
+        raise ValueError(f"a specialist with {k} outputs cannot share out classes {group} "
+                         f"of {n}")
+    inside = np.zeros((n, n), dtype="float32")  # each group column receives the group's mass
+    inside[np.ix_(group, group)] = 1.0
+    outside = np.diag([0.0 if c in group else 1.0 for c in range(n)]).astype("float32")
+    scatter = np.zeros((k, n), dtype="float32")  # within-group probabilities to their columns
+    scatter[np.arange(k), group] = 1.0
+
+    def frozen(kernel, name):
+        return layers.Dense(kernel.shape[1], use_bias=False, trainable=False, name=name,
+                            kernel_initializer=keras.initializers.Constant(kernel),
+                            dtype="float32")
+
+    def renamed(model, name):  # two nested models may not share a name
+        return keras.Model(model.inputs[0], model.outputs[0], name=name)
+
+    inputs = keras.Input(shape=generalist.input_shape[1:], name="images")
+    general = renamed(generalist, "generalist")(inputs)
+    within = frozen(scatter, "within_group")(renamed(specialist, "specialist")(inputs))
+    shared = layers.Multiply(dtype="float32", name="group_shared_out")(
+        [frozen(inside, "group_mass")(general), within])
+    outputs = layers.Add(dtype="float32", name="probabilities")(
+        [frozen(outside, "other_classes")(general), shared])
+    return keras.Model(inputs, outputs, name="generalist_with_specialist")

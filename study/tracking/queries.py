@@ -137,3 +137,23 @@ def load_pyfunc(uri: str, hint: str):
     except Exception as exc:  # unknown alias, missing run, unreachable store...
         first = first_line(exc)
         raise ConfigError(f"cannot load model {uri} ({first[:200]}); {hint}") from None
+
+
+def final_run_of(parent_run_id: str, pipeline: str) -> dict[str, Any] | None:
+    """One pipeline's final run in a compare, or None."""
+    return next((r for r in final_runs(parent_run_id) if r.get("pipeline") == pipeline), None)
+
+
+def load_network(run_id: str):
+    """The Keras network inside a final run's logged model (mirror TTA included, where it
+    was kept), loaded from MLflow as it was logged, not retrained."""
+    from mlflow import keras as mlflow_keras
+
+    from study import serving
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifact(run_id, "model", tmp)
+        if local is None:
+            raise ConfigError(f"run {run_id} has no logged model; rerun its pipeline")
+        native = serving.native_model_path(local)
+        return mlflow_keras.load_model(native)
