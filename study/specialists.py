@@ -42,6 +42,8 @@ def final_fit(spec: PipelineSpec, params: dict[str, Any], splits, seed: int, gen
                        y_train, splits.x_val[val], y_val, seed, progress=progress, cache=False)
     if spec.tta == "mirror":  # decided on the group's rows, where the specialist answers
         training.choose_mirror_tta(fit, splits.x_val[val], y_val)
+        for key in ("val_accuracy_plain", "val_accuracy_mirror"):  # figures within the group
+            fit.info[f"within_group_{key}"] = fit.info.pop(key)
     within = training.accuracy(fit.predict_proba(splits.x_val[val]), y_val)
     fit.model = fold_specialist(generalist, fit.model, spec.classes)
     val_proba = fit.predict_proba(splits.x_val)
@@ -49,5 +51,5 @@ def final_fit(spec: PipelineSpec, params: dict[str, Any], splits, seed: int, gen
     fit.notes.append(f"specialist for {names} ({len(y_train)} training rows; validation "
                      f"{within:.4f} within the group), folded into {spec.generalist}")
     fit.info.update(generalist=spec.generalist, specialist_classes=",".join(map(str, spec.classes)),
-                    val_accuracy_within_group=within)
+                    within_group_val_accuracy=within)
     return fit, val_proba
