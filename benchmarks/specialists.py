@@ -1,4 +1,8 @@
-"""Issue 14's most promising idea so far: specialists for the confusable upper-body classes.
+"""Issue 14's specialists for the confusable upper-body classes, measured offline.
+
+The compare now trains them itself (pipelines/cnn_upper.yaml, cnn_upper_b.yaml, study/
+specialists.py; four outputs instead of this script's ten with the group's kept); this script
+remains to try other settings against a stored compare without rerunning it.
 
 A specialist is cnn_modern's recipe trained on T-shirt/top, Pullover, Coat and Shirt only
 (19,200 of the 48,000 training images, so an epoch costs 40% of cnn_modern's); its class

@@ -44,6 +44,20 @@ def _positive(what: str, auto: bool = False):
     return parse
 
 
+def _minutes(text: str) -> float | None:
+    """A time budget in minutes (a positive number), or none/-/empty for no budget."""
+    if text.strip().lower() in ("none", "-", ""):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"budget_minutes must be a positive number of minutes (or none), got {text!r}")
+    return value
+
+
 def _profile(text: str) -> config.Profile:
     """The profile, resolved here once; the layers below get the Profile, not its name."""
     try:
@@ -118,6 +132,10 @@ def _add_compare(sub, common) -> None:
     cmp.add_argument("--parallel", type=_positive("parallel"), default=1,
                      help="pipelines run side by side in worker processes, each with its share "
                           "of the cores (default 1; 2 pays off for single-threaded models)")
+    cmp.add_argument("--budget-minutes", type=_minutes, default=None,
+                     help="end the whole compare, data to report, within this many minutes "
+                          "(+5%%): pipelines share what is left, those that cannot fit are "
+                          "skipped (default none: the profile's budgets as they are)")
 
 
 def _add_tune(sub, common) -> None:

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
             for name in pipelines.available():
                 spec = pipelines.load(name)
-                print(f"{name:14s} {spec.family:12s} reducer={spec.reducer:5s} {spec.description}")
+                print(f"{name:14s} {spec.family:12s} reducer={spec.reducer:5s} {spec.description}"
+                      + (" [optional: not in 'all']" if spec.optional else ""))
             return 0
         if args.command == "report":
             return _report(args)
@@ -91,12 +92,16 @@ def _compare(args) -> int:
     from study import compare, leaderboard, tracking
 
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
-                             args.workers, args.parallel)
+                             args.workers, args.parallel, args.budget_minutes)
     print()
     print(f"Leaderboard (compare run {result.run_id}, {args.profile.name} profile, "
           f"{result.seconds / 60:.1f} min)")
     print(leaderboard.render_text(result.rows))
     print()
+    if result.skipped:
+        print(f"{len(result.skipped)} pipeline(s) skipped (the time budget):")
+        for name, reason in result.skipped.items():
+            print(f"  {name}: skipped: {reason}")
     if result.failures:
         print(f"\n{len(result.failures)} pipeline(s) failed (traceback.txt in their runs):")
         for name, reason in result.failures.items():

@@ -27,6 +27,7 @@ class CompareResult:
     failures: dict[str, str] = field(default_factory=dict)  # pipeline -> one-line reason
     report: Any = None  # the report folder
     registry: dict[str, Any] = field(default_factory=dict)  # champion version, alias moved
+    skipped: dict[str, str] = field(default_factory=dict)  # pipeline -> why a time budget did
 
 
 @dataclass
@@ -60,18 +61,26 @@ def tune_pipeline(spec, budget, splits: data.Splits, seed: int, setup: TuningSet
 
 
 def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
-                 setup: TuningSetup, parent_run_id: str, data_digest: str) -> str:
-    """Tune one pipeline, fit its final model, score it on the test set once, log it."""
+                 setup: TuningSetup, parent_run_id: str, data_digest: str,
+                 budget=None) -> str:
+    """Tune one pipeline, fit its final model, score it on the test set once, log it.
+    `budget`: the profile's Budget cut to a time budget's allowance (timebudget.allot)."""
     from study.evaluation import evaluate
+    from study.evaluation import limited_by as evaluation_limits
 
     started = time.time()
-    budget = spec.budget(profile)
+    budgeted = budget is not None and budget != spec.budget(profile)  # a time budget cut it
+    budget = budget or spec.budget(profile)
     tuned = tune_pipeline(spec, budget, splits, seed, setup, parent_run_id)
     params = tuning.final_params(spec, budget, tuned.best_params)
     logger.info(f"[{spec.name}] final fit on {len(splits.y_train)} rows with "
                 f"{tuned.best_params or 'fixed parameters'}")
-    fit, val_proba = final_fit(spec, params, splits, seed, parent_run_id)
+    fit, val_proba = final_fit(spec, params, splits, seed, parent_run_id,
+                               progress=f"[{spec.name}] final")
     val_accuracy = training.accuracy(val_proba, splits.y_val)
+    limits = evaluation_limits(spec, budget, tuned, fit, params)
+    fit.info["limited_by"] = (("time budget" if limits == "-" else f"{limits} (time budget)")
+                              if budgeted else limits)
     start = time.perf_counter()
     proba = fit.predict_proba(splits.x_test)  # the one and only look at the test set
     predict_seconds = time.perf_counter() - start
@@ -94,10 +103,10 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
 
 
 def final_fit(spec, params: dict[str, Any], splits: data.Splits, seed: int,
-              parent_run_id: str):
-    """training.final_fit; a specialist is folded into its generalist's network as this
-    compare logged it (the generalist ran first: pipelines.resolve orders them)."""
-    progress = f"[{spec.name}] final"
+              parent_run_id: str, progress: str | None = None):
+    """training.final_fit; a specialist is folded into its generalist's network as the
+    compare `parent_run_id` logged it (the generalist ran first: pipelines.resolve orders
+    them)."""
     if not spec.generalist:
         return training.final_fit(spec, params, splits, seed, progress=progress)
     from study import specialists
@@ -106,6 +115,7 @@ def final_fit(spec, params: dict[str, Any], splits: data.Splits, seed: int,
     if general is None:
         raise ConfigError(f"{spec.name} folds into {spec.generalist}, which has no final model "
                           "in this compare (it failed?); rerun the compare to retry both")
+    training.configure_tensorflow(seed)  # its threads are set before loading starts TF
     fit, val_proba = specialists.final_fit(spec, params, splits, seed,
                                            tracking.load_network(general["run_id"]), progress)
     fit.info["generalist_run_id"] = general["run_id"]
@@ -114,20 +124,23 @@ def final_fit(spec, params: dict[str, Any], splits: data.Splits, seed: int,
 
 @dataclass
 class Outcome:
-    """What became of one pipeline: its final run, or the one-line reason it failed."""
+    """What became of one pipeline: its final run, the one-line reason it failed, or why a
+    time budget skipped it."""
 
     pipeline: str
     run_id: str | None = None
     failure: str | None = None
     trace: str = ""
+    skipped: str = ""
 
 
 def attempt(spec, profile: config.Profile, splits: data.Splits, seed: int, setup: TuningSetup,
-            parent_run_id: str, data_digest: str) -> Outcome:
+            parent_run_id: str, data_digest: str, budget=None) -> Outcome:
     """run_pipeline, with a failure caught: one broken pipeline must not cost the others."""
     started = time.perf_counter()
     try:
-        run_id = run_pipeline(spec, profile, splits, seed, setup, parent_run_id, data_digest)
+        run_id = run_pipeline(spec, profile, splits, seed, setup, parent_run_id, data_digest,
+                              budget)
     except Exception as exc:
         return failed_outcome(spec.name, exc)
     tracking.log_metric(run_id, "pipeline_seconds", time.perf_counter() - started)
@@ -238,21 +251,30 @@ def open_stores(storage_url: str):
 def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
             pipeline_names: str | None = "all", seed: int = config.SEED,
             data_dir: str | None = None, storage: str | None = None, workers: int = 1,
-            parallel: int = 1) -> CompareResult:
+            parallel: int = 1, budget_minutes: float | None = None) -> CompareResult:
     """Run every selected pipeline and return the ranked leaderboard of this invocation.
 
     Rerunning after an interruption resumes: studies continue from their stored trials and
-    finished pipelines of the interrupted compare are reused, not retrained."""
+    finished pipelines of the interrupted compare are reused, not retrained. With
+    `budget_minutes`, everything from loading the data to the report ends within that time
+    (timebudget, budget_run)."""
     profile = config.profile(profile)
     if workers < 1:
         raise ConfigError(f"workers must be a whole number >= 1, got {workers}")
     if parallel < 1:
         raise ConfigError(f"parallel must be a whole number >= 1, got {parallel}")
+    clock = None
+    if budget_minutes is not None:  # started now: the budget covers loading the data
+        from study import budget_run
+
+        clock = budget_run.start_clock(budget_minutes, parallel)
     specs = pipelines.resolve(pipeline_names)  # validate everything before any work starts
     start = time.perf_counter()
     dataset = data.load(data_dir)  # bad data stops us before any store is touched
     splits = data.make_splits(dataset, profile)
     data_seconds = time.perf_counter() - start
+    if clock:
+        budget_run.check_room(clock, data_seconds)
     storage_url = resolve_storage(storage)
     setup = TuningSetup(storage_url, open_stores(storage_url), workers, data_dir)
     tracking.check_can_write()  # a READ-only user stops here, before any run or trial
@@ -270,28 +292,50 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
         tracking.log_data_inputs(data_digest, splits.rows())
         todo = _not_reused(specs, parent_id, profile, seed, data_digest)
         started = time.perf_counter()
-        if parallel > 1 and todo:
-            from study import side_by_side
-
-            job = side_by_side.Job(profile, seed, data_dir, storage_url, workers, parent_id,
-                                   data_digest)
-            runner = _side_by_side(todo, specs, job, parallel)
-        else:
-            runner = _one_at_a_time(todo, specs, profile, splits, seed, setup, parent_id,
-                                    data_digest)
+        runner = _runner(todo, specs, profile, splits, seed, setup, parent_id, data_digest,
+                         parallel, clock)
         outcomes = list(_record(runner, specs, profile.name))
         tracking.log_metrics({"pipelines_seconds": time.perf_counter() - started})
         outcomes += _record([build_ensemble(parent_id, profile, splits, data_digest)], specs,
                             profile.name)
-        failures = {o.pipeline: o.failure for o in outcomes if o.failure}
+        failures = _listed(outcomes, "failure", "failures.txt")
+        skipped = _listed(outcomes, "skipped", "skipped.txt")
         tracking.log_metrics({"compare_seconds": time.perf_counter() - start})
-        if failures:
-            tracking.log_text("".join(f"{k}: {v}\n" for k, v in failures.items()), "failures.txt")
     # The parent run is closed (FINISHED) before the report reads it back from MLflow.
     result = CompareResult(parent_id, leaderboard.rank(tracking.final_runs(parent_id)),
-                           time.perf_counter() - start, failures)
+                           time.perf_counter() - start, failures, skipped=skipped)
     _rank_register_report(result, splits.y_test, data_dir)
+    result.seconds = time.perf_counter() - start  # data to written report: what a budget holds
+    tracking.log_metrics({"total_seconds": result.seconds}, run_id=parent_id)
     return result
+
+
+def _runner(todo, specs, profile: config.Profile, splits: data.Splits, seed: int,
+            setup: TuningSetup, parent_id: str, data_digest: str, parallel: int,
+            clock) -> Iterator[Outcome]:
+    """The pipelines' outcomes as they finish: under a time budget, side by side, or one at
+    a time."""
+    if clock:
+        from study import budget_run
+
+        return budget_run.pipelines_within(clock, todo, specs, profile, splits, seed, setup,
+                                           parent_id, data_digest)
+    if parallel > 1 and todo:
+        from study import side_by_side
+
+        job = side_by_side.Job(profile, seed, setup.data_dir, setup.storage_url, setup.workers,
+                               parent_id, data_digest)
+        return side_by_side.in_waves(todo, specs, job, parallel)
+    return _one_at_a_time(todo, specs, profile, splits, seed, setup, parent_id, data_digest)
+
+
+def _listed(outcomes: list[Outcome], what: str, artifact: str) -> dict[str, str]:
+    """{pipeline: reason} of the outcomes that failed (or were skipped), also logged as a
+    text artifact of the compare run."""
+    listed = {o.pipeline: getattr(o, what) for o in outcomes if getattr(o, what)}
+    if listed:
+        tracking.log_text("".join(f"{k}: {v}\n" for k, v in listed.items()), artifact)
+    return listed
 
 
 def _not_reused(specs, parent_id: str, profile: config.Profile, seed: int,
@@ -314,20 +358,6 @@ def _not_reused(specs, parent_id: str, profile: config.Profile, seed: int,
         else:
             todo.append((label, spec))
     return todo
-
-
-def _side_by_side(todo, specs, job, parallel: int) -> Iterator[Outcome]:
-    """The pipelines `parallel` at a time in worker processes; specialists in a second wave,
-    once the generalists they fold into have logged their models."""
-    from study import side_by_side
-
-    first = [(label, spec) for label, spec in todo if not spec.generalist]
-    reduced = [s.name for s in specs if s.reducer != "none"]
-    if first or reduced:
-        yield from side_by_side.run(first, job, parallel, reduced)
-    later = [(label, spec) for label, spec in todo if spec.generalist]
-    if later:
-        yield from side_by_side.run(later, job, parallel, [])
 
 
 def _one_at_a_time(todo, specs, profile: config.Profile, splits: data.Splits, seed: int,

@@ -36,3 +36,20 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
         predictions=pred,
         proba=proba,
     )
+
+
+def limited_by(spec, budget, tuned, fit, params: dict) -> str:
+    """What bounded a final model, for the leaderboard: its trials (or the tuning timeout),
+    its epochs (or early stopping, or a time cap), an iteration cap that stopped a fit."""
+    parts = []
+    if spec.tunes(budget):
+        parts.append(f"{tuned.n_trials}/{budget.n_trials} trials" +
+                     (" (tuning timeout)" if tuned.n_trials < budget.n_trials else ""))
+    ran, epochs = len(fit.history.get("loss", [])), params.get("epochs")
+    if ran and epochs:
+        capped = any(note.startswith("time limit") for note in fit.notes)
+        why = " (time cap)" if capped else " (early stopping)" if ran < int(epochs) else ""
+        parts.append(f"{ran}/{int(epochs)} epochs{why}")
+    if any("converge" in note for note in fit.notes):
+        parts.append("iteration cap (not converged)")
+    return "; ".join(parts) or "-"

@@ -104,27 +104,113 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+COMPETITIVE_SPAN = 0.15  # accuracy below the best shown; lower models sit on the bottom edge
+
+
 def fig_cost(rows, key: str, label: str, path: Path) -> Path:
+    """Test accuracy against a cost, zoomed to the competitive range: models more than
+    COMPETITIVE_SPAN below the best (the baseline at 0.10) are marked on the bottom edge with
+    their accuracy, and labels are moved apart so none collide."""
     plt = pyplot()
-    pts = [(r[key], r["test_accuracy"]) for r in rows if r[key] > 0]
     named = [r for r in rows if r[key] > 0]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    pts = [(r[key], r["test_accuracy"]) for r in named]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    if not named:
+        return save(fig, path, dpi=80)
+    accs = [a for _, a in pts]
+    floor = max(min(accs) - 0.01, max(accs) - COMPETITIVE_SPAN)
+    top = max(accs) + 0.12 * (max(accs) - floor)
     families = sorted({r["family"] for r in named})
     cmap = plt.get_cmap("tab10")
-    for r in named:
-        ax.scatter(r[key], r["test_accuracy"], s=40, color=cmap(families.index(r["family"]) % 10),
-                   zorder=3)
-        ax.annotate(r["pipeline"], (r[key], r["test_accuracy"]), fontsize=8,
-                    xytext=(4, 3), textcoords="offset points")
-    front = [pts[i] for i in pareto_front(pts)]
+    shown = []
+    for r, (x, acc) in zip(named, pts):
+        below = acc < floor
+        y = floor + 0.004 * (top - floor) if below else acc
+        ax.scatter(x, y, s=55 if below else 40, marker="v" if below else "o", zorder=3,
+                   color=cmap(families.index(r["family"]) % 10), clip_on=False)
+        shown.append((x, y, f"{r['pipeline']} ({acc:.3f}, off the scale)" if below
+                      else r["pipeline"]))
+    front = [pts[i] for i in pareto_front(pts) if pts[i][1] >= floor]
     if front:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="crimson",
                 lw=1.5, label="Pareto frontier", zorder=2)
         ax.legend(loc="lower right")
     ax.set_xscale("log")
+    xs = [x for x, _ in pts]
+    ax.set_xlim(min(xs) / 1.5, max(xs) * 3.0)  # room on the right for the last labels
+    ax.set_ylim(floor, top)
+    _place_labels(ax, shown)
     ax.set_xlabel(f"{label} (log scale)")
-    ax.set_ylabel("test accuracy")
+    ax.set_ylabel("test accuracy (zoomed: the competitive range)")
     ax.grid(alpha=0.3, which="both")
+    return save(fig, path, dpi=80)
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]]) -> None:
+    """Annotate each point, moving a label up (in axes units) until it overlaps no label
+    placed before it; a moved label gets a thin line back to its point."""
+    import math
+
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    to_axes = lambda x, y: ((math.log10(x) - math.log10(x0)) /  # noqa: E731
+                            (math.log10(x1) - math.log10(x0)), (y - y0) / (y1 - y0))
+    height, char = 0.045, 0.0105  # one 8-point line and one character, in axes fractions
+    placed: list[tuple[float, float, float]] = []  # left, bottom, width
+    for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
+        ax_x, ax_y = to_axes(x, y)
+        left, bottom, width = ax_x + 0.008, ax_y + 0.008, char * len(text)
+        while any(abs(bottom - b) < height and left < l + w and l < left + width
+                  for l, b, w in placed):
+            bottom += height / 3
+        placed.append((left, bottom, width))
+        moved = bottom - (ax_y + 0.008) > height / 2
+        ax.annotate(text, (x, y), xytext=(left, bottom), textcoords="axes fraction",
+                    fontsize=8, va="bottom", annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None)
+
+
+def fig_minutes(timeline: list[tuple[str, float, float]], budgets: list[dict[str, float]],
+                path: Path) -> Path:
+    """What each minute buys: each model's test accuracy against the minute of the compare at
+    which it was done, with the best so far as a step (left); and, from the compares run
+    with a time budget in this store (benchmarks/budget.py), the champion's test accuracy
+    against the budget (right)."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    shown = [(n, m, a) for n, m, a in timeline if a >= 0.5]  # the competitive range
+    if shown:
+        best, steps = 0.0, []
+        for name, minute, acc in shown:
+            best = max(best, acc)
+            steps.append((minute, best))
+        left.step([m for m, _ in steps], [b for _, b in steps], where="post", color="crimson",
+                  lw=1.5, label="best model so far")
+        left.scatter([m for _, m, _ in shown], [a for _, _, a in shown], s=25, zorder=3)
+        for name, minute, acc in shown[-6:]:  # the last ones are the strongest, mostly
+            left.annotate(name, (minute, acc), fontsize=7, xytext=(3, -9),
+                          textcoords="offset points")
+        left.legend(loc="lower right")
+    left.set_xlabel("minutes into this compare (when the model was done)")
+    left.set_ylabel("test accuracy")
+    left.set_title("This compare: accuracy against time spent")
+    left.grid(alpha=0.3)
+    if budgets:
+        xs = [b["budget_minutes"] for b in budgets]
+        right.plot(xs, [b["champion_accuracy"] for b in budgets], "o-", color="tab:blue")
+        for b in budgets:
+            right.annotate(f"{b['minutes']:.1f} min", (b["budget_minutes"],
+                                                       b["champion_accuracy"]),
+                           fontsize=7, xytext=(4, -10), textcoords="offset points")
+        right.set_xscale("log")
+        right.set_xticks(xs, [f"{x:g}" for x in xs])
+    else:
+        right.text(0.5, 0.5, "no compares with a time budget in this store yet:\n"
+                   "run benchmarks/budget.py", ha="center", va="center",
+                   transform=right.transAxes)
+    right.set_xlabel("time budget, minutes (labels: the compare's wall time)")
+    right.set_ylabel("champion's test accuracy")
+    right.set_title("What each minute buys (compares with --budget-minutes)")
+    right.grid(alpha=0.3, which="both")
     return save(fig, path, dpi=80)
 
 

@@ -34,6 +34,7 @@ COLUMNS = (
     ("predict_ms_per_1000", "predict ms/1k"),
     ("size", "params / size"),
     ("n_trials", "trials"),
+    ("limited_by", "limited by"),
     ("best_params", "best parameters"),
 )
 NUMERIC = {"rank", "test_accuracy", "test_macro_f1", "val_accuracy", "fit_seconds",
@@ -52,6 +53,7 @@ def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "family": run.get("family", ""),
             "reducer": run.get("reducer", ""),
             "kind": run.get("kind", ""),
+            "generalist": run.get("generalist", ""),  # a specialist's: the model it folds into
             "test_accuracy": m.get("test_accuracy", float("nan")),
             "test_macro_f1": m.get("test_macro_f1", float("nan")),
             "val_accuracy": m.get("val_accuracy", float("nan")),
@@ -62,6 +64,7 @@ def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "n_trials": int(m.get("n_trials", 0)),
             "tuning_seconds": m.get("tuning_seconds", float("nan")),
             "pipeline_seconds": m.get("pipeline_seconds", float("nan")),
+            "limited_by": run.get("limited_by", "-"),  # runs logged before the tag: "-"
             # an ensemble's "parameters" are its members' weights
             "best_params": {k.split(".", 1)[1]: v for k, v in sorted(params.items())
                             if k.startswith("weight." if run.get("family") == "ensemble"

@@ -54,6 +54,9 @@ class PipelineSpec:
     tta: str = "none"  # "mirror": try mirror test-time augmentation, keep it where it pays
     generalist: str | None = None  # a specialist's: the pipeline whose model it folds into
     classes: tuple[int, ...] = ()  # a specialist's group of classes, in its outputs' order
+    share: float = 1.0  # its weight when a time budget is shared out (timebudget)
+    optional: bool = False  # left out of "all": runs when named
+    cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> measured cost
 
     def budget(self, profile: config.Profile | str) -> Budget:
         """What this pipeline may spend in `profile`: resolved once per compare, then passed."""
@@ -138,6 +141,7 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         raise ConfigError(f"{path}: tta: {tta} needs an image model (a Keras builder), "
                           f"not {raw['model']}; remove the tta key")
     generalist, classes = _check_specialist(path, raw, pipelines_dir)
+    share, cost = _check_time(path, raw)
     canonical = json.dumps(raw, sort_keys=True, default=str)
     if generalist:  # a retrained generalist makes its specialists' models stale too
         canonical += load(generalist, pipelines_dir).digest
@@ -156,7 +160,30 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         tta=tta,
         generalist=generalist,
         classes=classes,
+        share=share,
+        cost=cost,
+        optional=raw.get("optional") is True,
     )
+
+
+COST_KEYS = {"seconds", "fit_seconds", "tuning_seconds", "epochs", "trials"}
+
+
+def _check_time(path: Path, raw: dict) -> tuple[float, dict[str, dict[str, Any]]]:
+    """`share:` (a positive weight) and `cost:` ({profile: {seconds, fit_seconds, ...}}, what
+    one run measured), both for a compare under a time budget."""
+    share = raw.get("share", 1.0)
+    if not isinstance(share, (int, float)) or isinstance(share, bool) or share <= 0:
+        raise ConfigError(f"{path}: share must be a positive number (its weight when a time "
+                          f"budget is shared out), got {share!r}")
+    cost = raw.get("cost") or {}
+    if not isinstance(cost, dict) or not all(
+            isinstance(v, dict) and set(v) <= COST_KEYS and "seconds" in v and "fit_seconds" in v
+            and all(isinstance(x, (int, float)) and x >= 0 for x in v.values())
+            for v in cost.values()) or set(cost) - set(config.PROFILES):
+        raise ConfigError(f"{path}: cost must map a profile to measured seconds, fit_seconds "
+                          f"and optionally tuning_seconds, epochs, trials")
+    return float(share), {k: dict(v) for k, v in cost.items()}
 
 
 def _check_specialist(path: Path, raw: dict, pipelines_dir: Path | None
@@ -192,14 +219,26 @@ def _check_specialist(path: Path, raw: dict, pipelines_dir: Path | None
     return generalist, tuple(classes)
 
 
+def _optional(name: str, pipelines_dir: Path | None) -> bool:
+    """`optional: true` in its YAML (read without validating: resolve validates)."""
+    path = (pipelines_dir or config.pipelines_dir()) / f"{name}.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and raw.get("optional") is True
+
+
 def resolve(names: str | list[str] | None,
             pipelines_dir: Path | None = None) -> list[PipelineSpec]:
-    """'all' (or empty) for every pipeline, else a comma list; every name is validated first."""
-    if names is None or names in ("", "all"):
-        wanted = available(pipelines_dir)
-    else:
-        items = names.split(",") if isinstance(names, str) else list(names)
-        wanted = [n.strip() for n in items if n.strip()]
+    """'all' (or empty) for every pipeline but the optional ones, else a comma list that may
+    include 'all' (`all,cnn_upper`); every name is validated first."""
+    items = (["all"] if names is None or names == "" else
+             names.split(",") if isinstance(names, str) else list(names))
+    wanted = []
+    for item in (n.strip() for n in items if n.strip()):
+        wanted += ([n for n in available(pipelines_dir) if not _optional(n, pipelines_dir)]
+                   if item == "all" else [item])
     if not wanted:
         raise ConfigError(f"no pipelines selected; valid: {', '.join(available(pipelines_dir))}")
     unknown = [n for n in wanted if n not in available(pipelines_dir)]

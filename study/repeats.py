@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from study import config, data, leaderboard, pipelines, tables, tracking, training, tuning
+from study.compare import final_fit
 from study.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,10 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
             params = tuning.final_params(spec, spec.budget(profile),
                                          best_params(runs[row["run_id"]]))
             for i, seed in enumerate(seed_list, start=1):
-                fit, val_proba = training.final_fit(  # as compare, epochs shown for networks
-                    spec, params, splits, seed, progress=f"[repeats] {spec.name} seed {seed}")
+                # as compare (a specialist folds into the compare's generalist), epochs shown
+                fit, val_proba = final_fit(
+                    spec, params, splits, seed, compare_id,
+                    progress=f"[repeats] {spec.name} seed {seed}")
                 test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
                 val_acc = training.accuracy(val_proba, splits.y_val)
                 results[spec.name].append(test_acc)

@@ -114,3 +114,15 @@ def run(todo: list[tuple[str, Any]], job: Job, parallel: int,
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def in_waves(todo, specs, job: Job, parallel: int) -> Iterator[Outcome]:
+    """The pipelines `parallel` at a time in worker processes; specialists in a second wave,
+    once the generalists they fold into have logged their models."""
+    first = [(label, spec) for label, spec in todo if not spec.generalist]
+    reduced = [s.name for s in specs if s.reducer != "none"]
+    if first or reduced:
+        yield from run(first, job, parallel, reduced)
+    later = [(label, spec) for label, spec in todo if spec.generalist]
+    if later:
+        yield from run(later, job, parallel, [])

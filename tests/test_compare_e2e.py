@@ -14,14 +14,15 @@ import mlflow
 import numpy as np
 import pytest
 
-from study import config, pipelines, serving
+from study import config, pipelines, serving, tracking
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def smoke_compare(tmp_path_factory):
-    """One `mlflow run . -e compare -P profile=smoke` of every pipeline into a temporary store."""
+    """One `mlflow run . -e compare -P profile=smoke` of every pipeline (the optional ones
+    named) into a temporary store."""
     tmp_path = tmp_path_factory.mktemp("e2e")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_JOURNAL": str(tmp_path / "o.journal"),
@@ -32,6 +33,8 @@ def smoke_compare(tmp_path_factory):
     mlflow_bin = shutil.which("mlflow", path=env["PATH"])
     proc = subprocess.run(
         [mlflow_bin, "run", str(config.PROJECT_ROOT), "-e", "compare", "-P", "profile=smoke",
+         "-P", "pipelines=" + ",".join(["all", *(n for n in pipelines.available()
+                                                 if pipelines.load(n).optional)]),
          "--env-manager", "local", "--experiment-name", "e2e"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
@@ -81,18 +84,23 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
         assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
                 "evaluation/val_proba.npy", "evaluation/test_proba.npy"} <= artifacts
         if child.data.tags["kind"] == "keras":  # mirror TTA tried; the decision and both figures
-            kept = m["val_accuracy_mirror"] > m["val_accuracy_plain"]
-            assert child.data.tags["tta"] == ("mirror" if kept else "none")
-            assert m["val_accuracy"] == pytest.approx(max(m["val_accuracy_mirror"],
-                                                          m["val_accuracy_plain"]))
+            # a specialist decides on its group's validation rows (within_group_ figures)
+            within = "within_group_" if "generalist" in child.data.tags else ""
+            plain, mirror = (m[f"{within}val_accuracy_{k}"] for k in ("plain", "mirror"))
+            assert child.data.tags["tta"] == ("mirror" if mirror > plain else "none")
+            assert m[f"{within}val_accuracy"] == pytest.approx(max(mirror, plain))
 
-    # Every final model loads back through pyfunc and gives class probabilities.
-    for name in ("cnn_seed1", "cnn_modern"):  # cnn_modern trains with a custom loss
-        cnn = next(c for c in children if c.data.tags["pipeline"] == name)
-        model = mlflow.pyfunc.load_model(cnn.data.tags["model_uri"])
+    # Every final model loads back through pyfunc and gives class probabilities; a specialist's
+    # (cnn_upper: cnn_modern's network with it folded in) gives what was scored on the test set.
+    run_of = {c.data.tags["pipeline"]: c for c in children}
+    assert run_of["cnn_upper"].data.tags["generalist_run_id"] == run_of["cnn_modern"].info.run_id
+    for name in ("cnn_seed1", "cnn_modern", "cnn_upper"):  # cnn_modern: a custom loss
+        model = mlflow.pyfunc.load_model(run_of[name].data.tags["model_uri"])
         proba = serving.probabilities(
             model.predict(fmnist.x_test[:8, :, :, None].astype(np.float32) / 255))
         assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-4)
+        scored = tracking.load_npy(run_of[name].info.run_id, "evaluation/test_proba.npy")
+        np.testing.assert_allclose(proba, scored[:8], atol=1e-5)
     logreg = next(c for c in children if c.data.tags["pipeline"] == "logreg")
     model = mlflow.pyfunc.load_model(logreg.data.tags["model_uri"])
     answer = model.predict(fmnist.x_test[:8].reshape(8, -1).astype(np.float32) / 255)
@@ -186,6 +194,11 @@ def test_report_renders_in_headless_chromium(smoke_compare, render_dom):
     (["compare", "--workers", "1.5"], "workers must be a whole number >= 1, got '1.5'"),
     (["compare", "--parallel", "0"], "parallel must be a whole number >= 1, got '0'"),
     (["compare", "--data-dir", "/nonexistent"], "/nonexistent"),
+    (["compare", "--budget-minutes", "0"], "budget_minutes must be a positive number of minutes"),
+    (["compare", "--budget-minutes", "-5"], "budget_minutes must be a positive number of minutes"),
+    (["compare", "--budget-minutes", "soon"], "budget_minutes must be a positive number"),
+    (["compare", "--budget-minutes", "0.005"], "leaves no time for the pipelines: loading the data"),
+    (["compare", "--budget-minutes", "5", "--parallel", "2"], "drop parallel"),
     (["tune", "--pipeline", "logreg", "--n-trials", "0"], "n_trials must be a whole number >= 1"),
     (["tune", "--pipeline", "logreg", "--n-trials", "-3"], "n_trials must be a whole number >= 1"),
     (["tune", "--pipeline", "logreg", "--workers", "-1"], "workers must be a whole number >= 1"),

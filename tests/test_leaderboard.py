@@ -165,3 +165,61 @@ def test_references_set_a_published_figure_against_ours_on_the_same_split():
     assert seed2[2] == "0.9250 validation (cnn_seed2)" and seed2[3] == "+0.7 points"
     seed3 = table["Seed report: cnn_seed3 (test, 50 epochs)"]
     assert seed3[2] == "0.9200 (cnn_seed3)" and seed3[3] == "+0.2 points"
+
+
+def test_cost_figure_zooms_to_the_competitive_range_and_keeps_labels_apart(tmp_path,
+                                                                          monkeypatch):
+    """The baseline at 0.10 no longer stretches the axis: it is marked on the bottom edge with
+    its accuracy; close models' labels do not overlap."""
+    from study import figures
+
+    kept = {}
+
+    def keep(fig, path, dpi=None):
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        kept["ylim"] = ax.get_ylim()
+        kept["boxes"] = {t.get_text(): t.get_window_extent() for t in ax.texts}
+        return path
+
+    monkeypatch.setattr(figures, "save", keep)
+    rows = [{"pipeline": name, "family": "cnn", "test_accuracy": acc, "fit_seconds": secs}
+            for name, acc, secs in [("a", 0.9372, 548), ("b", 0.9360, 456), ("c", 0.9374, 232),
+                                    ("d", 0.9370, 329), ("e", 0.9425, 1300), ("f", 0.8974, 47)]]
+    rows.append({"pipeline": "dummy", "family": "baseline", "test_accuracy": 0.1,
+                 "fit_seconds": 0.5})
+    figures.fig_cost(rows, "fit_seconds", "fit seconds", tmp_path / "cost.png")
+    low, high = kept["ylim"]
+    assert 0.79 <= low < 0.8974 and high > 0.9425  # the competitive range, not 0.1-0.95
+    assert "dummy (0.100, off the scale)" in kept["boxes"]
+    boxes = list(kept["boxes"].values())
+    for i, first in enumerate(boxes):
+        for second in boxes[i + 1:]:
+            assert not first.overlaps(second)
+
+
+def test_limited_by_says_what_bounded_each_model():
+    """Trials or the tuning timeout, epochs run or a time cap or early stopping, an iteration
+    cap: what a reader needs to know which rows were cut short."""
+    from study import evaluation, pipelines, training, tuning
+
+    spec = pipelines.load("cnn_seed3")
+    budget = spec.budget("quick")
+    tuned = tuning.TuneResult("s", {}, 0.9, budget.n_trials, 0, 1.0)
+    capped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 12}, notes=[
+        "time limit: stopped after 12 of 16 epochs (max_seconds 240)"])
+    assert evaluation.limited_by(spec, budget, tuned, capped, {"epochs": 16}) == \
+        f"{budget.n_trials}/{budget.n_trials} trials; 12/16 epochs (time cap)"
+    short = tuning.TuneResult("s", {}, 0.9, budget.n_trials - 1, 0, 1.0)
+    stopped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 5})
+    assert evaluation.limited_by(spec, budget, short, stopped, {"epochs": 16}) == (
+        f"{budget.n_trials - 1}/{budget.n_trials} trials (tuning timeout); "
+        "5/16 epochs (early stopping)")
+    fixed = pipelines.load("logreg")
+    unconverged = training.FitResult(None, "sklearn", 1.0, notes=[
+        "lbfgs failed to converge after 100 iteration(s) (status=1):"])
+    none = tuning.TuneResult("s", {}, None, 0, 0, 0.0)
+    assert evaluation.limited_by(fixed, pipelines.Budget("quick", 0, 1.0), none, unconverged,
+                              {}) == "iteration cap (not converged)"
+    rows = leaderboard.rank([{**run("a", 0.9, 0.9, 1.0), "limited_by": "16/16 epochs"}])
+    assert "16/16 epochs" in leaderboard.render_markdown(rows)

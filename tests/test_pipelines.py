@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pytest
 
-from study import pipelines, training, tuning
+from study import pipelines, specialists, training, tuning
 from study.errors import ConfigError
 from study.models import BUILDERS, get_builder
 from study.models.reducers import PcaUmap
@@ -21,7 +21,15 @@ def test_pipeline_builds_fits_and_predicts(name, tiny):
     # One draw from the search space, the smoke fit settings: what a tuning trial does.
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     params = {**tuning.final_params(spec, spec.budget("smoke"), {}), **tuning.suggest(trial, spec.search)}
-    result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1)
+    if spec.generalist:  # a specialist: its group's rows, folded into its generalist's network
+        general = pipelines.load(spec.generalist)
+        general_fit = training.fit(general, tuning.final_params(general, general.budget("smoke"),
+                                                                {}),
+                                   tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1)
+        result, _ = specialists.final_fit(spec, params, tiny, 1, general_fit.model)
+    else:
+        result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val,
+                              seed=1)
     proba = result.predict_proba(tiny.x_test)
     assert proba.shape == (len(tiny.y_test), 10)
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-4)

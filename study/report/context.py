@@ -41,6 +41,9 @@ class Context:
     reduction_images: dict[str, Path | None]
     repeats: tuple[Any, dict[str, Any]] | None  # (run, summary) of the compare's seed repeats
     ablation: tuple[Any, dict[str, Any], dict[str, Path | None]] | None  # (run, table, images)
+    timeline: list[tuple[str, float, float]]  # (pipeline, minutes into the compare, test acc)
+    budgets: list[dict[str, float]]  # budgeted compares of this profile: what each minute buys
+    skipped: dict[str, str]  # pipeline -> why the time budget skipped it
 
     @property
     def run_id(self) -> str:
@@ -65,7 +68,8 @@ def fetch(run_id: str, artifact: str, folder: Path) -> Path | None:
 def gather(parent, profile: str, dataset, ensemble_note: str, out_dir: Path | None) -> Context:
     """Read one compare's results; ranks are written back to the final runs on the way."""
     pid = parent.info.run_id
-    rows = leaderboard.rank(tracking.final_runs(pid))
+    runs = tracking.final_runs(pid)
+    rows = leaderboard.rank(runs)
     predictions = {r["run_id"]: tracking.load_npy(r["run_id"], "evaluation/test_predictions.npy")
                    for r in rows}
     predictions = {k: v.astype(np.int64) for k, v in predictions.items() if v is not None}
@@ -89,7 +93,23 @@ def gather(parent, profile: str, dataset, ensemble_note: str, out_dir: Path | No
         environment=tracking.load_json(pid, "environment.json") or {},
         reduction_images={name: fetch(pid, f"reduction/{name}", folder)
                           for name in REDUCTION_FIGURES},
-        repeats=_repeats(pid), ablation=_ablation(pid, folder))
+        repeats=_repeats(pid), ablation=_ablation(pid, folder),
+        timeline=_timeline(parent, runs), budgets=tracking.budgeted_compares(pid, profile),
+        skipped=_skipped(pid))
+
+
+def _timeline(parent, runs) -> list[tuple[str, float, float]]:
+    """When each final model was done, in minutes from the compare's start (reused models of
+    an interrupted compare ended before it started: left out)."""
+    start = parent.info.start_time
+    points = [(r["pipeline"], (r["end_time"] - start) / 60000, r["metrics"]["test_accuracy"])
+              for r in runs if r.get("end_time") and "test_accuracy" in r["metrics"]]
+    return sorted((p for p in points if p[1] >= 0), key=lambda p: p[1])
+
+
+def _skipped(pid: str) -> dict[str, str]:
+    text = tracking.load_text(pid, "skipped.txt") or ""
+    return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
 
 def _per_class_f1(rows) -> dict[str, list[float]]:

@@ -52,7 +52,13 @@ def leaderboard_section(ctx: Context) -> Section:
         "5%): a gain of a few images is not evidence. val acc (selection): the validation "
         "accuracy each model was selected on (a network's best epoch, every tuned model's "
         "parameters, the ensemble's weights), optimistic by construction; only the test "
-        "columns are unbiased.")
+        "columns are unbiased. limited by: what bounded each model in this profile (trials "
+        "run, or a tuning timeout; epochs run, and whether early stopping or a time cap "
+        "ended them; an iteration cap that stopped a fit before it converged): rows with a "
+        "time cap depend on the machine's speed.")
+    if ctx.skipped:
+        section.para("Skipped by the time budget (not failed): " + "; ".join(
+            f"{name} ({why})" for name, why in ctx.skipped.items()) + ".")
     if ctx.failures:
         section.para("Failed pipelines (traceback.txt in their runs): " +
                      ", ".join(f"{f['pipeline']} (run {f['run_id']})" for f in ctx.failures))
@@ -92,6 +98,13 @@ def ensemble_section(ctx: Context) -> Section:
         "best epoch and their mirror test-time augmentation were chosen on the same "
         "validation rows). The test figure is neither: the test set scored the chosen "
         "weights once.")
+    folded = [r for r in ctx.rows if r.get("generalist") and r["pipeline"] in weights]
+    if folded:
+        section.para(
+            ", ".join(r["pipeline"] for r in folded) + " are specialists: their generalist's "
+            "network (" + ", ".join(sorted({r["generalist"] for r in folded})) + ") with the "
+            "probability of a group of confusable classes shared out by a network trained on "
+            "that group only. As members they correct their generalist where it errs most.")
     for line in summary.get("notes", []):
         section.para(f"Note: {line}.")
     if summary.get("left_out"):
@@ -117,6 +130,11 @@ def cost_section(ctx: Context) -> Section:
                                        "prediction milliseconds per 1,000 images",
                                        ctx.folder / "accuracy_vs_predict_time.png"),
                       "Test accuracy against prediction time; the red line is the Pareto frontier")
+        section.image(figures.fig_minutes(ctx.timeline, ctx.budgets,
+                                          ctx.folder / "accuracy_vs_minutes.png"),
+                      "What each minute buys: this compare's models against the minute they "
+                      "were done, and the champion against the time budget of the budgeted "
+                      "compares in this store")
     return section
 
 

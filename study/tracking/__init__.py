@@ -27,9 +27,11 @@ Modules:
 from study.tracking.common import ROLE
 from study.tracking.ensemble_run import log_ensemble, log_ensemble_model
 from study.tracking.environment import environment, pinned, pip_requirements
-from study.tracking.queries import (download_artifact, failed_runs, final_run_of, final_runs,
-                                    find_compare_run, load_json, load_network, load_npy,
-                                    load_pyfunc, metric_history, tuning_runs)
+from study.tracking.queries import (budgeted_compares, download_artifact, failed_runs,
+                                    final_run_of, final_runs,
+                                    find_compare_run, load_json, load_network, load_npy, load_text,
+                                    load_pyfunc, metric_history, pipeline_timings,
+                                    tuning_runs)
 from study.tracking.registry import register_champion
 from study.tracking.resume import adopt_finished, mark_stale_runs
 from study.tracking.runs import (TuningLog, compare_run, log_artifacts, log_data_inputs,
@@ -45,7 +47,7 @@ from study.tracking.store import (check_can_write, configure, ensure_experiment,
 __all__ = [
     "ROLE", "log_ensemble", "log_ensemble_model", "environment", "pinned", "pip_requirements", "download_artifact", "failed_runs",
     "final_run_of", "final_runs", "find_compare_run", "load_json", "load_network", "load_npy",
-    "load_pyfunc", "metric_history",
+    "load_pyfunc", "metric_history", "pipeline_timings", "budgeted_compares", "load_text",
     "tuning_runs", "register_champion", "adopt_finished", "mark_stale_runs", "TuningLog",
     "compare_run", "log_artifacts", "log_data_inputs", "log_evaluation", "log_failure",
     "log_final", "log_metric", "log_metrics", "log_model", "log_params", "log_text", "set_rank",

@@ -28,7 +28,7 @@ def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
     )
     return [
         {"run_id": r.info.run_id, "status": r.info.status, **r.data.tags, "metrics": r.data.metrics,
-         "params": r.data.params}
+         "params": r.data.params, "end_time": r.info.end_time}
         for r in runs
     ]
 
@@ -157,3 +157,53 @@ def load_network(run_id: str):
             raise ConfigError(f"run {run_id} has no logged model; rerun its pipeline")
         native = serving.native_model_path(local)
         return mlflow_keras.load_model(native)
+
+
+def pipeline_timings(profile: str, parent_run_id: str) -> dict[str, dict[str, float]]:
+    """The latest finished final run of each pipeline in this profile, in the experiment of
+    the compare `parent_run_id`: its pipeline, fit and tuning seconds, epochs run and trials.
+    What a time budget estimates a pipeline's cost from."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    out: dict[str, dict[str, float]] = {}
+    for run in client.search_runs(
+            [experiment_id], max_results=1000, order_by=["attributes.start_time DESC"],
+            filter_string=(f"tags.{ROLE} = 'final' and tags.profile = '{profile}' and "
+                           "attributes.status = 'FINISHED'")):
+        name, m = run.data.tags.get("pipeline", ""), run.data.metrics
+        if name in out or "pipeline_seconds" not in m or "fit_seconds" not in m:
+            continue
+        epochs = m.get("epochs_run")
+        if epochs is None and run.data.tags.get("kind") == "keras":
+            epochs = len(metric_history(run.info.run_id, "epoch/loss")) or None
+        out[name] = {"seconds": m["pipeline_seconds"], "fit_seconds": m["fit_seconds"],
+                     "tuning_seconds": m.get("tuning_seconds", 0.0), "epochs": epochs,
+                     "trials": m.get("n_trials", 0.0)}
+    return out
+
+
+def budgeted_compares(parent_run_id: str, profile: str) -> list[dict[str, float]]:
+    """Every finished compare with a time budget in the experiment of `parent_run_id` and in
+    `profile`: its budget, wall time and champion's test accuracy (what each minute buys)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    out = []
+    for run in client.search_runs([experiment_id], max_results=200, filter_string=(
+            f"tags.{ROLE} = 'compare' and tags.profile = '{profile}' and "
+            "metrics.budget_minutes > 0 and attributes.status = 'FINISHED'")):
+        accuracies = [r["metrics"].get("test_accuracy", 0.0) for r in final_runs(run.info.run_id)]
+        if accuracies and "compare_seconds" in run.data.metrics:
+            out.append({"budget_minutes": run.data.metrics["budget_minutes"],
+                        "minutes": run.data.metrics["compare_seconds"] / 60,
+                        "champion_accuracy": max(accuracies), "run_id": run.info.run_id})
+    return sorted(out, key=lambda b: (b["budget_minutes"], b["run_id"]))
+
+
+def load_text(run_id: str, path: str) -> str | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        local = download_artifact(run_id, path, tmp)
+        return local.read_text() if local else None

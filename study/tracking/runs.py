@@ -166,6 +166,7 @@ def _final_metrics(tune, fit, evaluation, val_accuracy: float, predict_seconds: 
         metrics["best_trial_val_accuracy"] = tune.best_value
     if fit.best_epoch is not None:
         metrics["best_epoch"] = fit.best_epoch
+        metrics["epochs_run"] = len(fit.history.get("loss", []))
     return metrics
 
 

@@ -1,0 +1,129 @@
+"""A compare under a time budget (`--budget-minutes`): each pipeline's estimate, the plan
+printed before any work, then the pipelines one at a time with their allotments and the
+clock on every pipeline's first line. The arithmetic is timebudget's (pure, tested with a
+fake clock); this module wires it to the store and to compare's `attempt`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterator
+
+from study import config, tables, timebudget, tracking
+from study.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# the reduction figures (PCA curve and maps; the UMAP map is the slow one), measured ~15/70 s
+FIGURES_SECONDS = {"pca": 20.0, "umap": 90.0}
+
+
+def check_room(clock: timebudget.Clock, data_seconds: float) -> None:
+    """After loading the data: a budget that leaves nothing for the pipelines is refused
+    before any store is touched."""
+    if clock.usable() <= 0:
+        need = (data_seconds + clock.reserve) / 60
+        raise ConfigError(
+            f"budget_minutes={clock.seconds / 60:g} leaves no time for the pipelines: loading the "
+            f"data took {data_seconds:.0f} s and {clock.reserve:.0f} s are kept for the ensemble "
+            f"and the report; give more than {need:.1f} minutes")
+
+
+def estimates(specs, profile: str, parent_id: str) -> tuple[dict[str, Any], float | None]:
+    """Each pipeline's Estimate: its latest run in this store and profile, else its YAML cost
+    scaled by a probe of this machine's speed (returned, None when not probed), else None."""
+    stored = tracking.pipeline_timings(profile, parent_id)
+    out: dict[str, Any] = {}
+    speed = None
+    for spec in specs:
+        if spec.name in stored:
+            t = stored[spec.name]
+            out[spec.name] = timebudget.Estimate(
+                t["seconds"], t["fit_seconds"], t["tuning_seconds"],
+                int(t["epochs"]) if t["epochs"] else None, int(t["trials"]), "store")
+        elif profile in spec.cost:
+            if speed is None:
+                speed = timebudget.probe_speed(config.COST_HOST_GFLOPS)
+            out[spec.name] = timebudget.scaled_hint(spec.cost[profile], speed)
+        else:
+            out[spec.name] = None
+    return out, speed
+
+
+def plan_text(specs, budgets, found, clock: timebudget.Clock, speed: float | None) -> str:
+    """The plan: per pipeline, its share, what it may spend and its estimate; the total."""
+    allotments = timebudget.plan(specs, budgets, found, clock)
+    rows = [[a.name, f"{spec.share:g}", a.describe()] for spec, a in zip(specs, allotments)]
+    expected = sum(min(a.estimate.seconds, a.seconds) if a.estimate else a.seconds
+                   for a in allotments if not a.skipped)
+    probe = (f"; this machine runs at {speed:.2f}x the speed the YAML costs were measured at"
+             if speed else "")
+    head = (f"plan for {clock.seconds / 60:g} minutes ({clock.elapsed():.0f} s spent on the data; "
+            f"{clock.reserve:.0f} s kept for the ensemble and the report{probe}):")
+    skipped = [a.name for a in allotments if a.skipped]
+    tail = (f"expected: pipelines ~{expected / 60:.1f} min, the whole compare ~"
+            f"{(clock.elapsed() + expected + clock.reserve) / 60:.1f} min"
+            + (f"; expected to be skipped: {', '.join(skipped)}" if skipped else ""))
+    return "\n".join([head, tables.text(["pipeline", "share", "plan"], rows, set()), tail])
+
+
+def run(todo, profile: str, clock: timebudget.Clock, parent_id: str,
+        attempt: Callable[[Any, Any], Any], skipped_outcome: Callable[[str, str], Any]
+        ) -> Iterator[Any]:
+    """Print and log the plan, then run `todo` ((label, spec) pairs) with their allotments:
+    `attempt(spec, budget)` runs one, `skipped_outcome(name, reason)` records a skip."""
+    specs = [spec for _, spec in todo]
+    labels = {spec.name: label for label, spec in todo}
+    budgets = {spec.name: spec.budget(profile) for spec in specs}
+    found, speed = estimates(specs, profile, parent_id)
+    text = plan_text(specs, budgets, found, clock, speed)
+    for line in text.splitlines():
+        logger.info(line)
+    tracking.log_text(text + "\n", "plan.txt", run_id=parent_id)
+
+    def run_one(spec, allotment):
+        logger.info(f"=== {labels[spec.name]}: {spec.name} {clock.line()}; "
+                    f"{allotment.describe()}")
+        return attempt(spec, allotment.budget)
+
+    def skip(spec, allotment):
+        logger.info(f"=== {labels[spec.name]}: {spec.name} skipped ({allotment.skipped}) "
+                    f"{clock.line()}")
+        return skipped_outcome(spec.name, allotment.skipped)
+
+    yield from timebudget.schedule(specs, budgets, found, clock, run_one, skip)
+
+
+def figures_fit(specs, clock: timebudget.Clock) -> bool:
+    """Whether the reduction figures fit in what is left."""
+    reducers = {spec.reducer for spec in specs} - {"none"}
+    need = max((FIGURES_SECONDS.get(r, 0.0) for r in reducers), default=0.0)
+    return clock.usable() >= need
+
+
+def start_clock(budget_minutes: float, parallel: int) -> timebudget.Clock:
+    """The time budget's clock, started now (before the data is loaded)."""
+    if not budget_minutes > 0:
+        raise ConfigError(f"budget_minutes must be a positive number of minutes, got "
+                          f"{budget_minutes}")
+    if parallel > 1:
+        raise ConfigError("budget_minutes shares the time out one pipeline at a time; drop "
+                          "parallel (or the budget)")
+    return timebudget.Clock(60.0 * budget_minutes)
+
+
+def pipelines_within(clock: timebudget.Clock, todo, specs, profile: config.Profile, splits,
+                     seed: int, setup, parent_id: str, data_digest: str) -> Iterator[Any]:
+    """The pipelines one at a time, each with its part of the time budget; then the
+    reduction figures if they still fit."""
+    from study.compare import Outcome, attempt, attempt_reduction_figures
+
+    tracking.log_metrics({"budget_minutes": clock.seconds / 60}, run_id=parent_id)
+    yield from run(
+        todo, profile.name, clock, parent_id,
+        lambda spec, budget: attempt(spec, profile, splits, seed, setup, parent_id,
+                                     data_digest, budget),
+        lambda name, reason: Outcome(name, skipped=reason))
+    if figures_fit(specs, clock):
+        yield attempt_reduction_figures(specs, splits, seed, parent_id)
+    else:
+        logger.info("figures: the reduction figures skipped (the time budget)")

@@ -1,0 +1,224 @@
+"""A global time budget for a compare: the best it can do in N minutes, on any machine.
+
+The clock starts before the data is loaded; time for the ensemble, the registry and the
+report is reserved. Each pipeline, when its turn comes, gets its share of what is left
+(in proportion to its estimated cost when what is left covers every pipeline still to run,
+else to `share` (its YAML) x cost). Its tuning timeout
+and its network's epochs and time cap are cut to fit that allowance; one that cannot give a
+model in it (its estimated least cost is larger) is skipped ("skipped: budget"), so its time
+goes to the pipelines after it. Estimates come from earlier runs of the pipeline in the store
+(same profile), else from the cost its YAML states for this host kind, scaled by a short
+matrix-multiply probe of this machine. Pure: no MLflow, no Optuna; the clock is injectable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+RESERVE_SECONDS = 45.0  # ensemble, registry and report (26-40 s measured on quick compares)
+MIN_EPOCHS = 2  # a network with fewer is not worth its time (its schedule never settles)
+UNKNOWN_COST = 60.0  # seconds assumed for a pipeline with no estimate, when sharing out
+CHEAP = 0.03  # a pipeline costing at most this part of what is left runs whatever its share
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a pipeline costs as its profile runs it, in seconds on this machine."""
+
+    seconds: float  # all of it: tuning, final fit, scoring, logging
+    fit_seconds: float  # the final fit
+    tuning_seconds: float = 0.0
+    epochs: int | None = None  # a network's epochs in that fit
+    trials: int = 0  # tuning trials in that time
+    source: str = "store"  # "store" (an earlier run) or "yaml" (the stated cost, scaled)
+
+    @property
+    def overhead(self) -> float:
+        """Scoring the test set, figures and logging: what remains without tuning or fit."""
+        return max(0.0, self.seconds - self.fit_seconds - self.tuning_seconds)
+
+    @property
+    def epoch_seconds(self) -> float | None:
+        return self.fit_seconds / self.epochs if self.epochs else None
+
+    @property
+    def trial_seconds(self) -> float | None:
+        return self.tuning_seconds / self.trials if self.trials else None
+
+    @property
+    def minimum(self) -> float:
+        """The least that still gives a model: no tuning, a network's shortest useful fit."""
+        if self.epochs:
+            return self.overhead + self.epoch_seconds * min(MIN_EPOCHS, self.epochs)
+        return self.overhead + self.fit_seconds
+
+
+class Clock:
+    """Seconds left of a budget, minus the reserve; `now` is injectable (tests fake it)."""
+
+    def __init__(self, seconds: float, reserve: float = RESERVE_SECONDS,
+                 now: Callable[[], float] = time.perf_counter, start: float | None = None):
+        self.seconds, self.reserve, self.now = float(seconds), float(reserve), now
+        self.start = now() if start is None else start
+
+    def elapsed(self) -> float:
+        return self.now() - self.start
+
+    def usable(self) -> float:
+        """What the pipelines may still spend (the reserve kept back)."""
+        return max(0.0, self.seconds - self.reserve - self.elapsed())
+
+    def line(self) -> str:
+        done = min(1.0, self.elapsed() / self.seconds)
+        bar = "#" * round(20 * done) + "." * (20 - round(20 * done))
+        return (f"[{bar}] {self.elapsed() / 60:.1f} of {self.seconds / 60:.1f} min, "
+                f"{max(0.0, self.seconds - self.elapsed()) / 60:.1f} left")
+
+
+@dataclass(frozen=True)
+class Allotment:
+    """One pipeline's part of the budget: the profile's Budget cut to fit, or a skip."""
+
+    name: str
+    seconds: float  # its allowance when its turn came
+    budget: Any = None  # pipelines.Budget to run with; None when skipped
+    skipped: str = ""  # why it was skipped ("budget: ...")
+    estimate: Estimate | None = None
+
+    def describe(self) -> str:
+        if self.skipped:
+            return f"skip ({self.skipped})"
+        b, parts = self.budget, []
+        if b.n_trials:
+            parts.append(f"<= {b.n_trials} trials in {b.timeout:.0f} s")
+        epochs, cap = b.fit.get("epochs"), b.fit.get("max_seconds")
+        if epochs:
+            parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
+        guess = f"~{self.estimate.seconds:.0f} s ({self.estimate.source})" if self.estimate \
+            else "no estimate"
+        return f"{self.seconds:.0f} s allowed: {', '.join(parts) or 'one fit'}; {guess}"
+
+
+def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool) -> Allotment:
+    """Cut `budget` (the profile's) to `allowance` seconds, or skip the pipeline when even
+    its least cost does not fit. Without an estimate it runs as configured, its tuning
+    capped by the allowance."""
+    if estimate is None:  # tuning gets half of the allowance, a network's fit a cap at it
+        fit = dict(budget.fit)
+        if "epochs" in fit:
+            fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf), allowance)
+        return Allotment(spec.name, allowance, dataclasses.replace(
+            budget, timeout=max(1.0, min(budget.timeout, allowance / 2)), fit=fit))
+    if estimate.minimum > allowance:
+        return Allotment(spec.name, allowance, skipped=(
+            f"budget: needs ~{estimate.minimum:.0f} s at least, {allowance:.0f} s left for it"),
+            estimate=estimate)
+    spare = allowance - estimate.minimum  # beyond the least: tuning, then more epochs
+    n_trials, timeout, tuning = budget.n_trials, budget.timeout, 0.0
+    if tunes:
+        trial = estimate.trial_seconds or 0.0
+        room = spare / 3 if estimate.epochs else spare  # a network keeps most for epochs
+        if room >= estimate.tuning_seconds + trial:  # as much tuning as last time, or more
+            tuning = estimate.tuning_seconds
+        elif room - trial > 0:  # Optuna checks its timeout between trials: one in hand
+            timeout = tuning = room - trial
+        else:
+            n_trials, timeout = 0, 1.0
+    fit = dict(budget.fit)
+    if estimate.epochs:
+        wanted = int(fit.get("epochs", estimate.epochs))
+        room = allowance - estimate.overhead - tuning
+        fit["epochs"] = max(min(MIN_EPOCHS, wanted),
+                            min(wanted, int(room / estimate.epoch_seconds)))
+        fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf), room)
+    return Allotment(spec.name, allowance, dataclasses.replace(
+        budget, n_trials=n_trials, timeout=max(1.0, timeout), fit=fit), estimate=estimate)
+
+
+def share_of(spec, remaining, estimates: dict[str, Estimate | None], usable: float) -> float:
+    """`spec`'s allowance out of `usable` seconds, against the pipelines still to run: in
+    proportion to their estimated costs when `usable` covers them all (nobody is cut), else
+    to share x cost, so the YAML's shares decide who keeps most when time is short; a
+    pipeline that costs at most CHEAP of what is left gets its cost whatever its share."""
+    cost = {s.name: estimates[s.name].seconds if estimates.get(s.name) else UNKNOWN_COST
+            for s in remaining}
+    total = sum(cost.values())
+    if total <= 0:
+        return usable
+    if usable >= total:
+        return usable * cost[spec.name] / total
+    weighted = sum(s.share * cost[s.name] for s in remaining)
+    allowance = usable * spec.share * cost[spec.name] / weighted
+    # a cheap pipeline is always worth its few seconds: up to CHEAP of what is left
+    return max(allowance, min(cost[spec.name], CHEAP * usable))
+
+
+def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
+             clock: Clock, run: Callable[[Any, Allotment], Any],
+             skip: Callable[[Any, Allotment], Any]) -> Iterator[Any]:
+    """Run the pipelines in order, each with its share of what is left when its turn comes
+    (`run(spec, allotment)`), or `skip(spec, allotment)` it; yields what those return. A
+    specialist whose generalist was skipped is skipped too."""
+    skipped: set[str] = set()
+    for i, spec in enumerate(specs):
+        allowance = share_of(spec, specs[i:], estimates, clock.usable())
+        allotment = allot(spec, budgets[spec.name], estimates.get(spec.name), allowance,
+                          spec.tunes(budgets[spec.name]))
+        if spec.generalist in skipped and not allotment.skipped:
+            allotment = dataclasses.replace(allotment, budget=None, skipped=(
+                f"budget: its generalist {spec.generalist} was skipped"))
+        if allotment.skipped:
+            skipped.add(spec.name)
+            yield skip(spec, allotment)
+        else:
+            yield run(spec, allotment)
+
+
+def plan(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
+         clock: Clock) -> list[Allotment]:
+    """What each pipeline would get if every one before it spent its estimate (or its
+    allowance, when smaller): the plan printed before any work."""
+    class Ahead:  # a clock that moves by what each pipeline is expected to spend
+        def __init__(self):
+            self.spent = 0.0
+
+    ahead = Ahead()
+    fake = Clock(clock.seconds, clock.reserve, now=lambda: clock.elapsed() + ahead.spent,
+                 start=0.0)
+
+    def expect(spec, allotment: Allotment) -> Allotment:
+        guess = allotment.estimate.seconds if allotment.estimate else allotment.seconds
+        ahead.spent += min(guess, allotment.seconds)
+        return allotment
+
+    return list(schedule(specs, budgets, estimates, fake, expect, lambda s, a: a))
+
+
+def scaled_hint(hint: dict[str, Any] | None, speed: float) -> Estimate | None:
+    """A YAML cost (`cost:` seconds measured on the project's reference run) as an Estimate
+    for this machine, `speed` times as fast as the one it was measured on."""
+    if not hint:
+        return None
+    keys = ("seconds", "fit_seconds", "tuning_seconds")
+    return Estimate(**{k: float(hint.get(k, 0.0)) / speed for k in keys},
+                    epochs=hint.get("epochs"), trials=int(hint.get("trials", 0)), source="yaml")
+
+
+def probe_speed(reference_gflops: float, n: int = 768, repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply rate against the one the YAML costs were
+    measured on (>1: faster). ~0.1 s."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return (2 * n ** 3 / best / 1e9) / reference_gflops

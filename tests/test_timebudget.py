@@ -1,0 +1,174 @@
+"""The time budget: shares of what is left, cuts that fit, skips, and the reserve kept, on a
+fake clock; and a real compare that prints its plan before any work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import mlflow
+import pytest
+
+from study import config, pipelines, timebudget
+from study.timebudget import Clock, Estimate
+
+
+@dataclass
+class Spec:
+    """What the schedule reads of a pipeline."""
+
+    name: str
+    share: float = 1.0
+    generalist: str | None = None
+    searches: bool = False
+
+    def tunes(self, budget) -> bool:
+        return self.searches and budget.n_trials > 0
+
+
+class FakeTime:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def spend(time_: FakeTime, estimates):
+    """A pipeline that takes what its allotment lets it: a network its epochs, the rest all."""
+    def run(spec, allotment):
+        est, budget = estimates[spec.name], allotment.budget
+        if est.epochs:
+            time_.t += est.overhead + est.epoch_seconds * budget.fit["epochs"]
+        else:
+            time_.t += est.overhead + est.fit_seconds + (
+                budget.timeout if spec.tunes(budget) else 0.0)
+        return (spec.name, "ran", allotment)
+
+    return run
+
+
+def skipped(spec, allotment):
+    return (spec.name, "skipped", allotment)
+
+
+BUDGETS = {
+    "net": pipelines.Budget("quick", 0, 60.0, fit={"epochs": 16}),
+    "svm": pipelines.Budget("quick", 5, 200.0),
+    "huge": pipelines.Budget("quick", 0, 60.0),
+    "net_special": pipelines.Budget("quick", 0, 60.0, fit={"epochs": 16}),
+    "tiny": pipelines.Budget("quick", 0, 60.0),
+}
+ESTIMATES = {
+    "net": Estimate(560.0, 530.0, epochs=16),  # 33 s an epoch, 30 s of scoring and logging
+    "svm": Estimate(200.0, 50.0, tuning_seconds=140.0, trials=5),
+    "huge": Estimate(900.0, 880.0),  # an estimator cannot be cut: 890 s or nothing
+    "net_special": Estimate(240.0, 220.0, epochs=16),
+    "tiny": Estimate(5.0, 1.0),
+}
+
+
+def test_a_pipeline_that_cannot_fit_is_skipped_and_the_reserve_is_kept():
+    now = FakeTime()
+    clock = Clock(600.0, reserve=45.0, now=now)
+    now.t = 5.0  # the data
+    specs = [Spec("net", share=4), Spec("svm", share=6, searches=True), Spec("huge"),
+             Spec("net_special", share=2, generalist="net"), Spec("tiny")]
+    done = {name: (how, a) for name, how, a in timebudget.schedule(
+        specs, BUDGETS, ESTIMATES, clock, spend(now, ESTIMATES), skipped)}
+    assert done["huge"][0] == "skipped" and done["huge"][1].skipped.startswith("budget: needs")
+    assert all(done[n][0] == "ran" for n in ("net", "svm", "net_special", "tiny"))
+    net = done["net"][1].budget
+    assert 2 <= net.fit["epochs"] < 16  # cut to fit its share, its schedule sized to that
+    assert net.fit["max_seconds"] <= done["net"][1].seconds
+    assert done["svm"][1].budget.timeout < 200.0  # tuning cut too, one trial kept in hand
+    assert clock.seconds - clock.elapsed() >= clock.reserve  # the report's time is intact
+    assert clock.elapsed() >= 0.8 * (clock.seconds - clock.reserve)  # and the rest was used
+
+
+def test_ample_time_cuts_nothing():
+    now = FakeTime()
+    clock = Clock(3600.0, reserve=45.0, now=now)
+    specs = [Spec("net"), Spec("svm", searches=True), Spec("tiny")]
+    done = {name: a for name, _, a in timebudget.schedule(
+        specs, BUDGETS, ESTIMATES, clock, spend(now, ESTIMATES), skipped)}
+    assert done["net"].budget.fit["epochs"] == 16
+    assert done["svm"].budget.timeout == 200.0 and done["svm"].budget.n_trials == 5
+
+
+def test_a_specialist_goes_when_its_generalist_was_skipped():
+    now = FakeTime()
+    clock = Clock(200.0, reserve=45.0, now=now)
+    estimates = {**ESTIMATES, "net": Estimate(5000.0, 4900.0, epochs=2)}  # 2 epochs: 4,900 s
+    specs = [Spec("net"), Spec("net_special", generalist="net")]
+    done = {name: (how, a) for name, how, a in timebudget.schedule(
+        specs, BUDGETS, estimates, clock, spend(now, estimates), skipped)}
+    assert done["net"][0] == "skipped"
+    assert done["net_special"][1].skipped == "budget: its generalist net was skipped"
+
+
+def test_a_cheap_pipeline_runs_whatever_its_share():
+    estimates = {"net": Estimate(560.0, 530.0, epochs=16), "tiny": Estimate(5.0, 1.0)}
+    specs = [Spec("net", share=100), Spec("tiny", share=0.01)]
+    # far less time than the network's cost: shares decide, but 5 s is under 3% of 300 s
+    assert timebudget.share_of(specs[1], specs, estimates, 300.0) == 5.0
+    assert timebudget.share_of(specs[0], specs, estimates, 300.0) < 300.0
+
+
+def test_the_plan_expects_what_the_schedule_does():
+    now = FakeTime()
+    clock = Clock(600.0, reserve=45.0, now=now)
+    specs = [Spec("net", share=4), Spec("huge"), Spec("tiny")]
+    planned = timebudget.plan(specs, BUDGETS, ESTIMATES, clock)
+    assert [a.name for a in planned if a.skipped] == ["huge"]
+    assert clock.elapsed() == 0.0  # planning spends nothing
+    assert "epochs, cap" in planned[0].describe()
+
+
+def test_compare_prints_its_plan_before_any_work_and_keeps_its_budget(tmp_path):
+    """A real smoke compare with a budget: the plan comes before the first pipeline starts,
+    the compare ends within the budget, and the leaderboard says what the budget did."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OPTUNA_JOURNAL": str(tmp_path / "o.j"),
+           config.REPORTS_ENV: str(tmp_path / "reports")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "study", "compare", "--profile", "smoke", "--pipelines",
+         "dummy,logreg,knn", "--budget-minutes", "1.5"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    plan = next(i for i, line in enumerate(lines) if line.startswith("plan for 1.5 minutes"))
+    first = next(i for i, line in enumerate(lines) if line.startswith("=== pipeline"))
+    assert plan < first and any("expected:" in line for line in lines[plan:first])
+    assert "[" in lines[first] and "left" in lines[first]  # the clock on each pipeline's line
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                   "tags.role = 'compare'")
+    assert parent.data.metrics["budget_minutes"] == 1.5
+    assert parent.data.metrics["total_seconds"] <= 1.05 * 90  # data to written report
+    assert "plan.txt" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "limited by" in proc.stdout and "(time budget)" in proc.stdout
+    # a second budgeted compare in the same store estimates from the first one's runs
+    again = subprocess.run(
+        [sys.executable, "-m", "study", "compare", "--profile", "smoke", "--pipelines",
+         "dummy,logreg", "--budget-minutes", "1.2"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    planned = [line for line in again.stderr.splitlines() if line.startswith("logreg ")]
+    assert planned and "(store)" in planned[0], again.stderr[-2000:]
+
+
+@pytest.mark.parametrize("bad", [{"share": 0}, {"share": "big"},
+                                 {"cost": {"quick": {"seconds": 5}}},
+                                 {"cost": {"huge": {"seconds": 5, "fit_seconds": 1}}}])
+def test_bad_share_or_cost_is_refused(tmp_path, bad):
+    import yaml
+
+    raw = {"family": "linear", "reducer": "none", "model": "logreg",
+           "budget": {p: {"n_trials": 0, "timeout": 10} for p in config.PROFILES}, **bad}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(Exception, match="share must be|cost must map"):
+        pipelines.load("p", tmp_path)
