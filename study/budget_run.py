@@ -52,7 +52,8 @@ def estimates(specs, profile: str, parent_id: str) -> tuple[dict[str, Any], floa
 def plan_text(specs, budgets, found, clock: timebudget.Clock, speed: float | None) -> str:
     """The plan: per pipeline, its share, what it may spend and its estimate; the total."""
     allotments = timebudget.plan(specs, budgets, found, clock)
-    rows = [[a.name, f"{spec.share:g}", a.describe()] for spec, a in zip(specs, allotments)]
+    shares = {spec.name: spec.share for spec in specs}
+    rows = [[a.name, f"{shares[a.name]:g}", a.describe()] for a in allotments]
     expected = sum(min(a.estimate.seconds, a.seconds) if a.estimate else a.seconds
                    for a in allotments if not a.skipped)
     probe = (f"; this machine runs at {speed:.2f}x the speed the YAML costs were measured at"

@@ -164,7 +164,7 @@ DEFAULT_PROFILE = "quick"
 # timebudget.probe_speed's float32 matrix-multiply rate (GFLOP/s) on the host that measured the
 # pipelines' `cost:` in their YAML (the quick compare of 2026-11-29); a faster machine scales
 # those costs down.
-COST_HOST_GFLOPS = 170.0  # measured 153-174 (3 probes) on 2026-11-29
+COST_HOST_GFLOPS = 98.0  # one thread; measured 92-99 (3 probes) on 2026-11-29
 
 
 def profile(name: str | Profile) -> Profile:

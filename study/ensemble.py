@@ -28,6 +28,7 @@ class EnsembleConfig:
     max_members: int
     exclude_families: tuple[str, ...]
     path: Path
+    exclude_reducers: tuple[str, ...] = ()
 
 
 def config_path() -> Path:
@@ -51,10 +52,13 @@ def load_config(path: Path | None = None) -> EnsembleConfig:
     for key, value in (("rounds", rounds), ("max_members", members)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{path}: {key} must be a positive integer, got {value!r}")
-    excluded = raw.get("exclude_families") or []
+    excluded, reducers = raw.get("exclude_families") or [], raw.get("exclude_reducers") or []
     if not isinstance(excluded, list):
         raise ConfigError(f"{path}: exclude_families must be a list of family names")
-    return EnsembleConfig(enabled, rounds, members, tuple(map(str, excluded)), path)
+    if not isinstance(reducers, list):
+        raise ConfigError(f"{path}: exclude_reducers must be a list of reducers (none, pca, umap)")
+    return EnsembleConfig(enabled, rounds, members, tuple(map(str, excluded)), path,
+                          tuple(map(str, reducers)))
 
 
 @dataclass
@@ -155,17 +159,20 @@ class Candidate:
     model_uri: str = ""
     kind: str = ""  # keras (images in) or sklearn (flat pixels in)
     data_digest: str = ""  # the train/validation rows it saw
+    reducer: str = ""
 
 
 def usable(candidates: list[Candidate], n_val: int, n_test: int,
-           excluded_families: tuple[str, ...] = (), data_digest: str = ""
-           ) -> tuple[list[Candidate], list[str]]:
+           excluded_families: tuple[str, ...] = (), data_digest: str = "",
+           excluded_reducers: tuple[str, ...] = ()) -> tuple[list[Candidate], list[str]]:
     """The candidates with validation and test probabilities of the right shape for the same
     rows, and a one-line reason for each one left out."""
     kept, left_out = [], []
     for c in candidates:
         if c.family in excluded_families:
             left_out.append(f"{c.name}: family {c.family} is excluded in the ensemble settings")
+        elif c.reducer and c.reducer in excluded_reducers:
+            left_out.append(f"{c.name}: reducer {c.reducer} is excluded in the ensemble settings")
         elif c.val_proba is None:
             left_out.append(f"{c.name}: no validation probabilities logged (evaluation/"
                             "val_proba.npy); rerun that pipeline to include it")

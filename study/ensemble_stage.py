@@ -54,7 +54,7 @@ def candidates(runs: list[dict]) -> list[ensemble.Candidate]:
             tracking.load_npy(run["run_id"], "evaluation/val_proba.npy"),
             tracking.load_npy(run["run_id"], "evaluation/test_proba.npy"),
             run["metrics"], run.get("model_uri", ""), run.get("kind", ""),
-            run.get("data_digest", "")))
+            run.get("data_digest", ""), run.get("reducer", "")))
     return out
 
 
@@ -70,7 +70,8 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
         return StageResult(found, f"ensemble: run {found} exists; kept")
     started = time.time()
     kept, left_out = ensemble.usable(candidates(runs), len(y_val), len(y_test),
-                                     settings.exclude_families, data_digest)
+                                     settings.exclude_families, data_digest,
+                                     settings.exclude_reducers)
     for reason in left_out:
         logger.info(f"ensemble: left out {reason}")
     if len(kept) < 2:

@@ -3,7 +3,8 @@
 The clock starts before the data is loaded; time for the ensemble, the registry and the
 report is reserved. Each pipeline, when its turn comes, gets its share of what is left
 (in proportion to its estimated cost when what is left covers every pipeline still to run,
-else to `share` (its YAML) x cost). Its tuning timeout
+else to `share` (its YAML) x cost); what is left at the end goes to the skipped ones, the
+largest share first. Its tuning timeout
 and its network's epochs and time cap are cut to fit that allowance; one that cannot give a
 model in it (its estimated least cost is larger) is skipped ("skipped: budget"), so its time
 goes to the pipelines after it. Estimates come from earlier runs of the pipeline in the store
@@ -48,6 +49,17 @@ class Estimate:
     @property
     def trial_seconds(self) -> float | None:
         return self.tuning_seconds / self.trials if self.trials else None
+
+    def configured(self, budget) -> float:
+        """What it would cost run as `budget` says (the estimate may come from a cut run):
+        its trials and epochs at the measured rates."""
+        tuning = (self.trial_seconds * budget.n_trials if self.trials and budget.n_trials
+                  else self.tuning_seconds)
+        fit = self.fit_seconds
+        if self.epochs:
+            fit = self.epoch_seconds * int(budget.fit.get("epochs", self.epochs))
+            fit = min(fit, float(budget.fit.get("max_seconds") or math.inf))
+        return self.overhead + tuning + fit
 
     @property
     def minimum(self) -> float:
@@ -139,13 +151,19 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
         budget, n_trials=n_trials, timeout=max(1.0, timeout), fit=fit), estimate=estimate)
 
 
-def share_of(spec, remaining, estimates: dict[str, Estimate | None], usable: float) -> float:
+def share_of(spec, remaining, estimates: dict[str, Estimate | None], usable: float,
+             budgets: dict[str, Any] | None = None) -> float:
     """`spec`'s allowance out of `usable` seconds, against the pipelines still to run: in
     proportion to their estimated costs when `usable` covers them all (nobody is cut), else
     to share x cost, so the YAML's shares decide who keeps most when time is short; a
     pipeline that costs at most CHEAP of what is left gets its cost whatever its share."""
-    cost = {s.name: estimates[s.name].seconds if estimates.get(s.name) else UNKNOWN_COST
-            for s in remaining}
+    def cost_of(name: str) -> float:
+        est = estimates.get(name)
+        if est is None:
+            return UNKNOWN_COST
+        return est.configured(budgets[name]) if budgets else est.seconds
+
+    cost = {s.name: cost_of(s.name) for s in remaining}
     total = sum(cost.values())
     if total <= 0:
         return usable
@@ -163,19 +181,30 @@ def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | Non
     """Run the pipelines in order, each with its share of what is left when its turn comes
     (`run(spec, allotment)`), or `skip(spec, allotment)` it; yields what those return. A
     specialist whose generalist was skipped is skipped too."""
-    skipped: set[str] = set()
+    skipped: dict[str, Allotment] = {}
     for i, spec in enumerate(specs):
-        allowance = share_of(spec, specs[i:], estimates, clock.usable())
+        allowance = share_of(spec, specs[i:], estimates, clock.usable(), budgets)
         allotment = allot(spec, budgets[spec.name], estimates.get(spec.name), allowance,
                           spec.tunes(budgets[spec.name]))
         if spec.generalist in skipped and not allotment.skipped:
             allotment = dataclasses.replace(allotment, budget=None, skipped=(
                 f"budget: its generalist {spec.generalist} was skipped"))
         if allotment.skipped:
-            skipped.add(spec.name)
-            yield skip(spec, allotment)
+            skipped[spec.name] = allotment
         else:
             yield run(spec, allotment)
+    # What the others left: the skipped ones, the largest share first, each in what is left
+    later = sorted((s for s in specs if s.name in skipped and not s.generalist),
+                   key=lambda s: -s.share)
+    for spec in later:
+        allotment = allot(spec, budgets[spec.name], estimates.get(spec.name), clock.usable(),
+                          spec.tunes(budgets[spec.name]))
+        if not allotment.skipped:
+            del skipped[spec.name]
+            yield run(spec, allotment)
+    for spec in specs:
+        if spec.name in skipped:
+            yield skip(spec, skipped[spec.name])
 
 
 def plan(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
@@ -208,17 +237,22 @@ def scaled_hint(hint: dict[str, Any] | None, speed: float) -> Estimate | None:
                     epochs=hint.get("epochs"), trials=int(hint.get("trials", 0)), source="yaml")
 
 
-def probe_speed(reference_gflops: float, n: int = 768, repeats: int = 5) -> float:
+def probe_speed(reference_gflops: float, n: int = 768, repeats: int = 7) -> float:
     """This machine's float32 matrix-multiply rate against the one the YAML costs were
     measured on (>1: faster). ~0.1 s."""
     import numpy as np
 
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng(0)
     a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
-    a @ b
     best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
+    # one thread: the same figure whatever thread settings the process runs with (with two
+    # threads it moved between 104 and 190 GFLOP/s inside compares on one host)
+    with threadpool_limits(limits=1, user_api="blas"):
         a @ b
-        best = min(best, time.perf_counter() - start)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
     return (2 * n ** 3 / best / 1e9) / reference_gflops

@@ -111,6 +111,19 @@ def test_usable_leaves_out_members_without_validation_probabilities():
     assert left_out[2].startswith("moved: trained on other rows")
 
 
+def test_usable_leaves_out_excluded_reducers_as_the_shipped_settings_say():
+    proba = np.ones((30, 10)) / 10
+    umap = ensemble.Candidate("umap_knn", "r1", "knn", proba, proba, model_uri="m",
+                              reducer="umap")
+    pca = ensemble.Candidate("knn", "r2", "knn", proba, proba, model_uri="m", reducer="pca")
+    settings = ensemble.load_config()
+    assert "umap" in settings.exclude_reducers
+    kept, left_out = ensemble.usable([umap, pca], 30, 30, settings.exclude_families,
+                                     excluded_reducers=settings.exclude_reducers)
+    assert [c.name for c in kept] == ["knn"]
+    assert left_out == ["umap_knn: reducer umap is excluded in the ensemble settings"]
+
+
 def test_bad_settings_are_one_line_errors(tmp_path):
     path = tmp_path / "ensemble.yaml"
     path.write_text("enabled: true\nrounds: 0\nmax_members: 3\n")

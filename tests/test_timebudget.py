@@ -109,6 +109,28 @@ def test_a_specialist_goes_when_its_generalist_was_skipped():
     assert done["net_special"][1].skipped == "budget: its generalist net was skipped"
 
 
+def test_time_left_over_goes_to_a_skipped_pipeline_at_the_end():
+    """The network finished well under its estimate: the estimator skipped on its share runs
+    after the others, in what was left."""
+    now = FakeTime()
+    clock = Clock(600.0, reserve=45.0, now=now)
+    specs = [Spec("svm", share=0.1), Spec("net", share=10), Spec("tiny")]
+
+    def quick(spec, allotment):  # everything takes a third of what it was allowed
+        now.t += allotment.seconds / 3
+        return (spec.name, "ran", allotment)
+
+    order = [(name, how) for name, how, _ in timebudget.schedule(
+        specs, BUDGETS, ESTIMATES, clock, quick, skipped)]
+    assert order == [("net", "ran"), ("tiny", "ran"), ("svm", "ran")]
+    assert clock.seconds - clock.elapsed() >= clock.reserve
+
+
+def test_the_store_estimate_of_a_cut_run_stands_for_the_whole_recipe():
+    cut = Estimate(88.0, 72.0, epochs=2)  # a 2-epoch run of a 16-epoch recipe
+    assert cut.configured(BUDGETS["net"]) == pytest.approx(16.0 + 36.0 * 16)
+
+
 def test_a_cheap_pipeline_runs_whatever_its_share():
     estimates = {"net": Estimate(560.0, 530.0, epochs=16), "tiny": Estimate(5.0, 1.0)}
     specs = [Spec("net", share=100), Spec("tiny", share=0.01)]
