@@ -3,11 +3,10 @@
 The clock starts before the data is loaded; time for the ensemble, the registry and the
 report is reserved. Each pipeline, when its turn comes, gets its share of what is left
 (in proportion to its estimated cost when what is left covers every pipeline still to run,
-else to `share` (its YAML) x cost); what is left at the end goes to the skipped ones, the
-largest share first. Its tuning timeout
-and its network's epochs and time cap are cut to fit that allowance; one that cannot give a
-model in it (its estimated least cost is larger) is skipped ("skipped: budget"), so its time
-goes to the pipelines after it. Estimates come from earlier runs of the pipeline in the store
+else to `share` (its YAML) x cost). Its tuning timeout and its network's epochs and time cap
+are cut to fit that allowance; one that cannot give a model in it (its estimated least cost
+is larger) is skipped ("skipped: budget"), so its time goes to the pipelines after it; what is
+left at the end goes to the skipped ones that fit then, the largest share first. Estimates come from earlier runs of the pipeline in the store
 (same profile), else from the cost its YAML states for this host kind, scaled by a short
 matrix-multiply probe of this machine. Pure: no MLflow, no Optuna; the clock is injectable.
 """
