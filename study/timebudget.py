@@ -210,17 +210,12 @@ def plan(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
          clock: Clock) -> list[Allotment]:
     """What each pipeline would get if every one before it spent its estimate (or its
     allowance, when smaller): the plan printed before any work."""
-    class Ahead:  # a clock that moves by what each pipeline is expected to spend
-        def __init__(self):
-            self.spent = 0.0
-
-    ahead = Ahead()
-    fake = Clock(clock.seconds, clock.reserve, now=lambda: clock.elapsed() + ahead.spent,
-                 start=0.0)
+    spent = [clock.elapsed()]  # a clock that moves by what each pipeline is expected to spend
+    fake = Clock(clock.seconds, clock.reserve, now=lambda: spent[0], start=0.0)
 
     def expect(spec, allotment: Allotment) -> Allotment:
         guess = allotment.estimate.seconds if allotment.estimate else allotment.seconds
-        ahead.spent += min(guess, allotment.seconds)
+        spent[0] += min(guess, allotment.seconds)
         return allotment
 
     return list(schedule(specs, budgets, estimates, fake, expect, lambda s, a: a))
