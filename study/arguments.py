@@ -58,6 +58,16 @@ def _minutes(text: str) -> float | None:
     return value
 
 
+def _cluster(text: str):
+    """local:N, a Dask scheduler address, or none (study.cluster.parse, which imports no Dask)."""
+    from study import cluster
+
+    try:
+        return cluster.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _profile(text: str) -> config.Profile:
     """The profile, resolved here once; the layers below get the Profile, not its name."""
     try:
@@ -136,6 +146,11 @@ def _add_compare(sub, common) -> None:
                      help="end the whole compare, data to report, within this many minutes "
                           "(+5%%): pipelines share what is left, those that cannot fit are "
                           "skipped (default none: the profile's budgets as they are)")
+    cmp.add_argument("--cluster", type=_cluster, default=None,
+                     help="each pipeline as a task on a Dask cluster: local:N (N worker "
+                          "processes here) or a scheduler address such as tcp://HOST:8786, "
+                          "whose workers share a tracking server and a PostgreSQL storage "
+                          "(default none)")
 
 
 def _add_tune(sub, common) -> None:

@@ -92,7 +92,7 @@ def _compare(args) -> int:
     from study import compare, leaderboard, tracking
 
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
-                             args.workers, args.parallel, args.budget_minutes)
+                             args.workers, args.parallel, args.budget_minutes, args.cluster)
     print()
     print(f"Leaderboard (compare run {result.run_id}, {args.profile.name} profile, "
           f"{result.seconds / 60:.1f} min)")

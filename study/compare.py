@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -132,6 +133,7 @@ class Outcome:
     failure: str | None = None
     trace: str = ""
     skipped: str = ""
+    where: str = ""  # the cluster worker that ran it
 
 
 def attempt(spec, profile: config.Profile, splits: data.Splits, seed: int, setup: TuningSetup,
@@ -251,18 +253,29 @@ def open_stores(storage_url: str):
 def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
             pipeline_names: str | None = "all", seed: int = config.SEED,
             data_dir: str | None = None, storage: str | None = None, workers: int = 1,
-            parallel: int = 1, budget_minutes: float | None = None) -> CompareResult:
+            parallel: int = 1, budget_minutes: float | None = None,
+            cluster: str | None = None) -> CompareResult:
     """Run every selected pipeline and return the ranked leaderboard of this invocation.
 
     Rerunning after an interruption resumes: studies continue from their stored trials and
     finished pipelines of the interrupted compare are reused, not retrained. With
     `budget_minutes`, everything from loading the data to the report ends within that time
-    (timebudget, budget_run)."""
+    (timebudget, budget_run). With `cluster` (local:N or a Dask scheduler's address) each
+    pipeline is a task on a Dask cluster (study.cluster)."""
+    from study import cluster as dask_cluster
+
     profile = config.profile(profile)
+    target = cluster if isinstance(cluster, dask_cluster.Target) else dask_cluster.parse(cluster)
     if workers < 1:
         raise ConfigError(f"workers must be a whole number >= 1, got {workers}")
     if parallel < 1:
         raise ConfigError(f"parallel must be a whole number >= 1, got {parallel}")
+    if target and parallel > 1:
+        raise ConfigError("cluster runs the pipelines side by side already; drop parallel "
+                          "(local:N is parallel=N through Dask)")
+    if target and budget_minutes is not None:
+        raise ConfigError("budget_minutes shares the time out one pipeline at a time; drop "
+                          "cluster (or the budget)")
     clock = None
     if budget_minutes is not None:  # started now: the budget covers loading the data
         from study import budget_run
@@ -276,6 +289,8 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
     if clock:
         budget_run.check_room(clock, data_seconds)
     storage_url = resolve_storage(storage)
+    # before anything connects: a scheduler's workers cannot share files on this machine
+    dask_cluster.check_shared(target, config.tracking_uri(), storage_url)
     setup = TuningSetup(storage_url, open_stores(storage_url), workers, data_dir)
     tracking.check_can_write()  # a READ-only user stops here, before any run or trial
     stale = tracking.mark_stale_runs()
@@ -284,22 +299,28 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
                     f"({', '.join(stale)})")
     logger.info(f"data: {dataset.source} -> train {len(splits.y_train)}, validation "
                 f"{len(splits.y_val)}, test {len(splits.y_test)} ({profile.name} profile)")
-    with tracking.compare_run(profile.name, seed, [s.name for s in specs]) as parent_id:
+    engine = contextlib.ExitStack()
+    client = engine.enter_context(dask_cluster.connect(target)) if target else None
+    with engine, tracking.compare_run(profile.name, seed, [s.name for s in specs]) as parent_id:
         tracking.log_metrics({"data_seconds": data_seconds})
         tracking.log_params({"workers": workers, "parallel": parallel,
+                             "cluster": target.address if target else "none",
                              "optuna_storage": config.redact(storage_url)})
         data_digest = data.fingerprint(splits)
         tracking.log_data_inputs(data_digest, splits.rows())
         todo = _not_reused(specs, parent_id, profile, seed, data_digest)
         started = time.perf_counter()
         runner = _runner(todo, specs, profile, splits, seed, setup, parent_id, data_digest,
-                         parallel, clock)
+                         parallel, clock, (target, client))
         outcomes = list(_record(runner, specs, profile.name))
+        engine.close()  # the cluster's work is done; the ensemble and report are this process's
         tracking.log_metrics({"pipelines_seconds": time.perf_counter() - started})
         outcomes += _record([build_ensemble(parent_id, profile, splits, data_digest)], specs,
                             profile.name)
         failures = _listed(outcomes, "failure", "failures.txt")
         skipped = _listed(outcomes, "skipped", "skipped.txt")
+        if failures:  # the next compare reuses this one's finished models (tracking.resume)
+            tracking.set_tags(parent_id, {"resumable": "true"})
         tracking.log_metrics({"compare_seconds": time.perf_counter() - start})
     # The parent run is closed (FINISHED) before the report reads it back from MLflow.
     result = CompareResult(parent_id, leaderboard.rank(tracking.final_runs(parent_id)),
@@ -312,20 +333,25 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
 
 def _runner(todo, specs, profile: config.Profile, splits: data.Splits, seed: int,
             setup: TuningSetup, parent_id: str, data_digest: str, parallel: int,
-            clock) -> Iterator[Outcome]:
-    """The pipelines' outcomes as they finish: under a time budget, side by side, or one at
-    a time."""
+            clock, engine=(None, None)) -> Iterator[Outcome]:
+    """The pipelines' outcomes as they finish: under a time budget, on a Dask cluster
+    (`engine`: its target and client), side by side, or one at a time."""
     if clock:
         from study import budget_run
 
         return budget_run.pipelines_within(clock, todo, specs, profile, splits, seed, setup,
                                            parent_id, data_digest)
-    if parallel > 1 and todo:
-        from study import side_by_side
+    target, client = engine
+    if (parallel > 1 or target) and todo:
+        from study import cluster, side_by_side
 
         job = side_by_side.Job(profile, seed, setup.data_dir, setup.storage_url, setup.workers,
                                parent_id, data_digest)
-        return side_by_side.in_waves(todo, specs, job, parallel)
+        if target:
+            return side_by_side.in_waves(
+                todo, specs, lambda now, reduced: cluster.run(client, target, now, job, reduced))
+        return side_by_side.in_waves(
+            todo, specs, lambda now, reduced: side_by_side.run(now, job, parallel, reduced))
     return _one_at_a_time(todo, specs, profile, splits, seed, setup, parent_id, data_digest)
 
 

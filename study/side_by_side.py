@@ -116,13 +116,13 @@ def run(todo: list[tuple[str, Any]], job: Job, parallel: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def in_waves(todo, specs, job: Job, parallel: int) -> Iterator[Outcome]:
-    """The pipelines `parallel` at a time in worker processes; specialists in a second wave,
-    once the generalists they fold into have logged their models."""
+def in_waves(todo, specs, run) -> Iterator[Outcome]:
+    """The pipelines through `run(todo, reduced)` (side by side, or on a cluster); specialists
+    in a second wave, once the generalists they fold into have logged their models."""
     first = [(label, spec) for label, spec in todo if not spec.generalist]
     reduced = [s.name for s in specs if s.reducer != "none"]
     if first or reduced:
-        yield from run(first, job, parallel, reduced)
+        yield from run(first, reduced)
     later = [(label, spec) for label, spec in todo if spec.generalist]
     if later:
-        yield from run(later, job, parallel, [])
+        yield from run(later, [])

@@ -296,44 +296,6 @@ def test_ctrl_c_marks_the_compare_killed_and_the_rerun_reuses_its_work(parallel,
     assert {k: rows[k] for k in done} == done
 
 
-def test_pipelines_side_by_side_match_one_at_a_time(tmp_path):
-    """--parallel 2 runs the pipelines in two worker processes, one core each; the models they
-    choose and fit, and the figures, are those of a compare that runs them one at a time."""
-    results, workers = {}, {}
-    for parallel in (1, 2):
-        folder = tmp_path / f"parallel{parallel}"
-        folder.mkdir()
-        env = study_env(folder)
-        proc = subprocess.run(study_cmd("compare", "--profile", "smoke", "--pipelines",
-                                        "dummy,logreg,pca_svm,knn", "--parallel", str(parallel)),
-                              cwd=folder, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-        exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
-        (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
-        assert parent.info.status == "FINISHED" and parent.data.params["parallel"] == str(parallel)
-        finals = client.search_runs([exp.experiment_id], "tags.role = 'final' and "
-                                    f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-        results[parallel] = {
-            r.data.tags["pipeline"]: (r.data.metrics["test_accuracy"],
-                                      {k: v for k, v in r.data.params.items()
-                                       if k.startswith("best.")}) for r in finals}
-        assert all(r.data.tags.get("rank") for r in finals)
-        tuning_exp = client.get_experiment_by_name(config.EXPERIMENT_NAME + config.TUNING_SUFFIX)
-        workers[parallel] = {r.data.tags["pid"] for r in client.search_runs(
-            [tuning_exp.experiment_id], "tags.role = 'tuning'")} - {parent.data.tags["pid"]}
-        figures = {f.path for f in client.list_artifacts(parent.info.run_id, "reduction")}
-        assert {"reduction/pca_map.png", "reduction/pca_explained_variance.png"} <= figures
-        assert len(list((folder / "r").glob("*-smoke/leaderboard.csv"))) == 1
-    assert workers[1] == set() and len(workers[2]) == 2  # in-process vs two pipeline workers
-    assert sorted(results[1]) == sorted(results[2]) == ["dummy", "ensemble", "knn", "logreg",
-                                                        "pca_svm"]
-    for name, (accuracy, best) in results[1].items():
-        assert results[2][name][1] == best, name  # the same trials chose the same parameters
-        # one thread instead of two may reorder float sums, not change the model
-        assert abs(results[2][name][0] - accuracy) <= 0.002, name
-
-
 def _table_text(url: str, password: str) -> str:
     """Every row of every table of a PostgreSQL database, as text."""
     import psycopg
@@ -492,3 +454,112 @@ def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgre
         for db in dbs.values():
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def _compare_rows(client, experiment: str) -> tuple:
+    """The compare run of an experiment and its leaderboard: pipeline -> (rank, test
+    accuracy, chosen parameters, final run)."""
+    exp = client.get_experiment_by_name(experiment)
+    (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    finals = client.search_runs([exp.experiment_id], "tags.role = 'final' and "
+                                f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, {r.data.tags["pipeline"]: (
+        r.data.tags.get("rank"), r.data.metrics.get("test_accuracy"),
+        {k: v for k, v in r.data.params.items() if k.startswith("best.")}, r) for r in finals}
+
+
+def test_side_by_side_and_on_a_dask_cluster_match_one_at_a_time(mlflow_server, postgres_db,
+                                                                 tmp_path):
+    """The same compare against a real MLflow server and PostgreSQL, one pipeline at a time,
+    side by side (--parallel 2: two worker processes, one core each) and on a Dask cluster
+    (--cluster local:2: a LocalCluster of two worker processes; each pipeline a task whose
+    worker loads the data itself and logs its run as the compare's child): the models they
+    choose and fit, their ranks and the figures are the same."""
+    client = mlflow.MlflowClient(mlflow_server)
+    modes = {"one": [], "parallel": ["--parallel", "2"], "cluster": ["--cluster", "local:2"]}
+    results, logs, workers = {}, {}, {}
+    for mode, extra in modes.items():
+        storage = postgres_db("optuna")  # each compare tunes from scratch
+        env = {**study_env(tmp_path, tracking_uri=mlflow_server),
+               "MLFLOW_EXPERIMENT_NAME": f"fm-{mode}"}
+        proc = subprocess.run(study_cmd("compare", "--profile", "smoke", "--pipelines",
+                                        "dummy,logreg,pca_svm,knn", "--storage", storage, *extra),
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        parent, results[mode] = _compare_rows(client, f"fm-{mode}")
+        assert parent.info.status == "FINISHED"
+        assert parent.data.params["parallel"] == ("2" if mode == "parallel" else "1")
+        assert parent.data.params["cluster"] == ("local:2" if mode == "cluster" else "none")
+        figures = {f.path for f in client.list_artifacts(parent.info.run_id, "reduction")}
+        assert {"reduction/pca_map.png", "reduction/pca_explained_variance.png"} <= figures
+        tuning_exp = client.get_experiment_by_name(f"fm-{mode}" + config.TUNING_SUFFIX)
+        workers[mode] = {r.data.tags["pid"] for r in client.search_runs(
+            [tuning_exp.experiment_id], "tags.role = 'tuning'")} - {parent.data.tags["pid"]}
+        logs[mode] = proc.stderr
+    assert len(list((tmp_path / "r").glob("*-smoke/leaderboard.csv"))) == 3
+    # in-process, then two pipeline worker processes each way
+    assert workers["one"] == set() and len(workers["parallel"]) == len(workers["cluster"]) == 2
+    assert re.search(r"^Dask cluster local:2: dashboard http://127\.0\.0\.1:\d+/status$",
+                     logs["cluster"], re.M)
+    assert "Dask" not in logs["one"] + logs["parallel"]
+    on = set(re.findall(r" on worker (tcp://127\.0\.0\.1:\d+) in process (\d+)",
+                        logs["cluster"]))
+    assert {pid for _, pid in on} == workers["cluster"]
+    tagged = {row[3].data.tags.get("dask_worker") for n, row in results["cluster"].items()
+              if n != "ensemble"}
+    assert tagged == {address for address, _ in on}  # the MLflow UI says where each ran
+    for mode in modes:
+        assert sorted(results[mode]) == ["dummy", "ensemble", "knn", "logreg", "pca_svm"]
+        for name, (rank, accuracy, best, _) in results["one"].items():
+            other = results[mode][name]
+            assert other[2] == best, (mode, name)  # the same trials chose the same parameters
+            assert other[0] == rank, (mode, name)
+            # one thread instead of two may reorder float sums, not change the model
+            assert abs(other[1] - accuracy) <= 0.002, (mode, name)
+
+
+def test_a_killed_dask_worker_loses_only_its_pipeline(tmp_path):
+    """SIGKILL to the worker process training one pipeline: the others finish, that one is
+    listed as failed with its worker's address (Dask does not retry it), and the rerun
+    trains only it, reusing the rest."""
+    env = study_env(tmp_path)
+    command = study_cmd("compare", "--profile", "smoke", "--pipelines", "dummy,logreg,knn,cnn_seed1",
+                        "--cluster", "local:2")
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    killed = None
+    for line in first.stderr:
+        found = re.search(r": cnn_seed1 \(.* on worker \S+ in process (\d+)", line)
+        if found:
+            killed = int(found.group(1))
+            time.sleep(3)  # into its tuning
+            os.kill(killed, signal.SIGKILL)
+            break
+    out, err = first.communicate(timeout=600)
+    assert killed and first.returncode == 1, err[-3000:]
+    assert re.search(r"^  cnn_seed1: its Dask worker tcp://127\.0\.0\.1:\d+ died \(killed or out "
+                     r"of memory\?\); rerun the same command to resume$", out, re.M), out
+    assert "pipeline(s) failed" in out and out.count("died") == 1  # only the one it ran
+
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    parent, rows = _compare_rows(client, config.EXPERIMENT_NAME)
+    assert parent.data.tags.get("resumable") == "true"
+    finished = {n: row[3].info.run_id for n, row in rows.items()
+                if row[3].info.status == "FINISHED" and n != "ensemble"}
+    assert sorted(finished) == ["dummy", "knn", "logreg"]
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    for name, run_id in finished.items():
+        assert f"{name}: reusing run {run_id}" in again.stderr
+    assert re.search(r": cnn_seed1 \(.* on worker ", again.stderr)
+    assert not re.search(r": (dummy|knn|logreg) \(.* on worker ", again.stderr)
+    exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    newest = client.search_runs([exp.experiment_id], "tags.role = 'compare'",
+                                order_by=["attributes.start_time DESC"])[0]
+    rows = {r.data.tags["pipeline"]: r.info.run_id for r in client.search_runs(
+        [exp.experiment_id], f"tags.mlflow.parentRunId = '{newest.info.run_id}' and "
+                             "tags.role = 'final' and attributes.status = 'FINISHED'")}
+    assert sorted(rows) == ["cnn_seed1", "dummy", "ensemble", "knn", "logreg"]
+    assert {k: rows[k] for k in finished} == finished  # the same runs: nothing retrained

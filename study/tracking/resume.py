@@ -35,18 +35,20 @@ def mark_stale_runs() -> list[str]:
 
 def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str,
                    digests: dict[str, str], refused: list[str] | None = None) -> dict[str, str]:
-    """Finished final runs of interrupted (KILLED) compares in this experiment whose pipeline
-    definition, data, profile, seed and code (study/'s sources) match: moved under this
-    compare instead of retrained. Returns {pipeline: run_id}; `refused` collects the
-    pipelines whose only obstacle was changed code."""
+    """Finished final runs of interrupted (KILLED) compares in this experiment, and of
+    compares that ended with failed pipelines (tag resumable, e.g. a cluster worker died),
+    whose pipeline definition, data, profile, seed and code (study/'s sources) match: moved
+    under this compare instead of retrained. Returns {pipeline: run_id}; `refused` collects
+    the pipelines whose only obstacle was changed code."""
     import mlflow
 
     client = mlflow.MlflowClient()
     code = config.code_digest()
     exp_id = client.get_run(parent_run_id).info.experiment_id
-    killed = client.search_runs([exp_id], max_results=100, order_by=["attributes.start_time DESC"],
-                                filter_string=f"tags.{ROLE} = 'compare' and "
-                                              "attributes.status = 'KILLED'")
+    killed = sorted((run for found in ("attributes.status = 'KILLED'", "tags.resumable = 'true'")
+                     for run in client.search_runs([exp_id], max_results=100, filter_string=(
+                         f"tags.{ROLE} = 'compare' and {found}"))),
+                    key=lambda run: -run.info.start_time)  # the newest first
     adopted: dict[str, Any] = {}
     for old in killed:
         finals = client.search_runs([exp_id], max_results=1000, filter_string=(

@@ -1,0 +1,100 @@
+"""The Dask cluster option's checks: what an address may be, and which stores a scheduler's
+workers can share, refused before anything connects (the runs themselves: test_scale_out)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from study import cluster
+from study.errors import ConfigError
+
+PG = "postgresql://study@db.lab:5432/optuna"
+
+
+@pytest.mark.parametrize("text, address, local", [
+    ("local:2", "local:2", 2),
+    ("LOCAL:03", "local:3", 3),
+    ("tcp://10.0.0.5:8786", "tcp://10.0.0.5:8786", 0),
+    ("scheduler.lab:8786", "tcp://scheduler.lab:8786", 0),
+    ("tls://[::1]:8786", "tls://[::1]:8786", 0),
+])
+def test_an_address_is_local_n_or_a_scheduler(text, address, local):
+    target = cluster.parse(text)
+    assert (target.address, target.local_workers, target.is_local) == (address, local, local > 0)
+
+
+@pytest.mark.parametrize("text", ["local:0", "local:-1", "local:two", "local:", "tcp://host",
+                                  "http://host:8786", "host:99999", "two words:1"])
+def test_a_bad_address_is_refused(text):
+    with pytest.raises(ConfigError, match="cluster"):
+        cluster.parse(text)
+
+
+@pytest.mark.parametrize("text", [None, "", "none", "-"])
+def test_no_cluster(text):
+    assert cluster.parse(text) is None
+
+
+@pytest.mark.parametrize("tracking, storage, message", [
+    ("sqlite:////tmp/m.db", PG, "is on this machine only; set MLFLOW_TRACKING_URI"),
+    ("/tmp/mlruns", PG, "is on this machine only"),
+    ("http://mlflow.lab:5000", "/tmp/optuna.journal", "is a file on this machine; use "
+                                                      "storage=postgresql://"),
+    ("http://mlflow.lab:5000", "sqlite:////tmp/o.db", "is a file on this machine"),
+    ("http://127.0.0.1:5000", PG, "MLFLOW_TRACKING_URI http://127.0.0.1:5000 is a loopback"),
+    ("https://alice:s3cret@mlflow.lab", PG, "https://alice:***@mlflow.lab carries a password; "
+                                            "give it without one"),
+    ("http://mlflow.lab:5000", "postgresql://study@localhost/optuna", "storage postgresql"),
+])
+def test_a_scheduler_is_refused_stores_its_workers_cannot_share(tracking, storage, message):
+    with pytest.raises(ConfigError, match="cluster tcp://sched.lab:8786") as raised:
+        cluster.check_shared(cluster.parse("sched.lab:8786"), tracking, storage)
+    assert message in str(raised.value)
+    assert "s3cret" not in str(raised.value)
+
+
+def test_shared_stores_pass_and_local_workers_share_this_machines():
+    remote = cluster.parse("tcp://sched.lab:8786")
+    cluster.check_shared(remote, "https://mlflow.lab", PG)
+    # a scheduler on this machine may use loopback servers: its workers are here too
+    cluster.check_shared(cluster.parse("127.0.0.1:8786"), "http://127.0.0.1:5000",
+                         "postgresql://study@127.0.0.1/optuna")
+    cluster.check_shared(cluster.parse("local:2"), "sqlite:////tmp/m.db", "/tmp/o.journal")
+    cluster.check_shared(None, "sqlite:////tmp/m.db", "/tmp/o.journal")
+
+
+def test_the_refusal_comes_before_any_connection(tmp_path):
+    """A scheduler address with this machine's SQLite store: exit 2, one line, nothing
+    written, and neither the scheduler nor the tracking server was contacted (both are
+    listening sockets here, so a connection attempt would be seen)."""
+    listeners = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        listeners.append(sock)
+    scheduler, server = (f"127.0.0.1:{s.getsockname()[1]}" for s in listeners)
+    cases = [  # (MLFLOW_TRACKING_URI, extra arguments, message)
+        (f"sqlite:///{tmp_path / 'm.db'}", [], "is on this machine only"),
+        (f"http://{server}", [], "is a file on this machine"),  # the local journal
+    ]
+    for uri, extra, message in cases:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+               "OPTUNA_JOURNAL": str(tmp_path / "o.journal")}
+        proc = subprocess.run([sys.executable, "-m", "study", "compare", "--profile", "smoke",
+                               "--pipelines", "dummy", "--cluster", f"tcp://{scheduler}", *extra],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+    for sock in listeners:
+        with pytest.raises(BlockingIOError):  # nobody knocked
+            sock.accept()
+        sock.close()
