@@ -161,18 +161,26 @@ def shares(client: Any) -> dict[str, int]:
             for address, w in workers.items()}
 
 
+def _address() -> str:
+    """The Dask worker this runs on (a test calls the worker's checks in its own process)."""
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # not in a worker
+        return f"process {os.getpid()}"
+
+
 _ready: dict[tuple, Any] = {}  # per worker process: the splits and storage of a compare
 
 
 def _prepare(task: Task) -> tuple[Any, Any, str, int]:
     """In a worker: this compare's splits and tuning setup, made once per worker process;
     the worker's address and threads. The data is loaded and checked here, not shipped."""
-    from distributed import get_worker
-
     from study.cli import configure_logging
     from study.compare import TuningSetup
 
-    address = get_worker().address
+    address = _address()
     threads = task.shares.get(address) or config.threads()
     job = task.job
     key = (job.parent_run_id, task.tracking_uri)
@@ -232,8 +240,8 @@ def _figures_task(task: Task, names: list[str]) -> Any:
 
 def run(client: Any, target: Target, todo: list[tuple[str, Any]], job: Any,
         reduced: list[str]) -> Iterator[Any]:
-    """Each pipeline (and the reduction figures) as one task on the cluster, the longest
-    first, yielding the outcomes as they finish. A worker that dies loses only its pipeline
+    """Each pipeline (and the reduction figures) as one task on the cluster, in the order
+    selected (as side by side), yielding the outcomes as they finish. A worker that dies loses only its pipeline
     (listed as failed, with the worker's address); Ctrl-C cancels the compare's tasks and
     stops their workers."""
     from distributed import as_completed
@@ -241,9 +249,9 @@ def run(client: Any, target: Target, todo: list[tuple[str, Any]], job: Any,
     task = Task(job, config.tracking_uri(), config.code_digest(), shares(client))
     logger.info(f"{len(todo)} pipeline(s) as tasks on {len(task.shares)} Dask worker(s): "
                 + ", ".join(f"{a} ({n} thread(s))" for a, n in sorted(task.shares.items())))
-    # the longest first (the cost measured in its YAML): the last to finish sets the wall time
-    waiting = [(spec.name, _pipeline_task, (task, spec.name, label)) for label, spec in
-               sorted(todo, key=lambda item: -_seconds(item[1], job.profile.name))]
+    # in order, not the longest first: which pipelines share the machine's cores changes each
+    # one's speed more than the order saves (measured: benchmarks/cluster.py, README)
+    waiting = [(spec.name, _pipeline_task, (task, spec.name, label)) for label, spec in todo]
     if reduced:
         waiting.append(("figures", _figures_task, (task, reduced)))
     total, started = len(waiting), time.perf_counter()
@@ -293,10 +301,6 @@ def _outcome(name: str, future: Any) -> Any:
                        "memory?); rerun the same command to resume", where=worker)
     except Exception as exc:  # raised outside the pipeline's own guard (its worker's setup)
         return failed_outcome(name, exc)
-
-
-def _seconds(spec, profile: str) -> int:
-    return int(spec.cost.get(profile, {}).get("seconds", 0))
 
 
 def _cancel(client: Any, target: Target, futures: list) -> None:

@@ -98,3 +98,24 @@ def test_the_refusal_comes_before_any_connection(tmp_path):
         with pytest.raises(BlockingIOError):  # nobody knocked
             sock.accept()
         sock.close()
+
+
+def test_a_worker_refuses_other_data_or_other_code(tracking_store, real_dir, tmp_path):
+    """What a worker checks before its first pipeline: the compare's data digest (computed
+    from the files it loads itself) and the study's code; each mismatch is one clear line."""
+    from study import config, side_by_side
+
+    job = side_by_side.Job(config.profile("smoke"), config.SEED, str(real_dir),
+                           str(tmp_path / "o.journal"), 1, "parent-run", "0" * 16)
+    saved = dict(os.environ)  # a worker sets its threads and store in its environment
+    try:
+        with pytest.raises(ConfigError, match=r"has other Fashion-MNIST files than the compare "
+                                              r"\(data digest \w+, expected 0{16}\); give every"):
+            cluster._prepare(cluster.Task(job, tracking_store, config.code_digest(), {}))
+        with pytest.raises(ConfigError, match="runs other study code than the compare; install "
+                                              "the same version on every worker"):
+            cluster._prepare(cluster.Task(job, tracking_store, "other-code", {}))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert cluster._ready == {}  # nothing kept from a refused compare
