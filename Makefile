@@ -9,6 +9,7 @@ PROFILE ?= quick
 EXPERIMENT ?= fashion-mnist
 BUDGET ?= none
 CLUSTER ?= none
+PIPELINES ?= all
 # The embedded default: a SQLite tracking store beside the project (MLflow's own default too).
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export TF_CPP_MIN_LOG_LEVEL ?= 3
@@ -31,8 +32,8 @@ compare: setup
 	@# the store is created under a lock first: two first-time compares must not race mlflow's migrations
 	$(BIN)/python -m study store
 	PATH="$(BIN):$$PATH" mlflow run . -e compare --env-manager local \
-		--experiment-name $(EXPERIMENT) -P profile=$(PROFILE) -P budget_minutes=$(BUDGET) \
-		-P cluster=$(CLUSTER)
+		--experiment-name $(EXPERIMENT) -P profile=$(PROFILE) -P pipelines=$(PIPELINES) \
+		-P budget_minutes=$(BUDGET) -P cluster=$(CLUSTER)
 
 test: setup
 	$(BIN)/python -m pytest
