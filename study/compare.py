@@ -266,16 +266,7 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
 
     profile = config.profile(profile)
     target = cluster if isinstance(cluster, dask_cluster.Target) else dask_cluster.parse(cluster)
-    if workers < 1:
-        raise ConfigError(f"workers must be a whole number >= 1, got {workers}")
-    if parallel < 1:
-        raise ConfigError(f"parallel must be a whole number >= 1, got {parallel}")
-    if target and parallel > 1:
-        raise ConfigError("cluster runs the pipelines side by side already; drop parallel "
-                          "(local:N is parallel=N through Dask)")
-    if target and budget_minutes is not None:
-        raise ConfigError("budget_minutes shares the time out one pipeline at a time; drop "
-                          "cluster (or the budget)")
+    _check_engines(workers, parallel, target, budget_minutes)
     clock = None
     if budget_minutes is not None:  # started now: the budget covers loading the data
         from study import budget_run
@@ -329,6 +320,20 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
     result.seconds = time.perf_counter() - start  # data to written report: what a budget holds
     tracking.log_metrics({"total_seconds": result.seconds}, run_id=parent_id)
     return result
+
+
+def _check_engines(workers: int, parallel: int, target, budget_minutes: float | None) -> None:
+    """How the work is spread: each way on its own, the numbers whole and positive."""
+    if workers < 1:
+        raise ConfigError(f"workers must be a whole number >= 1, got {workers}")
+    if parallel < 1:
+        raise ConfigError(f"parallel must be a whole number >= 1, got {parallel}")
+    if target and parallel > 1:
+        raise ConfigError("cluster runs the pipelines side by side already; drop parallel "
+                          "(local:N is parallel=N through Dask)")
+    if target and budget_minutes is not None:
+        raise ConfigError("budget_minutes shares the time out one pipeline at a time; drop "
+                          "cluster (or the budget)")
 
 
 def _runner(todo, specs, profile: config.Profile, splits: data.Splits, seed: int,

@@ -119,3 +119,26 @@ def test_a_worker_refuses_other_data_or_other_code(tracking_store, real_dir, tmp
         os.environ.clear()
         os.environ.update(saved)
     assert cluster._ready == {}  # nothing kept from a refused compare
+
+
+def test_a_scheduler_that_would_retry_a_dead_workers_task_is_refused():
+    """Joining a running scheduler (the several-machines path, here on loopback): refused in
+    one line when it would run a pipeline again after its worker died, accepted at 0."""
+    import dask
+    from distributed import LocalCluster
+
+    for failures in (3, 0):  # 3: Dask's default
+        with dask.config.set({cluster.RETRIES: failures}), LocalCluster(
+                n_workers=0, processes=False, host="127.0.0.1",
+                dashboard_address="127.0.0.1:0") as running:
+            target = cluster.parse(running.scheduler_address)
+            assert not target.is_local
+            if failures:
+                with pytest.raises(ConfigError, match=r"retries a task whose worker died \("
+                                   r"distributed.scheduler.allowed-failures = 3\): a pipeline "
+                                   r"could train twice; start it with DASK_DISTRIBUTED__"):
+                    with cluster.connect(target):
+                        pass
+            else:
+                with cluster.connect(target) as client:
+                    assert client.run_on_scheduler(cluster._allowed_failures) == 0

@@ -45,12 +45,12 @@ def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str
     client = mlflow.MlflowClient()
     code = config.code_digest()
     exp_id = client.get_run(parent_run_id).info.experiment_id
-    killed = sorted((run for found in ("attributes.status = 'KILLED'", "tags.resumable = 'true'")
+    earlier = sorted((run for found in ("attributes.status = 'KILLED'", "tags.resumable = 'true'")
                      for run in client.search_runs([exp_id], max_results=100, filter_string=(
                          f"tags.{ROLE} = 'compare' and {found}"))),
                     key=lambda run: -run.info.start_time)  # the newest first
     adopted: dict[str, Any] = {}
-    for old in killed:
+    for old in earlier:
         finals = client.search_runs([exp_id], max_results=1000, filter_string=(
             f"tags.mlflow.parentRunId = '{old.info.run_id}' and tags.{ROLE} = 'final' and "
             "attributes.status = 'FINISHED'"))
