@@ -129,7 +129,7 @@ def test_a_scheduler_that_would_retry_a_dead_workers_task_is_refused():
 
     for failures in (3, 0):  # 3: Dask's default
         with dask.config.set({cluster.RETRIES: failures}), LocalCluster(
-                n_workers=0, processes=False, host="127.0.0.1",
+                n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
                 dashboard_address="127.0.0.1:0") as running:
             target = cluster.parse(running.scheduler_address)
             assert not target.is_local
