@@ -117,19 +117,20 @@ def connect(target: Target) -> Iterator[Any]:
     import dask
     from distributed import Client, LocalCluster
 
+    from study import side_by_side
+
     cluster = None
     # read by the scheduler and workers started here (remote ones: README, scale-out)
     with dask.config.set({RETRIES: 0, MALLOC: None, **QUIET}):
         if target.is_local:
             threads = max(1, config.threads() // target.local_workers)
-            saved = dict(os.environ)  # the nanny writes its workers' settings into it
-            # env: also for a worker the nanny restarts after one died
-            cluster = LocalCluster(n_workers=target.local_workers, threads_per_worker=1,
-                                   processes=True, host="127.0.0.1",
-                                   dashboard_address="127.0.0.1:0",
-                                   env=config.worker_env(threads))
-            os.environ.clear()
-            os.environ.update(saved)
+            # the nanny also writes its workers' settings into os.environ: restored after
+            with side_by_side.child_environment(threads):
+                # env: also for a worker the nanny restarts after one died
+                cluster = LocalCluster(n_workers=target.local_workers, threads_per_worker=1,
+                                       processes=True, host="127.0.0.1",
+                                       dashboard_address="127.0.0.1:0",
+                                       env=config.worker_env(threads))
             client = Client(cluster)
         else:
             try:

@@ -65,8 +65,9 @@ def _work_reduction_figures(names: list[str]) -> Outcome:
 
 
 @contextmanager
-def _child_environment(threads: int) -> Iterator[None]:
-    """os.environ as the pool's processes must start with, while they are started."""
+def child_environment(threads: int) -> Iterator[None]:
+    """os.environ as a pool's worker processes must start with (config.worker_env), while
+    they are started; this process's own environment afterwards, whatever starting wrote."""
     saved, env = dict(os.environ), config.worker_env(threads)
     os.environ.clear()
     os.environ.update(env)
@@ -92,7 +93,7 @@ def run(todo: list[tuple[str, Any]], job: Job, parallel: int,
     pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_start_worker, initargs=(job,))
     try:
-        with _child_environment(threads):  # the pool starts its processes on submit
+        with child_environment(threads):  # the pool starts its processes on submit
             futures = {pool.submit(_work, spec.name, label): spec.name for label, spec in todo}
             if reduced:  # the figures of the reduced pipelines are one more task
                 futures[pool.submit(_work_reduction_figures, reduced)] = "figures"
