@@ -15,18 +15,25 @@ from study.models import BUILDERS, get_builder
 from study.models.reducers import PcaUmap
 
 
+@pytest.fixture(scope="module")
+def generalists():
+    """Generalists fitted once for the module: every specialist of one generalist folds into it."""
+    return {}
+
+
 @pytest.mark.parametrize("name", pipelines.available())
-def test_pipeline_builds_fits_and_predicts(name, tiny):
+def test_pipeline_builds_fits_and_predicts(name, tiny, generalists):
     spec = pipelines.load(name)
     # One draw from the search space, the smoke fit settings: what a tuning trial does.
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     params = {**tuning.final_params(spec, spec.budget("smoke"), {}), **tuning.suggest(trial, spec.search)}
     if spec.generalist:  # a specialist: its group's rows, folded into its generalist's network
-        general = pipelines.load(spec.generalist)
-        general_fit = training.fit(general, tuning.final_params(general, general.budget("smoke"),
-                                                                {}),
-                                   tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1)
-        result, _ = specialists.final_fit(spec, params, tiny, 1, general_fit.model)
+        if spec.generalist not in generalists:
+            general = pipelines.load(spec.generalist)
+            generalists[spec.generalist] = training.fit(
+                general, tuning.final_params(general, general.budget("smoke"), {}),
+                tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1).model
+        result, _ = specialists.final_fit(spec, params, tiny, 1, generalists[spec.generalist])
     else:
         result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val,
                               seed=1)
