@@ -170,6 +170,11 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     assert weights and sum(weights.values()) == pytest.approx(1.0, abs=1e-3)
     assert run.data.params["members"].split(",") == list(weights)
     assert ens["best_params"] == {k: f"{v:.4f}" for k, v in weights.items()}
+    # the params are rounded to 4 decimals (three thirds sum to 0.9999): compare with the exact
+    # weights the selection logged
+    exact = tracking.load_json(ens["run_id"], "ensemble/selection.json")["weights"]
+    assert {n: f"{w:.4f}" for n, w in exact.items()} == ens["best_params"]
+    weights = exact
     # the logged test probabilities are the weighted mean of the members' logged ones
     members = {n: tracking.load_npy(rows[n]["run_id"], "evaluation/test_proba.npy") for n in weights}
     logged = tracking.load_npy(ens["run_id"], "evaluation/test_proba.npy")
