@@ -185,8 +185,10 @@ def first_use_lock(uri: str) -> Iterator[None]:
 
 
 def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment `name`, created (or restored from deleted) when needed."""
+    """The id of experiment `name`, created (or restored from deleted) when needed. Workers
+    starting together may both create it: the one that loses reads the winner's."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(name)
@@ -194,7 +196,13 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException as exc:
+        exp = client.get_experiment_by_name(name)
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:
+            raise
+        return exp.experiment_id
 
 
 def tuning_experiment_id(parent_run_id: str) -> str:
