@@ -199,10 +199,9 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
     try:
         return client.create_experiment(name, artifact_location=artifact_location)
     except MlflowException as exc:
-        exp = client.get_experiment_by_name(name)
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS" or exp is None:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-        return exp.experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def tuning_experiment_id(parent_run_id: str) -> str:
