@@ -1,0 +1,243 @@
+"""Issue 14: would other architectures give the ensemble members that err differently?
+
+Two networks built to differ from cnn_modern where an ensemble needs it, trained with the
+study's own trainer (study.training.final_fit: the same split, weight average, schedule sizing
+and mirror TTA decided on validation) and added to a stored compare's validation/test
+probabilities as candidates of the ensemble's greedy selection (study.ensemble.select, chosen
+on validation; the test set scores the chosen weights once):
+- cnn_resnet: a small pre-activation ResNet (residual blocks, global *average* pooling, ReLU,
+  AdamW) with cnn_modern's mirrors and shifts;
+- cnn_classic: a plain conv -> pool stack with dropout and a flatten + dense head, Adam, mirrors
+  only (no shifts, no weight average): the seed report's style, made stronger.
+For each it prints accuracy, agreement and the Jaccard overlap of its test errors with the
+stored models (errors both make / errors either makes), then the ensemble with it. Last, a
+diagnostic that never feeds the product: greedy weights chosen *on the test set*, an upper
+bound of what any selection of these members could score.
+
+    MLFLOW_TRACKING_URI=sqlite:////tmp/c30/mlflow.db .venv/bin/python \
+        benchmarks/diverse_members.py --run-id f9a41e87481941a98a95ea533f068e71
+
+Measured 2026-11-29 on the AVX2 host, against the five-specialist quick compare of stop 30
+(ensemble 0.9407, best single cnn_upper_d 0.9385, cnn_modern 0.9363): cnn_resnet (14 epochs,
+1,087 s) 0.9315 test, Jaccard 0.58 with cnn_modern; cnn_classic (15 epochs, 1,128 s) 0.9318,
+Jaccard 0.54 (same-recipe draws: 0.66-0.72; cnn_modern_b 0.59; classical models 0.27-0.38 at
+0.84-0.90). Ensembles: without specialists 0.9379 -> 0.9389 / 0.9391 / 0.9393 (+resnet /
++classic / both; +0.26 / +0.28 / +0.30 over cnn_modern); with cnn_upper and cnn_upper_b
+0.9383 / 0.9406 / 0.9393; with all five 0.9395 / 0.9402 / 0.9402 (+0.10 / +0.17 / +0.17).
+Weights chosen on the test set (the bound): 0.9439 with every model, 0.9402 without the
+specialists; geometric instead of arithmetic means changed nothing (0.9376-0.9401).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from study.models.keras_models import _compile, _output, _policy, parse_widths  # noqa: E402
+
+def cnn_resnet(widths: str = "32-64-128", learning_rate: float = 2e-3,
+               weight_decay: float = 0.05, label_smoothing: float = 0.1,
+               bn_momentum: float = 0.9, warmup_epochs: float = 1.0, augment: bool = True, shift: int = 2,
+               erase: float = 0.0, steps_per_epoch: int = 188, epochs: int = 12,
+               precision: str = "float32", classes: int = 10):
+    """A small pre-activation ResNet (He et al., 2016), built to err differently from
+    cnn_modern for the ensemble: a 3x3 stem and max pooling to 14 pixels, then one residual
+    block per stage (BN -> ReLU -> conv, twice, plus the shortcut; stages after the first
+    halve the resolution by stride, with a 1x1 projection), global *average* pooling (cnn_modern
+    takes the maximum), ReLU instead of GELU, AdamW instead of SGD with Nesterov momentum, on
+    a linear warm-up then cosine decay; the same random mirrors and shifts, optional random
+    erasing. `steps_per_epoch` and `epochs` size the schedule; the trainer passes the real
+    ones. `classes`: outputs."""
+    import keras
+    from keras import layers
+
+    p = _policy(precision)
+    if not 0.0 <= erase <= 1.0:
+        raise ValueError(f"erase is a probability in [0, 1], got {erase}")
+    if not 2 <= classes <= 10:
+        raise ValueError(f"classes must be 2-10 outputs, got {classes}")
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
+    units = parse_widths(widths)
+
+    def bn():
+        return layers.BatchNormalization(momentum=bn_momentum, dtype=p)
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    x = inputs
+    if augment:
+        x = layers.RandomFlip("horizontal", dtype=p)(x)
+        if shift:
+            x = layers.RandomTranslation(shift / 28, shift / 28, fill_mode="reflect",
+                                         interpolation="nearest", dtype=p)(x)
+        if erase:
+            x = layers.RandomErasing(factor=(erase, erase), value_range=(0.0, 1.0), dtype=p)(x)
+    x = layers.Conv2D(units[0], 3, padding="same", use_bias=False, dtype=p)(x)
+    x = layers.MaxPooling2D(2, dtype=p)(x)
+    for i, width in enumerate(units):
+        stride = 1 if i == 0 else 2
+        pre = layers.Activation("relu", dtype=p)(bn()(x))
+        shortcut = x if stride == 1 and x.shape[-1] == width else layers.Conv2D(
+            width, 1, strides=stride, use_bias=False, dtype=p)(pre)
+        y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
+                          dtype=p)(pre)
+        y = layers.Activation("relu", dtype=p)(bn()(y))
+        y = layers.Conv2D(width, 3, padding="same", use_bias=False, dtype=p)(y)
+        x = layers.Add(dtype=p)([shortcut, y])
+    x = layers.Activation("relu", dtype=p)(bn()(x))
+    x = layers.GlobalAveragePooling2D(dtype=p)(x)
+    model = keras.Model(inputs, _output(layers, classes)(x), name="cnn_resnet")
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch)))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else learning_rate, decay_steps=total - warmup,
+        warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
+    return _compile(model, optimizer, label_smoothing)
+
+
+def cnn_classic(learning_rate: float = 1e-3, steps_per_epoch: int = 375, epochs: int = 15,
+                precision: str = "float32", classes: int = 10):
+    """conv(32) -> pool -> conv(64) -> pool -> dropout -> conv(128) -> dropout -> flatten ->
+    dense(256) -> dropout(0.5), batch norm after each, ReLU; Adam on a cosine decay."""
+    import keras
+    from keras import layers
+
+    p = _policy(precision)
+
+    def block(filters):
+        return [layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=p),
+                layers.BatchNormalization(dtype=p), layers.ReLU(dtype=p)]
+
+    stack = [keras.Input(shape=(28, 28, 1)), layers.RandomFlip("horizontal", dtype=p),
+             *block(32), layers.MaxPooling2D(2, dtype=p), *block(64),
+             layers.MaxPooling2D(2, dtype=p), layers.Dropout(0.25, dtype=p), *block(128),
+             layers.Dropout(0.25, dtype=p), layers.Flatten(dtype=p),
+             layers.Dense(256, use_bias=False, dtype=p), layers.BatchNormalization(dtype=p),
+             layers.ReLU(dtype=p), layers.Dropout(0.5, dtype=p), _output(layers, classes)]
+    model = keras.Sequential(stack, name="cnn_classic")
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps_per_epoch * epochs)
+    return _compile(model, keras.optimizers.Adam(learning_rate=schedule))
+
+
+CANDIDATES = {
+    "cnn_resnet": (cnn_resnet, """
+family: cnn
+reducer: none
+tta: mirror
+model: cnn_resnet
+params: {widths: "32-64-128", learning_rate: 2.0e-3, weight_decay: 0.05, label_smoothing: 0.1,
+         bn_momentum: 0.9, warmup_epochs: 1.0, augment: true, shift: 2, precision: float32}
+fit: {batch_size: 256, epochs: 14, patience: 1000, ema: 0.99, seed_offset: 10}
+budget:
+  smoke: {n_trials: 0, timeout: 60, fit: {epochs: 1}}
+  quick: {n_trials: 0, timeout: 60, fit: {epochs: 14}}
+  full: {n_trials: 0, timeout: 60, fit: {epochs: 14}}
+"""),
+    "cnn_classic": (cnn_classic, """
+family: cnn
+reducer: none
+tta: mirror
+model: cnn_classic
+params: {learning_rate: 1.0e-3}
+fit: {batch_size: 128, epochs: 15, patience: 1000, seed_offset: 20}
+budget:
+  smoke: {n_trials: 0, timeout: 60, fit: {epochs: 1}}
+  quick: {n_trials: 0, timeout: 60, fit: {epochs: 15}}
+  full: {n_trials: 0, timeout: 60, fit: {epochs: 15}}
+"""),
+}
+
+
+def train(name: str, splits, folder: Path, epochs: int | None
+          ) -> tuple[np.ndarray, np.ndarray, float]:
+    """A candidate's quick final fit on the compare's split: validation and test probabilities."""
+    from study import config, models, pipelines, training
+    from study.tuning import studies
+
+    build, yaml_text = CANDIDATES[name]
+    # the documented way to add a model: a builder in the registry, a pipeline YAML
+    models.BUILDERS[name] = models.Builder(build, "keras")
+    (folder / f"{name}.yaml").write_text(f'description: "{name}"' + yaml_text)
+    spec = pipelines.load(name, folder)
+    params = {**studies.final_params(spec, spec.budget("quick"), {}),
+              **({"epochs": epochs} if epochs else {})}
+    start = time.perf_counter()
+    fit, val = training.final_fit(spec, params, splits, config.SEED, progress=f"[{name}]")
+    return val, fit.predict_proba(splits.x_test), time.perf_counter() - start
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-id", default="latest", help="the compare (default: latest)")
+    parser.add_argument("--candidate", action="append", choices=sorted(CANDIDATES),
+                        help="repeatable; default: all")
+    parser.add_argument("--epochs", type=int, help="override the epochs (a check run)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    from study import cli, config, data, ensemble, tracking
+
+    cli.configure_logging()
+    tracking.configure()
+    parent = tracking.find_compare_run(args.run_id)
+    settings = ensemble.load_config()
+    # the candidates the compare's ensemble stage would take (its settings' exclusions)
+    runs = [r for r in tracking.final_runs(parent.info.run_id)
+            if r["pipeline"] != ensemble.NAME and r["family"] not in settings.exclude_families
+            and r.get("reducer") not in settings.exclude_reducers]
+    val = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/val_proba.npy") for r in runs}
+    test = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/test_proba.npy") for r in runs}
+    splits = data.make_splits(data.load(), config.profile("quick"))
+    yv, yt = splits.y_val, splits.y_test
+    acc = lambda p, y: float(np.mean(p.argmax(axis=1) == y))  # noqa: E731
+
+    def report(tag: str, names: list[str]) -> None:
+        sel = ensemble.select({n: val[n] for n in names}, yv, settings.rounds,
+                              settings.max_members)
+        score = acc(ensemble.combine({n: test[n] for n in sel.weights}, sel.weights), yt)
+        best = max(names, key=lambda n: acc(test[n], yt))
+        print(f"{tag:32s} ensemble {score:.4f} ({100 * (score - acc(test[best], yt)):+.2f} "
+              f"over {best} {acc(test[best], yt):.4f}): "
+              + ", ".join(f"{n} {w:.2f}" for n, w in sel.weights.items()), flush=True)
+
+    stored = list(val)
+    specialists = [n for n in stored if n.startswith("cnn_upper")]
+    generalists = [n for n in stored if n not in specialists]
+    report("stored, no specialists", generalists)
+    report("stored", stored)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    new = []
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.candidate or sorted(CANDIDATES):
+            val[name], test[name], seconds = train(name, splits, Path(folder), args.epochs)
+            np.savez(out / f"{name}.npz", val=val[name], test=test[name])
+            wrong = test[name].argmax(axis=1) != yt
+            print(f"{name} ({seconds:.0f} s): val {acc(val[name], yv):.4f} test "
+                  f"{acc(test[name], yt):.4f}", flush=True)
+            for other in stored + new:
+                theirs = test[other].argmax(axis=1) != yt
+                print(f"  with {other:14s} agree {np.mean(~wrong == ~theirs):.3f} "
+                      f"errors shared {np.sum(wrong & theirs) / np.sum(wrong | theirs):.2f}")
+            new.append(name)
+    for k in range(1, len(new) + 1):
+        for chosen in itertools.combinations(new, k):
+            report("no specialists + " + "+".join(chosen), generalists + list(chosen))
+            report("all stored + " + "+".join(chosen), stored + list(chosen))
+    # Diagnostic only: weights fitted on the test labels bound what any selection could reach.
+    for tag, names in (("every model", list(val)), ("no specialists", generalists + new)):
+        bound = ensemble.select({n: test[n] for n in names}, yt, 50, 20)
+        print(f"bound ({tag}, weights chosen on the test set): {bound.val_accuracy:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
