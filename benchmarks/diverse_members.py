@@ -41,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from study.models.keras_models import _compile, _output, _policy, parse_widths  # noqa: E402
+from study.models.keras_models import (  # noqa: E402
+    _compile, _output, _policy, augmentation, parse_widths, warmup_cosine)
 
 def cnn_resnet(widths: str = "32-64-128", learning_rate: float = 2e-3,
                weight_decay: float = 0.05, label_smoothing: float = 0.1,
@@ -73,13 +74,8 @@ def cnn_resnet(widths: str = "32-64-128", learning_rate: float = 2e-3,
 
     inputs = keras.Input(shape=(28, 28, 1))
     x = inputs
-    if augment:
-        x = layers.RandomFlip("horizontal", dtype=p)(x)
-        if shift:
-            x = layers.RandomTranslation(shift / 28, shift / 28, fill_mode="reflect",
-                                         interpolation="nearest", dtype=p)(x)
-        if erase:
-            x = layers.RandomErasing(factor=(erase, erase), value_range=(0.0, 1.0), dtype=p)(x)
+    for layer in augmentation(p, shift, erase) if augment else []:
+        x = layer(x)
     x = layers.Conv2D(units[0], 3, padding="same", use_bias=False, dtype=p)(x)
     x = layers.MaxPooling2D(2, dtype=p)(x)
     for i, width in enumerate(units):
@@ -95,11 +91,7 @@ def cnn_resnet(widths: str = "32-64-128", learning_rate: float = 2e-3,
     x = layers.Activation("relu", dtype=p)(bn()(x))
     x = layers.GlobalAveragePooling2D(dtype=p)(x)
     model = keras.Model(inputs, _output(layers, classes)(x), name="cnn_resnet")
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch)))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else learning_rate, decay_steps=total - warmup,
-        warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
+    schedule = warmup_cosine(learning_rate, warmup_epochs, steps_per_epoch, epochs)
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
     return _compile(model, optimizer, label_smoothing)
 

@@ -126,6 +126,34 @@ def parse_widths(widths: str | list[int] | tuple[int, ...]) -> list[int]:
     return units
 
 
+def augmentation(policy, shift: int = 2, erase: float = 0.0) -> list:
+    """Random mirror images, shifts of up to `shift` pixels with reflected borders and, with
+    probability `erase`, a random patch replaced by noise (Zhong et al.'s random erasing):
+    Keras layers, active in fit() only."""
+    from keras import layers
+
+    stack = [layers.RandomFlip("horizontal", dtype=policy)]
+    if shift:
+        stack += [layers.RandomTranslation(shift / 28, shift / 28, fill_mode="reflect",
+                                           interpolation="nearest", dtype=policy)]
+    if erase:  # pixels are in [0, 1]; the patch is filled with clipped normal noise
+        stack += [layers.RandomErasing(factor=(erase, erase), value_range=(0.0, 1.0),
+                                       dtype=policy)]
+    return stack
+
+
+def warmup_cosine(learning_rate: float, warmup_epochs: float, steps_per_epoch: int,
+                  epochs: int):
+    """A linear warm-up over `warmup_epochs`, then cosine decay to 0 by the last step."""
+    import keras
+
+    total = max(1, steps_per_epoch * epochs)
+    warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch)))
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup else learning_rate, decay_steps=total - warmup,
+        warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
+
+
 def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum: float = 0.9,
                weight_decay: float = 5e-4, label_smoothing: float = 0.0,
                bn_momentum: float = 0.6, warmup_epochs: float = 1.0, augment: bool = True,
@@ -153,15 +181,8 @@ def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum
         raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
     if not 0.0 <= erase <= 1.0:
         raise ValueError(f"erase is a probability in [0, 1], got {erase}")
-    stack = [keras.Input(shape=(28, 28, 1))]
-    if augment:
-        stack += [layers.RandomFlip("horizontal", dtype=p)]
-        if shift:
-            stack += [layers.RandomTranslation(shift / 28, shift / 28, fill_mode="reflect",
-                                               interpolation="nearest", dtype=p)]
-        if erase:  # pixels are in [0, 1]; the patch is filled with clipped normal noise
-            stack += [layers.RandomErasing(factor=(erase, erase), value_range=(0.0, 1.0),
-                                           dtype=p)]
+    stack = [keras.Input(shape=(28, 28, 1)),
+             *(augmentation(p, shift, erase) if augment else [])]
 
     def conv(filters: int):
         return [layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=p),
@@ -177,11 +198,7 @@ def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum
         raise ValueError(f"classes must be 2-10 outputs, got {classes}")
     stack += [layers.GlobalMaxPooling2D(dtype=p), _output(layers, classes)]
     model = keras.Sequential(stack, name="cnn_modern")
-    total = max(1, steps_per_epoch * epochs)
-    warmup = min(total - 1, int(round(warmup_epochs * steps_per_epoch)))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup else learning_rate, decay_steps=total - warmup,
-        warmup_target=learning_rate if warmup else None, warmup_steps=warmup)
+    schedule = warmup_cosine(learning_rate, warmup_epochs, steps_per_epoch, epochs)
     optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum, nesterov=True,
                                      weight_decay=weight_decay)
     return _compile(model, optimizer, label_smoothing)
