@@ -46,8 +46,8 @@ from study.models.keras_models import (  # noqa: E402
 
 def cnn_resnet(widths: str = "32-64-128", learning_rate: float = 2e-3,
                weight_decay: float = 0.05, label_smoothing: float = 0.1,
-               bn_momentum: float = 0.9, warmup_epochs: float = 1.0, augment: bool = True, shift: int = 2,
-               erase: float = 0.0, steps_per_epoch: int = 188, epochs: int = 12,
+               bn_momentum: float = 0.9, warmup_epochs: float = 1.0, augment: bool = True,
+               shift: int = 2, erase: float = 0.0, steps_per_epoch: int = 188, epochs: int = 12,
                precision: str = "float32", classes: int = 10):
     """A small pre-activation ResNet (He et al., 2016), built to err differently from
     cnn_modern for the ensemble: a 3x3 stem and max pooling to 14 pixels, then one residual

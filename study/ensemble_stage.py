@@ -91,22 +91,21 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
     from study.evaluation import evaluate
 
     evaluation = evaluate(y_test, test_proba)  # the one look at the test set
-    best = max(kept, key=lambda c: (ensemble.accuracy(c.val_proba, y_val), c.name))
-    best_val = ensemble.accuracy(best.val_proba, y_val)
-    best_test = ensemble.accuracy(best.test_proba, y_test)
+    val_acc = {c.name: ensemble.accuracy(c.val_proba, y_val) for c in kept}
+    test_acc = {c.name: ensemble.accuracy(c.test_proba, y_test) for c in kept}
+    best = max(val_acc, key=lambda n: (val_acc[n], n))
     # The leaderboard's yardstick: the best single model on test (reported, never selected on)
-    top = max(kept, key=lambda c: (ensemble.accuracy(c.test_proba, y_test), c.name))
-    top_test = ensemble.accuracy(top.test_proba, y_test)
+    top = max(test_acc, key=lambda n: (test_acc[n], n))
     names, agree = ensemble.agreement({c.name: c.test_proba.argmax(axis=1) for c in members})
     summary = {
         "weights": selection.weights, "counts": selection.counts, "rounds": settings.rounds,
         "max_members": settings.max_members, "best_round": selection.best_round,
         "history": selection.history, "notes": selection.notes, "left_out": left_out,
-        "candidates": sorted(by_name), "best_member": best.name,
-        "best_member_val_accuracy": best_val, "best_member_test_accuracy": best_test,
-        "best_single_on_test": top.name, "best_single_test_accuracy": top_test,
-        "member_val_accuracy": {c.name: ensemble.accuracy(c.val_proba, y_val) for c in members},
-        "member_test_accuracy": {c.name: ensemble.accuracy(c.test_proba, y_test) for c in members},
+        "candidates": sorted(by_name), "best_member": best,
+        "best_member_val_accuracy": val_acc[best], "best_member_test_accuracy": test_acc[best],
+        "best_single_on_test": top, "best_single_test_accuracy": test_acc[top],
+        "member_val_accuracy": {c.name: val_acc[c.name] for c in members},
+        "member_test_accuracy": {c.name: test_acc[c.name] for c in members},
         "agreement_test": {"models": names, "matrix": agree.round(4).tolist()},
         "selection_seconds": selection_seconds,
     }
@@ -114,9 +113,9 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
                                    evaluation, val_proba, y_val, x_test, started)
     mix = ", ".join(f"{n} {w:.2f}" for n, w in selection.weights.items())
     message = (f"ensemble: {mix} -> val {selection.val_accuracy:.4f} "
-               f"(best member {best.name} {best_val:.4f}), test {evaluation.accuracy:.4f} "
-               f"({100 * (evaluation.accuracy - best_test):+.2f} points over {best.name}"
-               + (f"; {100 * (evaluation.accuracy - top_test):+.2f} over {top.name}, the best "
-                  "single model on test)" if top.name != best.name else ")")
+               f"(best member {best} {val_acc[best]:.4f}), test {evaluation.accuracy:.4f} "
+               f"({100 * (evaluation.accuracy - test_acc[best]):+.2f} points over {best}"
+               + (f"; {100 * (evaluation.accuracy - test_acc[top]):+.2f} over {top}, the best "
+                  "single model on test)" if top != best else ")")
                + "".join(f"; {note}" for note in selection.notes))
     return StageResult(run_id, message, left_out)
