@@ -152,46 +152,36 @@ def cnn_lowres(widths: str = "32-64-128", learning_rate: float = 0.1, momentum: 
     return _compile(model, optimizer)
 
 
+# name -> (builder, fixed parameters, fit settings); each trains in quick with no tuning
 CANDIDATES = {
-    "cnn_resnet": (cnn_resnet, """
-family: cnn
-reducer: none
-tta: mirror
-model: cnn_resnet
-params: {widths: "32-64-128", learning_rate: 2.0e-3, weight_decay: 0.05, label_smoothing: 0.1,
-         bn_momentum: 0.9, warmup_epochs: 1.0, augment: true, shift: 2, precision: float32}
-fit: {batch_size: 256, epochs: 14, patience: 1000, ema: 0.99, seed_offset: 10}
-budget:
-  smoke: {n_trials: 0, timeout: 60, fit: {epochs: 1}}
-  quick: {n_trials: 0, timeout: 60, fit: {epochs: 14}}
-  full: {n_trials: 0, timeout: 60, fit: {epochs: 14}}
-"""),
-    "cnn_classic": (cnn_classic, """
-family: cnn
-reducer: none
-tta: mirror
-model: cnn_classic
-params: {learning_rate: 1.0e-3}
-fit: {batch_size: 128, epochs: 15, patience: 1000, seed_offset: 20}
-budget:
-  smoke: {n_trials: 0, timeout: 60, fit: {epochs: 1}}
-  quick: {n_trials: 0, timeout: 60, fit: {epochs: 15}}
-  full: {n_trials: 0, timeout: 60, fit: {epochs: 15}}
-"""),
-    "cnn_lowres": (cnn_lowres, """
-family: cnn
-reducer: none
-tta: mirror
-model: cnn_lowres
-params: {widths: "32-64-128", learning_rate: 0.1, momentum: 0.9, weight_decay: 5.0e-4,
-         bn_momentum: 0.6, warmup_epochs: 1.0}
-fit: {batch_size: 256, epochs: 16, patience: 1000, ema: 0.99, seed_offset: 30}
-budget:
-  smoke: {n_trials: 0, timeout: 60, fit: {epochs: 1}}
-  quick: {n_trials: 0, timeout: 60, fit: {epochs: 16}}
-  full: {n_trials: 0, timeout: 60, fit: {epochs: 16}}
-"""),
+    "cnn_resnet": (cnn_resnet,
+                   {"widths": "32-64-128", "learning_rate": 2.0e-3, "weight_decay": 0.05,
+                    "label_smoothing": 0.1, "bn_momentum": 0.9, "warmup_epochs": 1.0,
+                    "augment": True, "shift": 2, "precision": "float32"},
+                   {"batch_size": 256, "epochs": 14, "patience": 1000, "ema": 0.99,
+                    "seed_offset": 10}),
+    "cnn_classic": (cnn_classic, {"learning_rate": 1.0e-3},
+                    {"batch_size": 128, "epochs": 15, "patience": 1000, "seed_offset": 20}),
+    "cnn_lowres": (cnn_lowres,
+                   {"widths": "32-64-128", "learning_rate": 0.1, "momentum": 0.9,
+                    "weight_decay": 5.0e-4, "bn_momentum": 0.6, "warmup_epochs": 1.0},
+                   {"batch_size": 256, "epochs": 16, "patience": 1000, "ema": 0.99,
+                    "seed_offset": 30}),
 }
+
+
+def pipeline_yaml(name: str) -> str:
+    """A candidate's pipeline YAML: a network with mirror TTA, its settings, no tuning."""
+    import yaml
+
+    _, params, fit = CANDIDATES[name]
+    budget = {"n_trials": 0, "timeout": 60}
+    return yaml.safe_dump({
+        "description": name, "family": "cnn", "reducer": "none", "tta": "mirror",
+        "model": name, "params": params, "fit": fit,
+        "budget": {"smoke": {**budget, "fit": {"epochs": 1}},
+                   "quick": {**budget, "fit": {"epochs": fit["epochs"]}},
+                   "full": {**budget, "fit": {"epochs": fit["epochs"]}}}}, sort_keys=False)
 
 
 def train(name: str, splits, folder: Path, epochs: int | None
@@ -200,10 +190,9 @@ def train(name: str, splits, folder: Path, epochs: int | None
     from study import config, models, pipelines, training
     from study.tuning import studies
 
-    build, yaml_text = CANDIDATES[name]
     # the documented way to add a model: a builder in the registry, a pipeline YAML
-    models.BUILDERS[name] = models.Builder(build, "keras")
-    (folder / f"{name}.yaml").write_text(f'description: "{name}"' + yaml_text)
+    models.BUILDERS[name] = models.Builder(CANDIDATES[name][0], "keras")
+    (folder / f"{name}.yaml").write_text(pipeline_yaml(name))
     spec = pipelines.load(name, folder)
     params = {**studies.final_params(spec, spec.budget("quick"), {}),
               **({"epochs": epochs} if epochs else {})}
