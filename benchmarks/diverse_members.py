@@ -208,6 +208,40 @@ def train(name: str, splits, folder: Path, epochs: int | None
     return val, fit.predict_proba(splits.x_test), time.perf_counter() - start
 
 
+def stored_compare(run_id: str):
+    """A compare's candidates as its ensemble stage takes them (its settings' exclusions):
+    the settings, the final runs, validation and test probabilities by pipeline, the splits."""
+    from study import cli, config, data, ensemble, tracking
+
+    cli.configure_logging()
+    tracking.configure()
+    parent = tracking.find_compare_run(run_id)
+    settings = ensemble.load_config()
+    runs = [r for r in tracking.final_runs(parent.info.run_id)
+            if r["pipeline"] != ensemble.NAME and r["family"] not in settings.exclude_families
+            and r.get("reducer") not in settings.exclude_reducers]
+    val = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/val_proba.npy") for r in runs}
+    test = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/test_proba.npy") for r in runs}
+    return settings, runs, val, test, data.make_splits(data.load(), config.profile("quick"))
+
+
+def ensemble_line(tag: str, names: list[str], val: dict, test: dict, yv: np.ndarray,
+                  yt: np.ndarray, settings) -> None:
+    """Print the ensemble of `names` (selected on validation, scored on test) and its gain
+    over the best single model on test, with a paired bootstrap interval over the images."""
+    from study import ensemble
+
+    sel = ensemble.select({n: val[n] for n in names}, yv, settings.rounds, settings.max_members)
+    mix = ensemble.combine({n: test[n] for n in sel.weights}, sel.weights)
+    best = max(names, key=lambda n: ensemble.accuracy(test[n], yt))
+    gain = (mix.argmax(axis=1) == yt).astype(float) - (test[best].argmax(axis=1) == yt)
+    rows = np.random.default_rng(0).integers(0, len(yt), (2000, len(yt)))
+    low, high = 100 * np.percentile(gain[rows].mean(axis=1), [2.5, 97.5])
+    print(f"{tag:32s} ensemble {ensemble.accuracy(mix, yt):.4f} ({100 * gain.mean():+.2f} "
+          f"[{low:+.2f}, {high:+.2f}] over {best} {ensemble.accuracy(test[best], yt):.4f}): "
+          + ", ".join(f"{n} {w:.2f}" for n, w in sel.weights.items()), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-id", default="latest", help="the compare (default: latest)")
@@ -219,34 +253,14 @@ def main() -> int:
                         help="load a candidate's probabilities saved by an earlier run "
                              "(same --out and --epochs) instead of training it again")
     args = parser.parse_args()
-    from study import cli, config, data, ensemble, tracking
+    from study import ensemble
 
-    cli.configure_logging()
-    tracking.configure()
-    parent = tracking.find_compare_run(args.run_id)
-    settings = ensemble.load_config()
-    # the candidates the compare's ensemble stage would take (its settings' exclusions)
-    runs = [r for r in tracking.final_runs(parent.info.run_id)
-            if r["pipeline"] != ensemble.NAME and r["family"] not in settings.exclude_families
-            and r.get("reducer") not in settings.exclude_reducers]
-    val = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/val_proba.npy") for r in runs}
-    test = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/test_proba.npy") for r in runs}
-    splits = data.make_splits(data.load(), config.profile("quick"))
+    settings, _, val, test, splits = stored_compare(args.run_id)
     yv, yt = splits.y_val, splits.y_test
     acc = lambda p, y: float(np.mean(p.argmax(axis=1) == y))  # noqa: E731
 
     def report(tag: str, names: list[str]) -> None:
-        sel = ensemble.select({n: val[n] for n in names}, yv, settings.rounds,
-                              settings.max_members)
-        mix = ensemble.combine({n: test[n] for n in sel.weights}, sel.weights)
-        best = max(names, key=lambda n: acc(test[n], yt))
-        # paired bootstrap of the gain over the test images (how much one draw can say)
-        gain = (mix.argmax(axis=1) == yt).astype(float) - (test[best].argmax(axis=1) == yt)
-        rows = np.random.default_rng(0).integers(0, len(yt), (2000, len(yt)))
-        low, high = 100 * np.percentile(gain[rows].mean(axis=1), [2.5, 97.5])
-        print(f"{tag:32s} ensemble {acc(mix, yt):.4f} ({100 * gain.mean():+.2f} "
-              f"[{low:+.2f}, {high:+.2f}] over {best} {acc(test[best], yt):.4f}): "
-              + ", ".join(f"{n} {w:.2f}" for n, w in sel.weights.items()), flush=True)
+        ensemble_line(tag, names, val, test, yv, yt, settings)
 
     stored = list(val)
     specialists = [n for n in stored if n.startswith("cnn_upper")]

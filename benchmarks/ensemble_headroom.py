@@ -36,9 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def accuracy(proba: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(proba.argmax(axis=1) == labels))
+from diverse_members import ensemble_line, stored_compare  # noqa: E402  (a sibling script)
+from study.ensemble import accuracy  # noqa: E402
 
 
 def overlap(test: dict[str, np.ndarray], y: np.ndarray, within: float = 0.01) -> str:
@@ -103,28 +102,13 @@ def main() -> int:
     parser.add_argument("--neighbours", type=int, default=10)
     parser.add_argument("--no-embedding", action="store_true", help="skip the k-NN member")
     args = parser.parse_args()
-    from study import cli, config, data, ensemble, tracking
+    from study import data, ensemble
 
-    cli.configure_logging()
-    tracking.configure()
-    parent = tracking.find_compare_run(args.run_id)
-    settings = ensemble.load_config()
-    runs = [r for r in tracking.final_runs(parent.info.run_id)
-            if r["pipeline"] != ensemble.NAME and r["family"] not in settings.exclude_families
-            and r.get("reducer") not in settings.exclude_reducers]
-    val = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/val_proba.npy") for r in runs}
-    test = {r["pipeline"]: tracking.load_npy(r["run_id"], "evaluation/test_proba.npy") for r in runs}
-    splits = data.make_splits(data.load(), config.profile("quick"))
+    settings, runs, val, test, splits = stored_compare(args.run_id)
     yv, yt = splits.y_val, splits.y_test
 
     def mix(tag: str, names: list[str]) -> None:
-        sel = ensemble.select({n: val[n] for n in names}, yv, settings.rounds,
-                              settings.max_members)
-        score = accuracy(ensemble.combine({n: test[n] for n in sel.weights}, sel.weights), yt)
-        best = max(names, key=lambda n: accuracy(test[n], yt))
-        print(f"{tag:28s} ensemble {score:.4f} ({100 * (score - accuracy(test[best], yt)):+.2f} "
-              f"over {best} {accuracy(test[best], yt):.4f}): "
-              + ", ".join(f"{n} {w:.2f}" for n, w in sel.weights.items()), flush=True)
+        ensemble_line(tag, names, val, test, yv, yt, settings)
 
     stored = list(val)
     print(overlap(test, yt))
@@ -136,8 +120,8 @@ def main() -> int:
                           settings.max_members)
     score = accuracy(ensemble.combine({n: calibrated[n](test[n]) for n in sel.weights},
                                       sel.weights), yt)
-    print(f"{'temperature-scaled members':28s} ensemble {score:.4f}")
-    print(f"{'stacked (logistic regression)':28s} ensemble "
+    print(f"{'temperature-scaled members':32s} ensemble {score:.4f}")
+    print(f"{'stacked (logistic regression)':32s} ensemble "
           f"{accuracy(stacked(val, test, stored, yv), yt):.4f}", flush=True)
     if not args.no_embedding:
         from sklearn.neighbors import KNeighborsClassifier
