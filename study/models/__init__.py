@@ -31,6 +31,8 @@ BUILDERS: dict[str, Builder] = {
     "cnn_seed2": Builder(keras_models.cnn_seed2, "keras"),
     "cnn_seed3": Builder(keras_models.cnn_seed3, "keras"),
     "cnn_modern": Builder(keras_models.cnn_modern, "keras"),
+    "cnn_resnet": Builder(keras_models.cnn_resnet, "keras"),
+    "cnn_classic": Builder(keras_models.cnn_classic, "keras"),
 }
 
 

@@ -204,6 +204,82 @@ def cnn_modern(widths: str = "24-48-96-96", learning_rate: float = 0.1, momentum
     return _compile(model, optimizer, label_smoothing)
 
 
+def cnn_resnet(widths: str = "32-64-128", learning_rate: float = 2e-3,
+               weight_decay: float = 0.05, label_smoothing: float = 0.1,
+               bn_momentum: float = 0.9, warmup_epochs: float = 1.0, augment: bool = True,
+               shift: int = 2, erase: float = 0.0, steps_per_epoch: int = 188, epochs: int = 12,
+               precision: str = "float32", classes: int = 10):
+    """A small pre-activation ResNet (He et al., 2016), built to err differently from
+    cnn_modern for the ensemble: a 3x3 stem and max pooling to 14 pixels, then one residual
+    block per stage (BN -> ReLU -> conv, twice, plus the shortcut; stages after the first
+    halve the resolution by stride, with a 1x1 projection), global *average* pooling (cnn_modern
+    takes the maximum), ReLU instead of GELU, AdamW instead of SGD with Nesterov momentum, on
+    a linear warm-up then cosine decay; the same random mirrors and shifts, optional random
+    erasing. `steps_per_epoch` and `epochs` size the schedule; the trainer passes the real
+    ones. `classes`: outputs."""
+    import keras
+    from keras import layers
+
+    p = _policy(precision)
+    if not 0.0 <= erase <= 1.0:
+        raise ValueError(f"erase is a probability in [0, 1], got {erase}")
+    if not 2 <= classes <= 10:
+        raise ValueError(f"classes must be 2-10 outputs, got {classes}")
+    if not 0.0 <= bn_momentum < 1.0:
+        raise ValueError(f"bn_momentum must be in [0, 1), got {bn_momentum}")
+    units = parse_widths(widths)
+
+    def bn():
+        return layers.BatchNormalization(momentum=bn_momentum, dtype=p)
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    x = inputs
+    for layer in augmentation(p, shift, erase) if augment else []:
+        x = layer(x)
+    x = layers.Conv2D(units[0], 3, padding="same", use_bias=False, dtype=p)(x)
+    x = layers.MaxPooling2D(2, dtype=p)(x)
+    for i, width in enumerate(units):
+        stride = 1 if i == 0 else 2
+        pre = layers.Activation("relu", dtype=p)(bn()(x))
+        shortcut = x if stride == 1 and x.shape[-1] == width else layers.Conv2D(
+            width, 1, strides=stride, use_bias=False, dtype=p)(pre)
+        y = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
+                          dtype=p)(pre)
+        y = layers.Activation("relu", dtype=p)(bn()(y))
+        y = layers.Conv2D(width, 3, padding="same", use_bias=False, dtype=p)(y)
+        x = layers.Add(dtype=p)([shortcut, y])
+    x = layers.Activation("relu", dtype=p)(bn()(x))
+    x = layers.GlobalAveragePooling2D(dtype=p)(x)
+    model = keras.Model(inputs, _output(layers, classes)(x), name="cnn_resnet")
+    schedule = warmup_cosine(learning_rate, warmup_epochs, steps_per_epoch, epochs)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
+    return _compile(model, optimizer, label_smoothing)
+
+
+def cnn_classic(learning_rate: float = 1e-3, steps_per_epoch: int = 375, epochs: int = 15,
+                precision: str = "float32", classes: int = 10):
+    """conv(32) -> pool -> conv(64) -> pool -> dropout -> conv(128) -> dropout -> flatten ->
+    dense(256) -> dropout(0.5), batch norm after each, ReLU; Adam on a cosine decay."""
+    import keras
+    from keras import layers
+
+    p = _policy(precision)
+
+    def block(filters):
+        return [layers.Conv2D(filters, 3, padding="same", use_bias=False, dtype=p),
+                layers.BatchNormalization(dtype=p), layers.ReLU(dtype=p)]
+
+    stack = [keras.Input(shape=(28, 28, 1)), layers.RandomFlip("horizontal", dtype=p),
+             *block(32), layers.MaxPooling2D(2, dtype=p), *block(64),
+             layers.MaxPooling2D(2, dtype=p), layers.Dropout(0.25, dtype=p), *block(128),
+             layers.Dropout(0.25, dtype=p), layers.Flatten(dtype=p),
+             layers.Dense(256, use_bias=False, dtype=p), layers.BatchNormalization(dtype=p),
+             layers.ReLU(dtype=p), layers.Dropout(0.5, dtype=p), _output(layers, classes)]
+    model = keras.Sequential(stack, name="cnn_classic")
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps_per_epoch * epochs)
+    return _compile(model, keras.optimizers.Adam(learning_rate=schedule))
+
+
 def with_mirror(model):
     """Mirror test-time augmentation inside the network: the mean of `model` on the images and
     on their left-right mirror images (apparel is left-right symmetric). The mirror is a frozen
