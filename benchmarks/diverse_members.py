@@ -42,7 +42,7 @@ shipped pair cnn_upper + cnn_upper_b (+0.43 [+0.18, +0.70]), 0.9450 with all fiv
 
 Second draws (2026-11-29, stop 33): `--candidate cnn_classic --set seed_offset=21 --tag
 cnn_classic_b` and `--candidate cnn_resnet --set erase=0.5 --set seed_offset=12 --tag
-cnn_resnet_b` (with --out DIR; trained two at a time on one thread each, 3,245 s and 3,426 s)
+cnn_resnet_b` (with --out DIR; run two at a time with STUDY_TF_THREADS=1: 3,245 s, 3,426 s)
 scored 0.9379 and 0.9378 on test (0.9442 / 0.9457 validation), errors shared with their first
 draws 0.69 / 0.62, with other networks 0.55-0.57. `--saved DIR/cnn_resnet-30ep.npz --saved ...`
 (the four networks) reads them back: with the shipped pair, all four give 0.9446 (+0.48
@@ -188,8 +188,8 @@ def main() -> int:
                         help="load a candidate's probabilities saved by an earlier run "
                              "(same --out and --epochs) instead of training it again")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="repeatable: a parameter or fit setting for every candidate "
-                             "trained (e.g. seed_offset=21, erase=0.5); with --tag")
+                        help="repeatable: a parameter or fit setting that replaces the "
+                             "candidate's own (e.g. seed_offset=21, erase=0.5); with --tag")
     parser.add_argument("--saved", action="append", default=[], metavar="NPZ",
                         help="repeatable: probabilities saved by an earlier run (val, test), "
                              "added as a candidate named by the file's stem; alone, nothing "
