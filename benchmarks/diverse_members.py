@@ -209,6 +209,10 @@ def main() -> int:
         parser.error("--set makes another model: name it with --tag (e.g. --tag cnn_classic_b)")
     if args.tag and len(args.candidate or []) != 1:
         parser.error("--tag names one model: give exactly one --candidate")
+    for path in args.saved:
+        if not Path(path).is_file():
+            parser.error(f"--saved {path}: no such file (probabilities this benchmark saved "
+                         "with --out)")
     from study import ensemble
 
     settings, _, val, test, splits = stored_compare(args.run_id)
@@ -227,13 +231,15 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     new = []
+    # (name, its saved probabilities, the candidate to train when they are not read back)
+    jobs = [(Path(f).stem, Path(f), None) for f in args.saved]
+    for candidate in args.candidate or ([] if args.saved else sorted([*SHIPPED, *CANDIDATES])):
+        name = args.tag or candidate
+        jobs.append((name, out / (f"{name}-{args.epochs}ep.npz" if args.epochs
+                                  else f"{name}.npz"), candidate))
     with tempfile.TemporaryDirectory() as folder:
-        trained = args.candidate or ([] if args.saved else sorted([*SHIPPED, *CANDIDATES]))
-        for candidate in [*map(Path, args.saved), *trained]:
-            name = candidate.stem if isinstance(candidate, Path) else args.tag or candidate
-            saved = candidate if isinstance(candidate, Path) else out / (
-                f"{name}-{args.epochs}ep.npz" if args.epochs else f"{name}.npz")
-            if isinstance(candidate, Path) or args.reuse and saved.is_file():
+        for name, saved, candidate in jobs:
+            if candidate is None or args.reuse and saved.is_file():
                 with np.load(saved) as stored_run:
                     val[name], test[name], seconds = stored_run["val"], stored_run["test"], None
             else:
