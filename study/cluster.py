@@ -230,13 +230,22 @@ def _prepare(task: Task) -> tuple[Any, Any, str, int]:
 
 
 def _pipeline_task(task: Task, name: str, label: str) -> Any:
-    """One pipeline on a worker; its final run is a child of the compare run."""
+    """One pipeline on a worker; its final run is a child of the compare run. Dask runs a
+    finished task again when its result died with its worker before the compare fetched it
+    (a killed worker that had finished one pipeline and started the next): the run it made
+    is returned then, not a second model trained."""
     from threadpoolctl import threadpool_limits
 
-    from study.compare import attempt
+    from study.compare import Outcome, attempt
 
     splits, setup, address, threads = _prepare(task)
     spec, job = pipelines.load(name), task.job
+    done = tracking.final_run_of(job.parent_run_id, spec.name)
+    if done:  # a finished task's result lost with a dead worker: Dask runs the task again
+        logger.info(f"=== {label}: {spec.name} already trained in this compare (run "
+                    f"{done['run_id']}); not trained again after its result was lost with a "
+                    "dead worker")
+        return Outcome(spec.name, run_id=done["run_id"], where=done.get("dask_worker", address))
     logger.info(f"=== {label}: {spec.name} ({spec.description or spec.model}) on worker "
                 f"{address} in process {os.getpid()}, {threads} thread(s)")
     with threadpool_limits(threads):  # BLAS and OpenMP were loaded before the task came

@@ -142,3 +142,29 @@ def test_a_scheduler_that_would_retry_a_dead_workers_task_is_refused():
             else:
                 with cluster.connect(target) as client:
                     assert client.run_on_scheduler(cluster._allowed_failures) == 0
+
+
+def test_a_task_dask_runs_again_returns_its_run_instead_of_training_twice(tracking_store,
+                                                                         real_dir, tmp_path):
+    """Dask recomputes a finished task whose result was lost with a killed worker (seen as a
+    second final run of a pipeline that had finished, in test_scale_out's killed-worker test
+    under load): the second run of the task returns the first one's run."""
+    from study import config, data, side_by_side, tracking
+
+    profile = config.profile("smoke")
+    digest = data.fingerprint(data.make_splits(data.load(real_dir), profile))
+    saved = dict(os.environ)  # a worker sets its threads and store in its environment
+    try:
+        with tracking.compare_run(profile.name, config.SEED, ["logreg"]) as parent_id:
+            job = side_by_side.Job(profile, config.SEED, str(real_dir),
+                                   str(tmp_path / "o.journal"), 1, parent_id, digest)
+            task = cluster.Task(job, tracking_store, config.code_digest(), {})
+            first = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
+            again = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        cluster._ready.clear()
+    assert first.run_id and not first.failure
+    assert again.run_id == first.run_id and not again.failure
+    assert [r["run_id"] for r in tracking.final_runs(parent_id)] == [first.run_id]
