@@ -100,24 +100,31 @@ def test_the_refusal_comes_before_any_connection(tmp_path):
         sock.close()
 
 
-def test_a_worker_refuses_other_data_or_other_code(tracking_store, real_dir, tmp_path):
+@pytest.fixture
+def in_worker():
+    """Worker code called in this process: a worker sets its threads and store in its
+    environment and keeps a compare's splits, so both are put back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    cluster._ready.clear()
+
+
+def test_a_worker_refuses_other_data_or_other_code(tracking_store, real_dir, tmp_path,
+                                                   in_worker):
     """What a worker checks before its first pipeline: the compare's data digest (computed
     from the files it loads itself) and the study's code; each mismatch is one clear line."""
     from study import config, side_by_side
 
     job = side_by_side.Job(config.profile("smoke"), config.SEED, str(real_dir),
                            str(tmp_path / "o.journal"), 1, "parent-run", "0" * 16)
-    saved = dict(os.environ)  # a worker sets its threads and store in its environment
-    try:
-        with pytest.raises(ConfigError, match=r"has other Fashion-MNIST files than the compare "
-                                              r"\(data digest \w+, expected 0{16}\); give every"):
-            cluster._prepare(cluster.Task(job, tracking_store, config.code_digest(), {}))
-        with pytest.raises(ConfigError, match="runs other study code than the compare; install "
-                                              "the same version on every worker"):
-            cluster._prepare(cluster.Task(job, tracking_store, "other-code", {}))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with pytest.raises(ConfigError, match=r"has other Fashion-MNIST files than the compare "
+                                          r"\(data digest \w+, expected 0{16}\); give every"):
+        cluster._prepare(cluster.Task(job, tracking_store, config.code_digest(), {}))
+    with pytest.raises(ConfigError, match="runs other study code than the compare; install "
+                                          "the same version on every worker"):
+        cluster._prepare(cluster.Task(job, tracking_store, "other-code", {}))
     assert cluster._ready == {}  # nothing kept from a refused compare
 
 
@@ -145,26 +152,22 @@ def test_a_scheduler_that_would_retry_a_dead_workers_task_is_refused():
 
 
 def test_a_task_dask_runs_again_returns_its_run_instead_of_training_twice(tracking_store,
-                                                                         real_dir, tmp_path):
-    """Dask recomputes a finished task whose result was lost with a killed worker (seen as a
-    second final run of a pipeline that had finished, in test_scale_out's killed-worker test
-    under load): the second run of the task returns the first one's run."""
+                                                                         real_dir, tmp_path,
+                                                                         in_worker):
+    """Dask recomputes a finished task whose result was lost with a killed worker (the likely
+    cause of test_scale_out's killed-worker test failing once under load: its rerun adopted
+    another run of a pipeline that had finished): the second run of the task returns the
+    first one's run."""
     from study import config, data, side_by_side, tracking
 
     profile = config.profile("smoke")
     digest = data.fingerprint(data.make_splits(data.load(real_dir), profile))
-    saved = dict(os.environ)  # a worker sets its threads and store in its environment
-    try:
-        with tracking.compare_run(profile.name, config.SEED, ["logreg"]) as parent_id:
-            job = side_by_side.Job(profile, config.SEED, str(real_dir),
-                                   str(tmp_path / "o.journal"), 1, parent_id, digest)
-            task = cluster.Task(job, tracking_store, config.code_digest(), {})
-            first = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
-            again = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        cluster._ready.clear()
+    with tracking.compare_run(profile.name, config.SEED, ["logreg"]) as parent_id:
+        job = side_by_side.Job(profile, config.SEED, str(real_dir),
+                               str(tmp_path / "o.journal"), 1, parent_id, digest)
+        task = cluster.Task(job, tracking_store, config.code_digest(), {})
+        first = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
+        again = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
     assert first.run_id and not first.failure
     assert again.run_id == first.run_id and not again.failure
     assert [r["run_id"] for r in tracking.final_runs(parent_id)] == [first.run_id]
