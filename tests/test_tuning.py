@@ -120,3 +120,30 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path, monke
     monkeypatch.setattr(training, "fit", lambda *a, **k: 1 / 0)
     with pytest.raises(ConfigError, match=r"all 2 tuning trial\(s\) failed \(ZeroDivisionError"):
         tuning.tune(spec, spec.budget("smoke"), tiny, seed=6, storage=storage, n_trials=2)
+
+
+def test_a_worker_stops_at_its_timeout_and_says_what_it_left_queued(tmp_path, capsys):
+    """The queue's timeout is the budget's clock: a worker past it takes no new trial, and the
+    trials it leaves WAITING are named on stderr (a busy machine reaches it; silence hid it)."""
+    import time
+
+    from study import cli
+
+    cli.configure_logging()
+    storage = tuning.open_storage(str(tmp_path / "o.journal"))
+    study = optuna.create_study(study_name="queue", storage=storage, direction="maximize")
+    tuning.queue_trials(study, 3)
+
+    def slow(trial):
+        time.sleep(0.5)
+        return trial.suggest_float("x", 0, 1)
+
+    ran = tuning.drain_queue(study, storage, slow, lambda *_: None, timeout=0.2)
+    assert ran == 1  # the one it had started before the clock ran out
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE", "WAITING", "WAITING"]
+    assert ("[queue] stopped at the 0.2 s timeout with 2 queued trial(s) left for other "
+            "workers") in capsys.readouterr().err
+    # another worker (or the same command again) drains what was left, and stays quiet
+    assert tuning.drain_queue(study, storage, slow, lambda *_: None, timeout=60) == 2
+    assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
+    assert "stopped at" not in capsys.readouterr().err

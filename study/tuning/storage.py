@@ -4,12 +4,15 @@ queue that gives workers an exact budget between them."""
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from pathlib import Path
 
 from study import config, processes
 from study.errors import ConfigError, first_line
+
+logger = logging.getLogger(__name__)
 
 # RDB storages: a worker that has not beaten for GRACE seconds is dead, its trial FAILED.
 HEARTBEAT_SECONDS = 30
@@ -126,7 +129,17 @@ def drain_queue(study, storage, objective, after_trial, timeout: float) -> int:
     import optuna
 
     deadline, ran = time.monotonic() + timeout, 0
-    while time.monotonic() < deadline:
+    while True:
+        if time.monotonic() >= deadline:
+            # the budget's clock, not an error; but trials left behind must not go unsaid
+            # (a slow or busy machine reaches it with the queue still full)
+            left = waiting_trials(study)
+            if left:
+                logger.warning(f"[{study.study_name}] stopped at the {timeout:g} s timeout with "
+                               f"{left} queued trial(s) left for other workers; fix: give "
+                               "`tune --timeout` more seconds, or run `tune --n-trials queued` "
+                               "again to drain them")
+            break
         trial = pop_queued_trial(study, storage)
         if trial is None:
             break
