@@ -35,8 +35,12 @@ compare: setup
 		--experiment-name $(EXPERIMENT) -P profile=$(PROFILE) -P pipelines=$(PIPELINES) \
 		-P budget_minutes=$(BUDGET) -P cluster=$(CLUSTER)
 
+# Test files side by side, one worker per core (pytest-xdist): most tests wait on processes,
+# servers and stores, so on 2 cores two workers cut the suite from 21.9 to 16.4-18.0 minutes
+# (an AVX2-only host). A file stays on one worker, so a module's shared fixture (the end-to-end
+# smoke compare) is built once. `pytest tests/x.py` alone still runs in one process.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean:
 	rm -rf mlruns mlflow.db mlflow.db.lock optuna.journal .pytest_cache
