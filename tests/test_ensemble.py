@@ -111,17 +111,24 @@ def test_usable_leaves_out_members_without_validation_probabilities():
     assert left_out[2].startswith("moved: trained on other rows")
 
 
-def test_usable_leaves_out_excluded_reducers_as_the_shipped_settings_say():
+def test_usable_leaves_out_the_reducers_the_settings_exclude(tmp_path):
     proba = np.ones((30, 10)) / 10
     umap = ensemble.Candidate("umap_knn", "r1", "knn", proba, proba, model_uri="m",
                               reducer="umap")
     pca = ensemble.Candidate("knn", "r2", "knn", proba, proba, model_uri="m", reducer="pca")
-    settings = ensemble.load_config()
-    assert "umap" in settings.exclude_reducers
+    path = tmp_path / "ensemble.yaml"
+    path.write_text("rounds: 5\nmax_members: 3\nexclude_reducers: [umap]\n")
+    settings = ensemble.load_config(path)
     kept, left_out = ensemble.usable([umap, pca], 30, 30, settings.exclude_families,
                                      excluded_reducers=settings.exclude_reducers)
     assert [c.name for c in kept] == ["knn"]
     assert left_out == ["umap_knn: reducer umap is excluded in the ensemble settings"]
+    # the shipped settings let UMAP models vote: their served answers are the scored ones
+    # (tests/test_pipelines.py::test_umap_reducer_transforms_alike_fresh_reloaded_and_refitted)
+    shipped = ensemble.load_config()
+    kept, _ = ensemble.usable([umap, pca], 30, 30, shipped.exclude_families,
+                              excluded_reducers=shipped.exclude_reducers)
+    assert [c.name for c in kept] == ["umap_knn", "knn"]
 
 
 def test_bad_settings_are_one_line_errors(tmp_path):

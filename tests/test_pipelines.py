@@ -184,12 +184,16 @@ def test_reducer_is_fitted_on_training_rows_only(name, tiny):
 def test_umap_reducer_transforms_alike_fresh_reloaded_and_refitted(fmnist):
     """pynndescent's index places new points differently once unpickled, and a reducer from the
     fit cache is an unpickled one: figures moved with the order of the pipelines (issue 16) and
-    a logged model served unlike the scored one. Fresh, reloaded and refitted must agree.
+    a logged model served unlike the scored one. Fresh, reloaded and refitted must agree, and
+    an image's embedding must not depend on the batch it comes in (scored among 10,000 test
+    images, served alone or in a request of a few).
     4,200 rows: above UMAP's 4,096-row cut-off for exact neighbours, so the index is used."""
     x = training.features("sklearn", fmnist.x_train[:4200])
     new = training.features("sklearn", fmnist.x_test[:600])
     fitted = PcaUmap(n_epochs=60, random_state=3).fit(x)
     first = fitted.transform(new)
+    np.testing.assert_array_equal(fitted.transform(new[:7]), first[:7])
+    np.testing.assert_array_equal(fitted.transform(new[300:301]), first[300:301])
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(fitted)).transform(new), first)
     np.testing.assert_array_equal(PcaUmap(n_epochs=60, random_state=3).fit(x).transform(new),
                                   first)
