@@ -32,13 +32,11 @@ class PcaUmap(TransformerMixin, BaseEstimator):
         # float64 throughout the projection (see _project)
         self.pca_ = PCA(n_components=min(self.pca_components, X.shape[1], len(X)),
                         random_state=self.random_state).fit(np.asarray(X, dtype=np.float64))
-        projected = self._project(X)
         # A seed makes UMAP single-threaded; reproducible rankings are worth that here.
         self.umap_ = import_umap().UMAP(
             n_components=self.n_components, n_neighbors=self.n_neighbors,
             min_dist=self.min_dist, n_epochs=self.n_epochs, random_state=self.random_state,
-        ).fit(projected)
-        self.anchor_ = projected[:1].copy()  # a training point: see transform
+        ).fit(self._project(X))
         return self
 
     def _project(self, X) -> np.ndarray:
@@ -62,11 +60,9 @@ class PcaUmap(TransformerMixin, BaseEstimator):
         at weight exactly 1, the most any edge can weigh, so the scale is always 1. Points do
         not interact otherwise (each moves against the fixed training embedding, with random
         numbers of its own)."""
-        anchor = getattr(self, "anchor_", None)  # reducers pickled before it have none
-        if anchor is None:
-            anchor = self.umap_._raw_data[:1]
         projected = self._project(X)
-        return self.umap_.transform(np.concatenate([projected, anchor.astype(projected.dtype)]))[:-1]
+        anchor = self.umap_._raw_data[:1].astype(projected.dtype)  # the first training point
+        return self.umap_.transform(np.concatenate([projected, anchor]))[:-1]
 
 
 def build_reducer(kind: str, **params: Any) -> Any:
