@@ -97,6 +97,59 @@ def cnn_lowres(widths: str = "32-64-128", learning_rate: float = 0.1, momentum: 
     return _compile(model, optimizer)
 
 
+def cnn_attention(stem: str = "32-64", dim: int = 96, blocks: int = 3, heads: int = 4,
+                  learning_rate: float = 2e-3, weight_decay: float = 0.05,
+                  label_smoothing: float = 0.1, bn_momentum: float = 0.9,
+                  warmup_epochs: float = 1.0, steps_per_epoch: int = 188, epochs: int = 16,
+                  precision: str = "float32", classes: int = 10):
+    """A convolutional stem to 7x7 tokens, then transformer blocks (self-attention over all
+    49 positions, a learned position embedding, pre-norm, GELU MLP) and average pooling of the
+    tokens: global context from the first block on, where the networks above see the whole
+    garment only in their last layers. AdamW with warm-up and cosine decay."""
+    import keras
+    from keras import layers
+
+    p = _policy(precision)
+
+    class AddPosition(layers.Layer):
+        def build(self, shape):
+            self.position = self.add_weight(
+                shape=(1, shape[1], shape[2]),
+                initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+        def call(self, x):
+            return x + self.position
+
+    inputs = keras.Input(shape=(28, 28, 1))
+    x = inputs
+    for layer in augmentation(p, 2):
+        x = layer(x)
+    for width in parse_widths(stem):
+        for _ in range(2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, dtype=p)(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, dtype=p)(x)
+            x = layers.Activation("gelu", dtype=p)(x)
+        x = layers.MaxPooling2D(2, dtype=p)(x)
+    x = layers.Conv2D(dim, 1, dtype=p)(x)
+    x = layers.Reshape((x.shape[1] * x.shape[2], dim), dtype=p)(x)
+    x = AddPosition(dtype=p)(x)
+    for _ in range(blocks):
+        h = layers.LayerNormalization(dtype=p)(x)
+        h = layers.MultiHeadAttention(heads, dim // heads, dtype=p)(h, h)
+        x = layers.Add(dtype=p)([x, h])
+        h = layers.LayerNormalization(dtype=p)(x)
+        h = layers.Dense(2 * dim, activation="gelu", dtype=p)(h)
+        h = layers.Dense(dim, dtype=p)(h)
+        x = layers.Add(dtype=p)([x, h])
+    x = layers.LayerNormalization(dtype=p)(x)
+    x = layers.GlobalAveragePooling1D(dtype=p)(x)
+    model = keras.Model(inputs, _output(layers, classes)(x), name="cnn_attention")
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=warmup_cosine(learning_rate, warmup_epochs, steps_per_epoch, epochs),
+        weight_decay=weight_decay)
+    return _compile(model, optimizer, label_smoothing)
+
+
 # Candidates shipped as (optional) pipelines, trained from their own YAML in pipelines/
 SHIPPED = ("cnn_classic", "cnn_resnet")
 # name -> (builder, fixed parameters, fit settings) of the ones that are not pipelines
@@ -106,6 +159,12 @@ CANDIDATES = {
                     "weight_decay": 5.0e-4, "bn_momentum": 0.6, "warmup_epochs": 1.0},
                    {"batch_size": 256, "epochs": 16, "patience": 1000, "ema": 0.99,
                     "seed_offset": 30}),
+    "cnn_attention": (cnn_attention,
+                      {"stem": "32-64", "dim": 96, "blocks": 3, "heads": 4,
+                       "learning_rate": 2.0e-3, "weight_decay": 0.05, "label_smoothing": 0.1,
+                       "bn_momentum": 0.9, "warmup_epochs": 1.0},
+                      {"batch_size": 128, "epochs": 16, "patience": 1000, "ema": 0.99,
+                       "seed_offset": 40}),
 }
 
 
