@@ -129,17 +129,7 @@ def drain_queue(study, storage, objective, after_trial, timeout: float) -> int:
     import optuna
 
     deadline, ran = time.monotonic() + timeout, 0
-    while True:
-        if time.monotonic() >= deadline:
-            # the budget's clock, not an error; but trials left behind must not go unsaid
-            # (a slow or busy machine reaches it with the queue still full)
-            left = waiting_trials(study)
-            if left:
-                logger.warning(f"[{study.study_name}] stopped at the {timeout:g} s timeout with "
-                               f"{left} queued trial(s) left for other workers; fix: give "
-                               "`tune --timeout` more seconds, or run `tune --n-trials queued` "
-                               "again to drain them")
-            break
+    while time.monotonic() < deadline:
         trial = pop_queued_trial(study, storage)
         if trial is None:
             break
@@ -156,4 +146,11 @@ def drain_queue(study, storage, objective, after_trial, timeout: float) -> int:
             frozen = study.tell(trial, value)
         after_trial(study, frozen)
         ran += 1
+    else:  # the clock stopped it, not an empty queue: what it left behind must not go unsaid
+        left = waiting_trials(study)
+        if left:
+            logger.warning(f"[{study.study_name}] stopped at the {timeout:g} s timeout with "
+                           f"{left} queued trial(s) left for other workers; fix: give "
+                           "`tune --timeout` more seconds, or run `tune --n-trials queued` "
+                           "again to drain them")
     return ran
