@@ -50,7 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 GROUP = [0, 2, 4, 6]  # T-shirt/top, Pullover, Coat, Shirt: most of every model's errors
 
 
-def train_specialist(splits, epochs: int, seed_offset: int) -> tuple[np.ndarray, np.ndarray]:
+def train_specialist(splits, epochs: int, seed_offset: int,
+                     group: list[int] = GROUP) -> tuple[np.ndarray, np.ndarray]:
     """A specialist's within-group probabilities (mirror TTA) on the validation and test sets."""
     from study import config, pipelines, training, tuning
 
@@ -58,23 +59,23 @@ def train_specialist(splits, epochs: int, seed_offset: int) -> tuple[np.ndarray,
     params = {**tuning.final_params(spec, spec.budget("quick"), {}), "epochs": epochs}
     params.pop("max_seconds", None)
     remap = np.full(10, -1)
-    remap[GROUP] = np.arange(len(GROUP))
-    tr, va = np.isin(splits.y_train, GROUP), np.isin(splits.y_val, GROUP)
+    remap[group] = np.arange(len(group))
+    tr, va = np.isin(splits.y_train, group), np.isin(splits.y_val, group)
     fit = training.fit(spec, params, splits.x_train[tr], remap[splits.y_train[tr]],
                        splits.x_val[va], remap[splits.y_val[va]], config.SEED + seed_offset,
                        progress=f"[specialist {epochs}:{seed_offset}]")
 
     def within(x):
-        p = 0.5 * (fit.predict_proba(x) + fit.predict_proba(x[:, :, ::-1]))[:, :len(GROUP)]
+        p = 0.5 * (fit.predict_proba(x) + fit.predict_proba(x[:, :, ::-1]))[:, :len(group)]
         return p / p.sum(axis=1, keepdims=True)
 
     return within(splits.x_val), within(splits.x_test)
 
 
-def fold(general: np.ndarray, within: np.ndarray) -> np.ndarray:
+def fold(general: np.ndarray, within: np.ndarray, group: list[int] = GROUP) -> np.ndarray:
     """The generalist's probabilities with the group's mass shared out by the specialist."""
     out = general.copy()
-    out[:, GROUP] = general[:, GROUP].sum(axis=1, keepdims=True) * within
+    out[:, group] = general[:, group].sum(axis=1, keepdims=True) * within
     return out
 
 
@@ -94,7 +95,6 @@ def main() -> int:
         parser.error(f"--group {args.group!r}: give class numbers 0-9, comma-separated")
     if len(group) < 2 or not set(group) <= set(range(10)):
         parser.error(f"--group {args.group!r}: give two or more class numbers 0-9")
-    GROUP[:] = group  # train_specialist and fold read the module's group
     from study import cli, config, data, ensemble, tracking
 
     cli.configure_logging()
@@ -121,13 +121,13 @@ def main() -> int:
     for setting in args.specialist or ["16:3"]:
         epochs, offset = (int(x) for x in setting.split(":"))
         start = time.perf_counter()
-        within_val, within_test = train_specialist(splits, epochs, offset)
+        within_val, within_test = train_specialist(splits, epochs, offset, group)
         seconds = time.perf_counter() - start
-        tag = "".join(map(str, GROUP))
+        tag = "".join(map(str, group))
         np.savez(out / f"specialist-{tag}-{epochs}-{offset}.npz", val=within_val, test=within_test)
         name = f"specialist_{tag}_{epochs}_{offset}"
-        val[name] = fold(val[args.generalist], within_val)
-        test[name] = fold(test[args.generalist], within_test)
+        val[name] = fold(val[args.generalist], within_val, group)
+        test[name] = fold(test[args.generalist], within_test, group)
         score, best, weights = ensemble_of(val, test)
         print(f"+ {name} ({seconds:.0f} s): alone val {acc(val[name], yv):.4f} test "
               f"{acc(test[name], yt):.4f}; ensemble of everything so far {score:.4f} "
