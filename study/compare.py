@@ -108,6 +108,10 @@ def final_fit(spec, params: dict[str, Any], splits: data.Splits, seed: int,
     """training.final_fit; a specialist is folded into its generalist's network as the
     compare `parent_run_id` logged it (the generalist ran first: pipelines.resolve orders
     them)."""
+    if spec.boost:
+        from study import boosting
+
+        return boosting.final_fit(spec, params, splits, seed, progress=progress)
     if not spec.generalist:
         return training.final_fit(spec, params, splits, seed, progress=progress)
     from study import specialists

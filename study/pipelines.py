@@ -54,6 +54,7 @@ class PipelineSpec:
     tta: str = "none"  # "mirror": try mirror test-time augmentation, keep it where it pays
     generalist: str | None = None  # a specialist's: the pipeline whose model it folds into
     classes: tuple[int, ...] = ()  # a specialist's group of classes, in its outputs' order
+    boost: dict[str, Any] | None = None  # {from, epochs, k}: trained where `from` errs (boosting)
     share: float = 1.0  # its weight when a time budget is shared out (timebudget)
     optional: bool = False  # left out of "all": runs when named
     cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> measured cost
@@ -141,10 +142,13 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         raise ConfigError(f"{path}: tta: {tta} needs an image model (a Keras builder), "
                           f"not {raw['model']}; remove the tta key")
     generalist, classes = _check_specialist(path, raw, pipelines_dir)
+    boost = _check_boost(path, raw, pipelines_dir)
     share, cost = _check_time(path, raw)
     canonical = json.dumps(raw, sort_keys=True, default=str)
     if generalist:  # a retrained generalist makes its specialists' models stale too
         canonical += load(generalist, pipelines_dir).digest
+    if boost:  # so does a changed recipe of the networks that weigh its rows
+        canonical += load(boost["from"], pipelines_dir).digest
     return PipelineSpec(
         name=name,
         family=str(raw["family"]),
@@ -160,6 +164,7 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         tta=tta,
         generalist=generalist,
         classes=classes,
+        boost=boost,
         share=share,
         cost=cost,
         optional=raw.get("optional") is True,
@@ -217,6 +222,34 @@ def _check_specialist(path: Path, raw: dict, pipelines_dir: Path | None
         raise ConfigError(f"{path}: specialist.generalist {generalist!r} must be an image "
                           "model that is not a specialist itself")
     return generalist, tuple(classes)
+
+
+def _check_boost(path: Path, raw: dict, pipelines_dir: Path | None) -> dict[str, Any] | None:
+    """A `boost:` section: {from: <image pipeline>, epochs: >= 1, k: >= 0} (study.boosting)."""
+    from study.models import get_builder
+
+    section = raw.get("boost")
+    if section is None:
+        return None
+    if not isinstance(section, dict) or set(section) != {"from", "epochs", "k"}:
+        raise ConfigError(f"{path}: boost must be a mapping with from (a pipeline), epochs "
+                          "(of its out-of-fold networks) and k (the extra weight of a miss)")
+    source, epochs, k = section["from"], section["epochs"], section["k"]
+    if source not in available(pipelines_dir) or source == path.stem:
+        raise ConfigError(f"{path}: boost.from {source!r} is not another pipeline; "
+                          f"valid: {', '.join(available(pipelines_dir))}")
+    if not (isinstance(epochs, int) and epochs >= 1 and isinstance(k, (int, float))
+            and not isinstance(k, bool) and k >= 0):
+        raise ConfigError(f"{path}: boost.epochs must be an integer >= 1 and boost.k a number "
+                          f">= 0, got {epochs!r} and {k!r}")
+    if get_builder(raw["model"]).kind != "keras" or raw.get("specialist"):
+        raise ConfigError(f"{path}: a boosted pipeline needs an image model (a Keras builder) "
+                          "and cannot be a specialist")
+    src = load(source, pipelines_dir)
+    if src.generalist or src.boost or get_builder(src.model).kind != "keras":
+        raise ConfigError(f"{path}: boost.from {source!r} must be a plain image pipeline "
+                          "(not a specialist, not boosted itself)")
+    return {"from": source, "epochs": epochs, "k": float(k)}
 
 
 def _optional(name: str, pipelines_dir: Path | None) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import optuna
 import pytest
 
-from study import pipelines, specialists, training, tuning
+from study import boosting, pipelines, specialists, training, tuning
 from study.errors import ConfigError
 from study.models import BUILDERS, get_builder
 from study.models.reducers import PcaUmap
@@ -34,6 +34,9 @@ def test_pipeline_builds_fits_and_predicts(name, tiny, generalists):
                 general, tuning.final_params(general, general.budget("smoke"), {}),
                 tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val, seed=1).model
         result, _ = specialists.final_fit(spec, params, tiny, 1, generalists[spec.generalist])
+    elif spec.boost:  # boosted: its out-of-fold pair in two worker processes, then itself
+        result, _ = boosting.final_fit(spec, params, tiny, 1)
+        assert result.info["boost_rows"] > len(tiny.y_train)  # a smoke pair misses some rows
     else:
         result = training.fit(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val,
                               seed=1)
