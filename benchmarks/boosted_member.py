@@ -6,6 +6,8 @@ member is cnn_resnet's shipped recipe trained on the training rows repeated 1 + 
 (AdaBoost by resampling, Freund & Schapire 1997): rows the out-of-fold networks
 get wrong count up to k + 1 times. Validation stays untouched (epochs, TTA); the saved
 probabilities go to the stored-compare analyses like diverse_members.py's (--saved there).
+The compare's pipeline `cnn_resnet_boosted` (study/boosting.py, which this script shares the
+halves and the resampling with) does the same inside a compare.
 
     .venv/bin/python benchmarks/boosted_member.py --out /tmp/boost     # ~55 min on 2 cores
 
@@ -43,18 +45,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def stratified_halves(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A boolean mask choosing half of every class's rows."""
-    half = np.zeros(len(y), bool)
-    for c in np.unique(y):
-        rows = rng.permutation(np.flatnonzero(y == c))
-        half[rows[:len(rows) // 2]] = True
-    return half
-
-
 def out_of_fold(splits, epochs: int, seed: int, rng: np.random.Generator) -> np.ndarray:
     """p(true class) of every training row, from a cnn_modern trained on the other half."""
     from study import pipelines, training
+    from study.boosting import stratified_halves
     from study.tuning import studies
 
     spec = pipelines.load("cnn_modern")
@@ -85,17 +79,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.boost < 0 or min(args.oof_epochs, args.epochs) < 1:
         parser.error("--boost must be >= 0 and the epochs >= 1")
-    from study import cli, config, data, pipelines, training
+    from study import boosting, cli, config, data, pipelines, training
     from study.tuning import studies
 
     cli.configure_logging()
     splits = data.make_splits(data.load(), config.profile("quick"))
     rng = np.random.default_rng(config.SEED)  # the halves, then the fractional copies
     p_true = out_of_fold(splits, args.oof_epochs, config.SEED, rng)
-    weight = 1 + args.boost * (1 - p_true)
-    copies = np.floor(weight).astype(int) + (rng.random(len(weight)) < weight % 1)
-    rows = np.repeat(np.arange(len(weight)), copies)
-    print(f"{len(rows):,} training rows ({np.mean(copies > 1):.0%} of the rows repeated)")
+    rows = boosting.resample(p_true, args.boost, rng)
+    repeated = np.mean(np.bincount(rows, minlength=len(p_true)) > 1)
+    print(f"{len(rows):,} training rows ({repeated:.0%} of the rows repeated)")
     resampled = types.SimpleNamespace(x_train=splits.x_train[rows], y_train=splits.y_train[rows],
                                       x_val=splits.x_val, y_val=splits.y_val)
     spec = pipelines.load("cnn_resnet")
