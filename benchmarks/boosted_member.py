@@ -61,7 +61,7 @@ def out_of_fold(splits, epochs: int, seed: int, rng: np.random.Generator) -> np.
         fit = training.fit(spec, params, x[train_rows], y[train_rows], splits.x_val, splits.y_val,
                            seed + 70 + k, progress=f"[out of fold {k + 1}/2]", cache=False)
         held = np.flatnonzero(~train_rows)
-        p = 0.5 * (fit.predict_proba(x[held]) + fit.predict_proba(x[held][:, :, ::-1]))
+        p = training.mirror_proba(fit, x[held])
         p_true[held] = p[np.arange(len(held)), y[held]]
         print(f"out of fold {k + 1}/2: {np.mean(p.argmax(1) == y[held]):.4f} on the held-out "
               f"half ({time.perf_counter() - start:.0f} s)", flush=True)

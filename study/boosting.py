@@ -60,7 +60,7 @@ def _fit_half(source: PipelineSpec, params: dict[str, Any], x_fit, y_fit, x_held
     whether the network's class was the true one."""
     fit = training.fit(source, params, x_fit, y_fit, x_val, y_val, seed, progress=progress,
                        cache=False)
-    p = 0.5 * (fit.predict_proba(x_held) + fit.predict_proba(x_held[:, :, ::-1]))
+    p = training.mirror_proba(fit, x_held)
     return p[np.arange(len(y_held)), y_held], p.argmax(axis=1) == y_held
 
 

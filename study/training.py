@@ -313,6 +313,11 @@ def keeps_mirror(plain_accuracy: float, mirror_accuracy: float) -> bool:
     return mirror_accuracy > plain_accuracy
 
 
+def mirror_proba(fit: FitResult, x: np.ndarray) -> np.ndarray:
+    """The mean of the network's probabilities for the images and their horizontal mirrors."""
+    return 0.5 * (fit.predict_proba(x) + fit.predict_proba(x[:, :, ::-1]))
+
+
 def choose_mirror_tta(fit: FitResult, x_val: np.ndarray, y_val: np.ndarray) -> np.ndarray:
     """Wrap a network in mirror test-time augmentation when that raises its validation
     accuracy (a strict gain; a tie keeps the cheaper model). The decision and both validation

@@ -37,6 +37,14 @@ def test_halves_split_every_class_in_two():
 BOOSTED = config.pipelines_dir() / "cnn_resnet_boosted.yaml"
 
 
+@pytest.fixture
+def shipped(tmp_path):
+    """A copy of the shipped pipeline definitions, to edit."""
+    for path in config.pipelines_dir().glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    return tmp_path
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace("from: cnn_modern", "from: nothing"), "boost.from 'nothing' is not another"),
     (lambda t: t.replace("from: cnn_modern", "from: logreg"), "must be a plain image pipeline"),
@@ -45,9 +53,8 @@ BOOSTED = config.pipelines_dir() / "cnn_resnet_boosted.yaml"
     (lambda t: t.replace("  epochs: 10\n", "  epochs: 0\n"), "boost.epochs must be an integer"),
     (lambda t: t.replace("  epochs: 10\n", ""), "boost must be a mapping with from"),
 ])
-def test_bad_boost_sections_are_rejected(tmp_path, edit, message):
-    for path in config.pipelines_dir().glob("*.yaml"):
-        (tmp_path / path.name).write_text(path.read_text())
+def test_bad_boost_sections_are_rejected(shipped, edit, message):
+    tmp_path = shipped
     assert pipelines.load("cnn_resnet_boosted", tmp_path).boost == {
         "from": "cnn_modern", "epochs": 10, "k": 6.0}
     (tmp_path / BOOSTED.name).write_text(edit(BOOSTED.read_text()))
@@ -55,9 +62,8 @@ def test_bad_boost_sections_are_rejected(tmp_path, edit, message):
         pipelines.load("cnn_resnet_boosted", tmp_path)
 
 
-def test_a_changed_source_recipe_changes_the_boosted_digest(tmp_path):
-    for path in config.pipelines_dir().glob("*.yaml"):
-        (tmp_path / path.name).write_text(path.read_text())
+def test_a_changed_source_recipe_changes_the_boosted_digest(shipped):
+    tmp_path = shipped
     before = pipelines.load("cnn_resnet_boosted", tmp_path).digest
     source = tmp_path / "cnn_modern.yaml"
     source.write_text(source.read_text().replace("learning_rate: 0.1\n", "learning_rate: 0.05\n"))
