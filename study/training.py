@@ -75,6 +75,37 @@ def split_params(spec: PipelineSpec, params: dict[str, Any]) -> tuple[dict, dict
 
 
 _FIT_CACHE = None
+FIT_CACHE_PREFIX = "study-fit-cache-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_fit_caches(folder: str) -> list[str]:
+    """Remove the fit caches in `folder` whose process is gone; return their paths.
+
+    A process killed by a signal never runs its atexit handler, so its cache would stay behind
+    (the resume-after-kill tests kill compares on purpose): the next process cleans up after it.
+    """
+    import shutil
+
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith(FIT_CACHE_PREFIX):
+            continue
+        pid = name[len(FIT_CACHE_PREFIX):].split("-", 1)[0]
+        path = os.path.join(folder, name)
+        if pid.isdigit() and not _pid_alive(int(pid)) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def fit_cache():
@@ -87,7 +118,9 @@ def fit_cache():
 
         from joblib import Memory
 
-        folder = tempfile.mkdtemp(prefix="study-fit-cache-")
+        # The pid in the name lets a later process remove the cache of one that was killed.
+        sweep_fit_caches(tempfile.gettempdir())
+        folder = tempfile.mkdtemp(prefix=f"{FIT_CACHE_PREFIX}{os.getpid()}-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _FIT_CACHE = Memory(folder, verbose=0)
     return _FIT_CACHE

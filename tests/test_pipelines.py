@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -200,3 +201,22 @@ def test_umap_reducer_transforms_alike_fresh_reloaded_and_refitted(fmnist):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(fitted)).transform(new), first)
     np.testing.assert_array_equal(PcaUmap(n_epochs=60, random_state=3).fit(x).transform(new),
                                   first)
+
+
+def test_fit_cache_of_a_killed_process_is_swept(tmp_path):
+    """A killed process leaves its reducer cache behind; the next one removes it, not a live one's."""
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    dead = tmp_path / f"{training.FIT_CACHE_PREFIX}{child.pid}-abc"
+    live = tmp_path / f"{training.FIT_CACHE_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "unrelated-folder"
+    for folder in (dead, live, other):
+        (folder / "joblib").mkdir(parents=True)
+
+    assert training.sweep_fit_caches(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and live.exists() and other.exists()
