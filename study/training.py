@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from study import config
+from study import config, processes
 from study import data as fmnist
 from study.errors import ConfigError
 from study.models import get_builder
@@ -78,16 +78,6 @@ _FIT_CACHE = None
 FIT_CACHE_PREFIX = "study-fit-cache-"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
-
-
 def sweep_fit_caches(folder: str) -> list[str]:
     """Remove the fit caches in `folder` whose process is gone; return their paths.
 
@@ -100,9 +90,10 @@ def sweep_fit_caches(folder: str) -> list[str]:
     for name in sorted(os.listdir(folder)):
         if not name.startswith(FIT_CACHE_PREFIX):
             continue
-        pid = name[len(FIT_CACHE_PREFIX):].split("-", 1)[0]
+        # name: prefix, "host:pid" (processes.this_process), "-", mkdtemp's random part
+        host, _, pid = name[len(FIT_CACHE_PREFIX):].rpartition("-")[0].rpartition(":")
         path = os.path.join(folder, name)
-        if pid.isdigit() and not _pid_alive(int(pid)) and os.path.isdir(path):
+        if processes.died_here(host, pid) and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -118,9 +109,9 @@ def fit_cache():
 
         from joblib import Memory
 
-        # The pid in the name lets a later process remove the cache of one that was killed.
+        # The host and pid in the name let a later process remove the cache of one that was killed.
         sweep_fit_caches(tempfile.gettempdir())
-        folder = tempfile.mkdtemp(prefix=f"{FIT_CACHE_PREFIX}{os.getpid()}-")
+        folder = tempfile.mkdtemp(prefix=f"{FIT_CACHE_PREFIX}{processes.this_process()}-")
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _FIT_CACHE = Memory(folder, verbose=0)
     return _FIT_CACHE

@@ -204,19 +204,23 @@ def test_umap_reducer_transforms_alike_fresh_reloaded_and_refitted(fmnist):
 
 
 def test_fit_cache_of_a_killed_process_is_swept(tmp_path):
-    """A killed process leaves its reducer cache behind; the next one removes it, not a live one's."""
+    """A killed process leaves its reducer cache behind; the next one removes it, not a live one's
+    nor one of another host's (a shared temp folder)."""
     import signal
+    import socket
     import subprocess
     import sys
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     child.send_signal(signal.SIGKILL)
     child.wait()
-    dead = tmp_path / f"{training.FIT_CACHE_PREFIX}{child.pid}-abc"
-    live = tmp_path / f"{training.FIT_CACHE_PREFIX}{os.getpid()}-def"
+    host = socket.gethostname()
+    dead = tmp_path / f"{training.FIT_CACHE_PREFIX}{host}:{child.pid}-abc"
+    live = tmp_path / f"{training.FIT_CACHE_PREFIX}{host}:{os.getpid()}-def"
+    elsewhere = tmp_path / f"{training.FIT_CACHE_PREFIX}other-host:{child.pid}-ghi"
     other = tmp_path / "unrelated-folder"
-    for folder in (dead, live, other):
+    for folder in (dead, live, elsewhere, other):
         (folder / "joblib").mkdir(parents=True)
 
     assert training.sweep_fit_caches(str(tmp_path)) == [str(dead)]
-    assert not dead.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and elsewhere.exists() and other.exists()
