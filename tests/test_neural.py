@@ -150,3 +150,43 @@ def test_cnn_modern_learns_on_a_few_hundred_real_images(tiny):
     after = training.accuracy(trained.predict_proba(tiny.x_val), tiny.y_val)
     assert after >= 0.6 and after >= before + 0.3, (before, after)
     assert after == pytest.approx(max(trained.history["val_accuracy"]), abs=1e-6)
+
+
+def _abort_first_batch(message: str, fired: list):
+    """A callback that raises TensorFlow's AbortedError on the first batch it ever sees."""
+    import keras
+    import tensorflow as tf
+
+    class Abort(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if not fired:
+                fired.append(batch)
+                raise tf.errors.AbortedError(None, None, message)
+
+    return Abort()
+
+
+def test_a_onednn_abort_is_fitted_again_from_the_start(tiny):
+    """The refit after a oneDNN abort gives the figures of an undisturbed fit and says so."""
+    spec = pipelines.load("mlp_seed")
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), "epochs": 2}
+    args = (spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val)
+    clean = training.fit_keras(*args, seed=5)
+    fired: list = []
+    message = "Operation received an exception:Status: 2, message: could not create a primitive " \
+              "descriptor for the reorder primitive."
+    again = training.fit_keras(*args, seed=5, callbacks=[_abort_first_batch(message, fired)])
+    assert fired == [0]
+    assert again.history == clean.history
+    assert any("refitted once" in note for note in again.notes)
+    assert not any("refitted" in note for note in clean.notes)
+
+
+def test_other_aborts_are_not_retried(tiny):
+    import tensorflow as tf
+
+    spec = pipelines.load("mlp_seed")
+    params = {**tuning.final_params(spec, spec.budget("smoke"), {}), "epochs": 1}
+    with pytest.raises(tf.errors.AbortedError, match="something else"):
+        training.fit_keras(spec, params, tiny.x_train, tiny.y_train, tiny.x_val, tiny.y_val,
+                           seed=5, callbacks=[_abort_first_batch("something else", [])])
