@@ -248,39 +248,8 @@ def _weight_average_callback(decay: float, every: int = 5):
     return WeightAverage()
 
 
-ONEDNN_ABORT = "could not create a primitive descriptor"
-
-
 def fit_keras(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val, y_val,
               seed: int, callbacks: Sequence[Any] = (), progress: str | None = None) -> FitResult:
-    """`_fit_keras_once`, fitted again from the start once if oneDNN aborts it.
-
-    On a bf16 host TensorFlow's oneDNN kernels now and then fail to create a primitive
-    (seen once in four smoke compares, same data and seeds, in Conv2DBackpropFilter); the same
-    fit then runs through. The refit starts from the same seed, so its figures are the ones an
-    undisturbed fit gives; the lost attempt's time counts in the fit's seconds.
-    """
-    import tensorflow as tf
-
-    start = time.perf_counter()
-    try:
-        return _fit_keras_once(spec, params, x_train, y_train, x_val, y_val, seed, callbacks,
-                               progress)
-    except tf.errors.AbortedError as exc:
-        if ONEDNN_ABORT not in str(exc):
-            raise
-        lost = time.perf_counter() - start
-        logger.warning(f"[{spec.name}] TensorFlow's oneDNN aborted the fit after {lost:.1f} s "
-                       f"({ONEDNN_ABORT}); fitting again from the start, once")
-    result = _fit_keras_once(spec, params, x_train, y_train, x_val, y_val, seed, callbacks,
-                             progress)
-    result.fit_seconds += lost
-    result.notes.append(f"refitted once: oneDNN aborted the first attempt after {lost:.1f} s")
-    return result
-
-
-def _fit_keras_once(spec: PipelineSpec, params: dict[str, Any], x_train, y_train, x_val, y_val,
-                    seed: int, callbacks: Sequence[Any], progress: str | None) -> FitResult:
     import keras
     import tensorflow as tf
 
