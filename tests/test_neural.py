@@ -152,7 +152,7 @@ def test_cnn_modern_learns_on_a_few_hundred_real_images(tiny):
     assert after == pytest.approx(max(trained.history["val_accuracy"]), abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ["cnn_resnet", "cnn_resnet_boosted"])
+@pytest.mark.parametrize("name", ["cnn_resnet_boosted"])  # cnn_resnet: see its YAML
 def test_resnet_smoke_network_survives_an_odd_last_batch(name, tmp_path):
     """With 8 channels first, the ResNet's smoke network corrupted the heap when the last batch
     held 3, 5 or 7 images (oneDNN on a bf16 host; glibc's checks, MALLOC_CHECK_=3, abort the
