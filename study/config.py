@@ -94,18 +94,58 @@ def import_umap():
     return umap
 
 
-_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]*@")
-_QUERY_SECRET = re.compile(r"(?i)\b((?:password|passwd|pwd|token|secret)=)[^&\s'\"]+")
+# A query key or key=value word naming a password, token, secret, key or signature holds a secret.
+_SECRET_KEY = r"[\w.-]*(?:pass|pwd|token|secret|key|sig|credential)[\w.-]*"
+_KEY_VALUE = re.compile(rf"(?i)(?<![\w.-])({_SECRET_KEY}=)[^&;\s'\"]+")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def _password_span(url: str) -> tuple[int, int] | None:
+    """Where the password of a URL's user:password@ lies, as the widest reading of urllib
+    (the last @ of the authority: `u:p@ss@host`) and SQLAlchemy (a password may hold `/`:
+    base64) sees it; None when neither finds one."""
+    from urllib.parse import urlsplit
+
+    start = url.index("://") + 3
+    ends = []
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:  # e.g. an unclosed [ipv6: the SQLAlchemy reading still applies
+        netloc = ""
+    userinfo = netloc.rpartition("@")[0]
+    if ":" in userinfo:
+        ends.append(start + len(userinfo))
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:  # not a URL SQLAlchemy reads: urllib's reading stands alone
+        password = None
+    if password is not None:
+        ends.append(url.index("@", url.index(":", start)))
+    if not ends:
+        return None
+    return url.index(":", start) + 1, max(ends)
+
+
+def _redact_url(url: str) -> str:
+    span = _password_span(url)
+    if span:
+        url = url[:span[0]] + "***" + url[span[1]:]
+    return url
 
 
 def redact(text: str) -> str:
-    """A URL, or a message holding one, without its secrets (the password in user:password@,
-    password=/token= query values): what the study prints, logs or writes shows no secret."""
-    return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", str(text)))
+    """A URL, or a message holding some, without its secrets: the password of
+    user:password@ (as URL parsers read it) and every value whose key names a password,
+    token, secret, key or signature (`?sslpassword=`, `access_token=`, `sig=`, ...)."""
+    text = _URL.sub(lambda m: _redact_url(m.group()), str(text))
+    return _KEY_VALUE.sub(r"\1***", text)
 
 
 def carries_secret(url: str) -> bool:
-    return redact(url) != url
+    """True when `redact` would hide something: the two never disagree."""
+    return redact(url) != str(url)
 
 
 def tracking_uri() -> str:
