@@ -13,7 +13,6 @@ import os
 import shutil
 import struct
 import subprocess
-import tempfile
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study import config
+from study import config, files
 from study.errors import DataError
 
 
@@ -39,6 +38,12 @@ class IdxFile:
     @property
     def dims(self) -> tuple[int, ...]:
         return (self.count, *config.IMAGE_SHAPE) if self.magic == 2051 else (self.count,)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the decompressed file (header and payload): the most a download or a
+        decompression of it may read, so a gzip bomb is refused after size + 1 bytes."""
+        return 4 + 4 * len(self.dims) + int(np.prod(self.dims))
 
 
 FILES = {
@@ -84,11 +89,14 @@ def read_idx(path: Path, spec: IdxFile) -> np.ndarray:
         raise DataError(f"{name}: file not found; {FIX}")
     try:
         with gzip.open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(spec.size + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(
             f"{name}: not a readable gzip stream ({exc}); the file is truncated or corrupt; {FIX}"
         ) from None
+    if len(raw) > spec.size:
+        raise DataError(f"{name}: decompresses to more than the {spec.size} bytes of "
+                        f"{spec.stem} (reading stopped there); not the canonical file; {FIX}")
     header_len = 4 + 4 * len(spec.dims)
     if len(raw) < header_len:
         raise DataError(f"{name}: only {len(raw)} bytes after decompression, too short for an "
@@ -153,20 +161,27 @@ def download_all(target: Path, base_url: str = config.DOWNLOAD_URL) -> Path:
         final = target / spec.filename
         if final.is_file():
             continue
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target)
-        tmp = Path(tmp_name)
+        url = base_url + spec.filename
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(base_url + spec.filename,
-                                                                    timeout=60) as resp:
-                shutil.copyfileobj(resp, out)
-            read_idx(tmp, spec)  # raises on a bad download; the final name never sees it
-            tmp.replace(final)
+            with files.replacing(final) as tmp:
+                _fetch(url, tmp, spec.size)
+                read_idx(tmp, spec)  # raises on a bad download; the final name never sees it
         except OSError as exc:
-            raise DataError(f"download of {base_url}{spec.filename} failed ({exc}); "
-                            f"no internet? {FIX}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+            raise DataError(f"download of {url} failed ({exc}); no internet? {FIX}") from None
     return target
+
+
+def _fetch(url: str, path: Path, limit: int) -> None:
+    """The body at `url` into `path`, refused once it passes `limit` bytes (the gzip of a
+    file is smaller than the file itself): a hostile or broken server cannot fill the disk."""
+    with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as out:
+        left = limit + 1
+        while left > 0 and (chunk := resp.read(min(left, 1 << 20))):
+            out.write(chunk)
+            left -= len(chunk)
+    if left <= 0:
+        raise DataError(f"download of {url} refused: more than {limit} bytes, larger than the "
+                        f"file it should hold; {FIX}")
 
 
 def load(data_dir: str | os.PathLike | None = None, download: bool = True) -> FashionMNIST:

@@ -160,4 +160,78 @@ def test_bad_download_leaves_nothing_behind(real_dir, http_server, tmp_path):
     with pytest.raises(DataError, match=TRAIN_IMAGES.filename):
         data.download_all(target, url)
     assert not (target / TRAIN_IMAGES.filename).exists()
-    assert not list(target.glob("*.part"))  # no half-written temporary either
+    assert list(target.iterdir()) == []  # no half-written temporary either
+
+
+def cache_missing_test_labels(real_dir, tmp_path) -> Path:
+    """A download cache holding three of the four files: only t10k-labels (10,008 bytes
+    decompressed) is fetched."""
+    target = tmp_path / "cache"
+    target.mkdir()
+    for spec in data.FILES.values():
+        if spec != TEST_LABELS:
+            (target / spec.filename).write_bytes((real_dir / spec.filename).read_bytes())
+    return target
+
+
+def test_a_gzip_bomb_is_refused_after_reading_its_expected_size(real_dir, http_server,
+                                                                tmp_path):
+    """A 9.7 kB gzip that expands to 10 MB (1,000 times t10k-labels): refused with one line,
+    having decompressed at most 10,009 bytes, and the cache holds nothing of it."""
+    import tracemalloc
+
+    site, url = http_server
+    (site / TEST_LABELS.filename).write_bytes(gzip.compress(bytes(10_000_000), compresslevel=9))
+    assert (site / TEST_LABELS.filename).stat().st_size <= TEST_LABELS.size  # passes the size cap
+    target = cache_missing_test_labels(real_dir, tmp_path)
+    before = sorted(target.iterdir())
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as refused:
+            data.download_all(target, url)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # unbounded, the 10 MB it expands to were held at once
+    message = str(refused.value)
+    assert "\n" not in message and TEST_LABELS.filename in message
+    assert f"more than the {TEST_LABELS.size} bytes" in message
+    assert sorted(target.iterdir()) == before
+
+
+def test_an_oversized_download_is_cut_at_its_expected_size(real_dir, tmp_path):
+    """A server that sends 128 MB where 10,008 bytes belong: the download stops after
+    10,009 bytes (the server manages to send no more than the loopback socket buffers hold)
+    and leaves nothing in the cache."""
+    sent, done = [0], threading.Event()
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(128):
+                    self.wfile.write(bytes(1 << 20))
+                    sent[0] += 1 << 20
+            except OSError:  # the client hung up
+                pass
+            finally:
+                done.set()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    target = cache_missing_test_labels(real_dir, tmp_path)
+    before = sorted(target.iterdir())
+    try:
+        with pytest.raises(DataError) as refused:
+            data.download_all(target, f"http://127.0.0.1:{server.server_address[1]}/")
+        assert done.wait(30)
+    finally:
+        server.shutdown()
+    assert sent[0] < 32 << 20, sent[0]
+    assert f"more than {TEST_LABELS.size} bytes" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert sorted(target.iterdir()) == before
