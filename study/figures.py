@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from study import files
 from study.config import CLASS_NAMES, N_CLASSES
 
 
@@ -24,7 +25,8 @@ def pyplot():
 def save(fig, path: Path, dpi: float | None = None) -> Path:
     """Lay out, write and close a figure (an open figure per model would pile up memory)."""
     fig.tight_layout()
-    fig.savefig(path, **({"dpi": dpi} if dpi else {}))
+    with files.replacing(path) as tmp:  # a report folder never holds half a PNG
+        fig.savefig(tmp, **({"dpi": dpi} if dpi else {}))
     pyplot().close(fig)
     return path
 

@@ -47,3 +47,56 @@ def test_redact_hides_every_secret_a_url_parser_would_read(given, shown):
 def test_redact_leaves_urls_paths_and_messages_without_secrets_alone(given):
     assert config.redact(given) == given
     assert not config.carries_secret(given)
+
+
+def test_a_replaced_file_is_whole_or_untouched(tmp_path):
+    """files.replacing: a unique temporary name in the same folder per writer; the target
+    changes only when the writer finishes, and nothing is left behind either way."""
+    from study import files
+
+    target = files.write_text(tmp_path / "leaderboard.csv", "old\n")
+    with files.replacing(target) as first, files.replacing(target) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        assert first.suffix == ".csv"  # writers that pick a format by extension still can
+        first.write_text("first\n")
+        second.write_text("second\n")
+        assert target.read_text() == "old\n"  # nobody sees a file still being written
+    assert target.read_text() == "first\n"  # the last writer to finish wins, whole
+    with pytest.raises(OSError):
+        with files.replacing(target) as third:
+            third.write_text("ha")
+            raise OSError("disk full")
+    assert target.read_text() == "first\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["leaderboard.csv"]
+
+
+@pytest.mark.slow
+def test_report_out_uploads_only_the_files_it_wrote(tracking_store, tmp_path):
+    """`study report --out DIR` into a folder that already holds other files (`--out ~`):
+    only the report's own files reach the tracking store, and no temporary stays behind."""
+    import mlflow
+
+    from study import cli
+
+    assert cli.main(["compare", "--profile", "smoke", "--pipelines", "dummy"]) == 0
+    out = tmp_path / "home"
+    (out / ".ssh").mkdir(parents=True)
+    (out / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (out / ".pgpass").write_text("db:5432:*:study:s3cr3t\n")
+    (out / "notes.txt").write_text("mine\n")
+    assert cli.main(["report", "--out", str(out)]) == 0
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(config.EXPERIMENT_NAME)
+    (compare,) = client.search_runs([exp.experiment_id], "tags.role = 'compare'")
+    logged = {a.path for a in client.list_artifacts(compare.info.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/leaderboard.csv",
+            "report/leaderboard.md", "report/leaderboard.txt"} <= logged
+    assert not logged & {"report/.pgpass", "report/.ssh", "report/notes.txt"}
+    # every other upload is a figure the report shows
+    shown = (out / "report.md").read_text()
+    assert all(p.endswith(".png") and p.split("/")[-1] in shown
+               for p in logged - {"report/report.md", "report/report.html",
+                                  "report/leaderboard.csv", "report/leaderboard.md",
+                                  "report/leaderboard.txt"})
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study import config, leaderboard, tracking
+from study import config, files, leaderboard, tracking
 from study.errors import first_line
 from study.report import context, document, sections
 
@@ -56,16 +56,31 @@ def build(run_id: str | None = None, out_dir: Path | None = None, data_dir: str 
             logger.warning(ensemble_note)
     ctx = context.gather(parent, profile, dataset, ensemble_note, out_dir)
     folder = ctx.folder
-    (folder / "leaderboard.csv").write_text(leaderboard.render_csv(ctx.rows))
-    (folder / "leaderboard.md").write_text(leaderboard.render_markdown(ctx.rows) + "\n")
-    (folder / "leaderboard.txt").write_text(leaderboard.render_text(ctx.rows, wide=True) + "\n")
+    written = [files.write_text(folder / "leaderboard.csv", leaderboard.render_csv(ctx.rows)),
+               files.write_text(folder / "leaderboard.md",
+                                leaderboard.render_markdown(ctx.rows) + "\n"),
+               files.write_text(folder / "leaderboard.txt",
+                                leaderboard.render_text(ctx.rows, wide=True) + "\n")]
+    intro, body = sections.intro(ctx), sections.render(ctx)
     md_path, html_path = document.write(
-        folder, f"Fashion-MNIST comparison {ctx.profile} {pid}", sections.intro(ctx),
-        sections.render(ctx))
+        folder, f"Fashion-MNIST comparison {ctx.profile} {pid}", intro, body)
+    written += [md_path, html_path, *(f for s in (intro, *body) for f in s.figures)]
     if log:
-        tracking.log_artifacts(folder, "report", run_id=pid)
+        upload(written, pid)
         tracking.log_metric(pid, "report_seconds", time.perf_counter() - start)
     return Report(pid, folder, md_path, html_path, ctx.rows)
+
+
+def upload(written: list[Path], run_id: str) -> None:
+    """Only the files this report wrote go to the tracking store, never the rest of its
+    folder: `--out ~` must not publish ~/.pgpass or ~/.ssh."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in dict.fromkeys(written):  # a figure shown twice is uploaded once
+            shutil.copy(path, Path(tmp) / path.name)
+        tracking.log_artifacts(tmp, "report", run_id=run_id)
 
 
 def rebuild_ensemble(pid: str, profile: str, dataset) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from study import config, leaderboard, tracking
+from study import config, files, leaderboard, tracking
 from study.config import CLASS_NAMES
 
 REDUCTION_FIGURES = ("pca_explained_variance.png", "pca_map.png", "umap_map.png")
@@ -62,7 +62,11 @@ def fetch(run_id: str, artifact: str, folder: Path) -> Path | None:
     """Copy one artifact of a run into the report folder, flat, beside report.md."""
     with tempfile.TemporaryDirectory() as tmp:
         local = tracking.download_artifact(run_id, artifact, tmp)
-        return Path(shutil.copy(local, folder / local.name)) if local else None
+        if not local:
+            return None
+        with files.replacing(folder / local.name) as part:
+            shutil.copy(local, part)
+        return folder / local.name
 
 
 def gather(parent, profile: str, dataset, ensemble_note: str, out_dir: Path | None) -> Context:

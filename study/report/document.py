@@ -7,7 +7,7 @@ import html
 from pathlib import Path
 from typing import Any
 
-from study import tables
+from study import files, tables
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;
@@ -63,13 +63,10 @@ def write(folder: Path, title: str, intro: Section, sections: list[Section]) -> 
         body.append(f'<h2 id="s{number}">{number}. {html.escape(section.title)}</h2>')
         body += section.html
         toc.append(f'<a href="#s{number}">{html.escape(section.title)}</a>')
-    md_path, html_path = folder / "report.md", folder / "report.html"
-    md_tmp, html_tmp = folder / ".report.md.tmp", folder / ".report.html.tmp"
-    md_tmp.write_text("\n".join(md).lstrip() + "\n")
-    html_tmp.write_text(
+    md_path = files.write_text(folder / "report.md", "\n".join(md).lstrip() + "\n")
+    html_path = files.write_text(
+        folder / "report.html",
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         + intro.html[0] + f"<nav>{' · '.join(toc)}</nav>" + "".join(body) + "</body></html>\n")
-    md_tmp.replace(md_path)
-    html_tmp.replace(html_path)
     return md_path, html_path
