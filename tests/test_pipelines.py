@@ -10,7 +10,7 @@ import numpy as np
 import optuna
 import pytest
 
-from study import boosting, pipelines, specialists, training, tuning
+from study import boosting, pipelines, processes, specialists, training, tuning
 from study.errors import ConfigError
 from study.models import BUILDERS, get_builder
 from study.models.reducers import PcaUmap
@@ -214,13 +214,16 @@ def test_fit_cache_of_a_killed_process_is_swept(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     child.send_signal(signal.SIGKILL)
     child.wait()
-    host = socket.gethostname()
+    host = processes.this_host()
     dead = tmp_path / f"{training.FIT_CACHE_PREFIX}{host}:{child.pid}-abc"
     live = tmp_path / f"{training.FIT_CACHE_PREFIX}{host}:{os.getpid()}-def"
     elsewhere = tmp_path / f"{training.FIT_CACHE_PREFIX}other-host:{child.pid}-ghi"
+    # named the old way (host name alone): which container made it is unknown, so it stays
+    old_style = tmp_path / f"{training.FIT_CACHE_PREFIX}{socket.gethostname()}:{child.pid}-jkl"
     other = tmp_path / "unrelated-folder"
-    for folder in (dead, live, elsewhere, other):
+    for folder in (dead, live, elsewhere, old_style, other):
         (folder / "joblib").mkdir(parents=True)
 
     assert training.sweep_fit_caches(str(tmp_path)) == [str(dead)]
     assert not dead.exists() and live.exists() and elsewhere.exists() and other.exists()
+    assert old_style.exists()

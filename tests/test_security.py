@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from study import config
@@ -100,3 +102,46 @@ def test_report_out_uploads_only_the_files_it_wrote(tracking_store, tmp_path):
                                   "report/leaderboard.csv", "report/leaderboard.md",
                                   "report/leaderboard.txt"})
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.kill()
+    child.wait()
+    return child.pid
+
+
+def test_a_process_name_is_unique_per_pid_namespace_not_per_host_name():
+    """A container sharing this host name (here: a process in a new pid namespace, as a
+    container has) names its processes differently, so none of its pids is judged by this
+    one's process table; a name of the old host:pid form is never judged dead either."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    from study import processes
+
+    if not shutil.which("unshare"):
+        pytest.skip("util-linux's unshare is not installed")
+    inside = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+         "from study import processes; print(processes.this_process())"],
+        capture_output=True, text=True, timeout=60, env={**os.environ,
+                                                          "PYTHONPATH": str(config.PROJECT_ROOT)})
+    if inside.returncode != 0:
+        pytest.skip(f"no new pid namespace here ({inside.stderr.strip()[-200:]})")
+    host, _, pid = inside.stdout.strip().rpartition(":")
+    assert pid == "1" and host.startswith(socket.gethostname() + "@")
+    assert host != processes.this_host()  # same host name, another container
+
+    gone = dead_pid()
+    assert processes.died_here(processes.this_host(), gone)  # ours, and dead
+    assert not processes.died_here(processes.this_host(), os.getpid())  # alive
+    assert not processes.died_here(host, gone)  # the other container's: not ours to judge
+    assert not processes.died_here(socket.gethostname(), gone)  # old name: host unknown
+    this_host, _, this_pid = processes.this_process().rpartition(":")
+    assert (this_host, int(this_pid)) == (processes.this_host(), os.getpid())
