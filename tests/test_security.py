@@ -51,6 +51,23 @@ def test_redact_leaves_urls_paths_and_messages_without_secrets_alone(given):
     assert not config.carries_secret(given)
 
 
+
+@pytest.mark.parametrize("storage", [
+    "postgresql://study:c2Vj/cmV0@127.0.0.1:1/optuna",
+    "postgresql://study@127.0.0.1:1/optuna?sslpassword=s3cr3t",
+])
+def test_compare_refuses_every_storage_url_form_with_a_secret(storage, tracking_store, capsys):
+    """The refusal that keeps a password off child command lines, Dask tasks and params
+    follows carries_secret: each form stops the compare with one line that hides it."""
+    from study import cli
+
+    code = cli.main(["compare", "--profile", "smoke", "--pipelines", "logreg",
+                     "--storage", storage])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "carries a password" in err, err
+    assert "s3c" not in err and "cmV0" not in err
+
+
 def test_a_replaced_file_is_whole_or_untouched(tmp_path):
     """files.replacing: a unique temporary name in the same folder per writer; the target
     changes only when the writer finishes, and nothing is left behind either way."""
