@@ -94,8 +94,10 @@ def import_umap():
     return umap
 
 
-# A query key or key=value word naming a password, token, secret, key or signature holds a secret.
-_SECRET_KEY = r"[\w.-]*(?:pass|pwd|token|secret|key|sig|credential)[\w.-]*"
+# A query key or key=value word ending in a password, token, secret, key or signature holds a
+# secret (sslpassword, access_token, client_secret, api_key, X-Amz-Signature; not `passed=`).
+_SECRET_KEY = (r"[\w.-]*(?:pass|passwd|password|passphrase|pwd|token|secret|key|sig|signature"
+               r"|credential)s?")
 _KEY_VALUE = re.compile(rf"(?i)(?<![\w.-])({_SECRET_KEY}=)[^&;\s'\"]+")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 

@@ -26,6 +26,8 @@ REDACTED = [
      "https://acct.blob.core.windows.net/c?sv=2020&Sig=***"),
     ("cannot open postgresql://u:pa/ss@h/db (FATAL: token=abc123 refused)",
      "cannot open postgresql://u:***@h/db (FATAL: token=*** refused)"),  # inside a message
+    ("https://b.s3.amazonaws.com/o?X-Amz-Credential=AKIA%2F&X-Amz-Signature=ab12&x=1",
+     "https://b.s3.amazonaws.com/o?X-Amz-Credential=***&X-Amz-Signature=***&x=1"),
     ("host=db user=study password=s3cr3t dbname=optuna",
      "host=db user=study password=*** dbname=optuna"),  # a libpq connection string
 ]
@@ -36,6 +38,7 @@ UNCHANGED = [
     "sqlite:////tmp/study/mlflow.db",
     "https://mlflow.example/#/experiments/1?searchFilter=x",
     "cannot reach http://127.0.0.1:5000 (connection refused)",
+    "https://h/search?passed=3&token_type=bearer&keyfile=/etc/k",  # keys that hold no secret
 ]
 
 
