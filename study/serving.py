@@ -45,9 +45,10 @@ MAX_JSON_ITEMS = 2 * MAX_IMAGES * 784
 ALONE_ROWS = 32  # requests of this many images are a batch of their own, not merged
 RANGE_TOLERANCE = 1e-3  # pixels a little outside [0, 1] from rounding in a client's JSON
 NETWORK = "network"  # the artifact key of a single model's native model
-INPUTS_DOC = (f"'{IMAGE_INPUT}': encoded image files (PNG, JPEG, WebP; base64 text in JSON), "
-              "any size, preprocessed as `study predict` does; or pixels in [0, 1] shaped "
-              f"(n, 28, 28, 1), (n, 28, 28) or (n, 784). At most {MAX_IMAGES} images per request.")
+INPUTS_DOC = (f"'{IMAGE_INPUT}': encoded image files (PNG, JPEG, WebP, GIF, BMP, TIFF; base64 "
+              "text in JSON), preprocessed as `study predict` does; or pixels in [0, 1] shaped "
+              f"(n, 28, 28, 1), (n, 28, 28) or (n, 784). At most {MAX_IMAGES} images and "
+              f"{MAX_REQUEST_PIXELS // 10**6} decoded megapixels per request.")
 
 
 class RequestError(MlflowException):

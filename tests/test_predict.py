@@ -165,9 +165,50 @@ def _bad_requests(png: bytes) -> dict[str, tuple[object, str]]:
         "decompression bomb": (images(base64.b64encode(_bomb_bytes(50_000, 50_000)).decode()),
                                "decompression bomb"),
         "too many images": (np.zeros((serving.MAX_IMAGES + 1, 784)), "the limit is"),
+        "decoded pixels over the request limit": (
+            images(*[base64.b64encode(_hostile().blank_png(6324, 6324)).decode()] * 2),
+            "images 0-1 decode to over 64,000,000 pixels"),
+        "1 x 40,000,000": (images(base64.b64encode(_hostile().blank_png(1, 40_000_000)).decode()),
+                           "narrower than 1:50"),
+        "a format outside the list": ([_png_in(Image.new("RGB", (30, 30)), "PPM")],
+                                      "accepted format"),
+        "odd structure": ({serving.IMAGE_INPUT: [["abc"], 3]}, "image 0: expected base64 text"),
         "image over the size limit": ([png + b"\0" * (serving.MAX_IMAGE_BYTES + 1)],
                                       "the limit is"),
     }
+
+
+def _png_in(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format=fmt, **kwargs)
+    return out.getvalue()
+
+
+def _hostile():
+    return _benchmark("serve_hostile")
+
+
+def test_decoding_work_is_bounded_by_pixels_and_odd_modes_decode_right(fmnist):
+    """A blank 40-megapixel PNG (39 kB) and a JPEG of the same size are decoded and
+    preprocessed in well under a CPU second (full-size work took 1.6 s and ~500 MB); a 16-bit
+    image gives its 8-bit version's view (not all white); a photo under 1,024 pixels a side
+    is preprocessed exactly as before the reduction step existed."""
+    import time
+
+    huge = Image.fromarray(255 - fmnist.x_test[0]).resize((6000, 6000))
+    for raw in (_hostile().blank_png(6324, 6324), _png_in(huge, "JPEG", quality=90)):
+        started = time.process_time()
+        small = predict.preprocess(predict.decode(raw))
+        assert time.process_time() - started < 0.6 and small.shape == (28, 28)
+    eight = Image.fromarray(255 - fmnist.x_test[3]).resize((90, 90))
+    sixteen = Image.fromarray(np.asarray(eight, dtype=np.uint16) * 257)  # mode I;16
+    assert np.array_equal(predict.preprocess(predict.decode(_png_in(sixteen))),
+                          predict.preprocess(eight))
+    photo_ = photo(fmnist.x_test[5], 600, (0.2, 0.5, 0.9))
+    assert np.array_equal(predict.preprocess(predict.decode(_png_in(photo_))),
+                          predict.preprocess(photo_))
 
 
 def test_bad_requests_are_refused_in_one_line_with_http_400(model, fmnist, tmp_path):
