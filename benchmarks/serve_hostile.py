@@ -7,7 +7,8 @@ per hostile request: the HTTP status, the server's CPU seconds and its resident-
 the next valid request answered 200. The issue's bar: a 4xx, at most 1 CPU second, at most
 200 MB, and 200 right after.
 
-    .venv/bin/python benchmarks/serve_hostile.py --model-uri models:/fashion-mnist-classifier@champion
+    .venv/bin/python benchmarks/serve_hostile.py \\
+        --model-uri models:/fashion-mnist-classifier@champion
     .venv/bin/python benchmarks/serve_hostile.py --model-uri runs:/<old run>/model \\
         --model-uri runs:/<new run>/model        # side by side: a model logged by older code
 
@@ -19,7 +20,6 @@ requests' speed the same way).
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import json
 import os
@@ -37,12 +37,6 @@ from PIL import Image  # noqa: E402
 import serve_load  # noqa: E402
 
 CPU_SECONDS, RSS_MB = 1.0, 200  # the issue's bar per hostile request
-
-
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
 
 
 def _saved(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -66,11 +60,12 @@ def blank_png(width: int, height: int) -> bytes:
         parts.append(packer.compress(rows[:min(left, len(rows))]))
         left -= min(left, len(rows))
     parts.append(packer.flush())
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
             + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
-def _ico_around(png: bytes, side: int) -> bytes:
+def _ico_around(png: bytes) -> bytes:
     """An ICO file whose one entry is `png` (Pillow decodes an ICO's PNG inside Image.open)."""
     entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
     return struct.pack("<HHH", 0, 1, 1) + entry + png
@@ -87,7 +82,9 @@ def hostile() -> dict[str, bytes]:
         "100,000 x 10 PNG": images([blank_png(100_000, 10)]),
         "50,000-char string + 1,999 empty": json.dumps(
             {"inputs": {"image": ["A" * 50_000] + [""] * 1_999}}).encode(),
-        "ICO around a 40 MP PNG": images([_ico_around(blank, 0)]),
+        "the same as instances": json.dumps(
+            {"instances": ["A" * 50_000] + [""] * 1_999}).encode(),
+        "ICO around a 40 MP PNG": images([_ico_around(blank)]),
         "PPM (not allowed)": images([_saved(Image.new("RGB", (64, 64)), "PPM")]),
         "EPS (not allowed)": images([b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"]),
         "TIFF, float mode, cut": images([tiff[:len(tiff) // 3]]),
@@ -182,7 +179,7 @@ def main() -> int:
     args = parser.parse_args()
     from study import data, predict
 
-    valid = serve_load.images_body([_png(Image.fromarray(255 - data.load().x_test[0]))])
+    valid = serve_load.images_body([_saved(Image.fromarray(255 - data.load().x_test[0]), "PNG")])
     requests = {name: body for name, body in hostile().items()
                 if not any(part in name for part in args.skip)}
     for uri in args.model_uri or [predict.DEFAULT_MODEL_URI]:

@@ -113,7 +113,7 @@ def _guard_json_parsing() -> None:
     setting for any of this, and a type-hinted predict (which gets `inputs` raw) makes the
     server refuse dataframe_split/records bodies, a documented input form. So this wraps
     the server's one JSON entry point, `_parse_json_data` (MLflow 3.x): a body too large or
-    holding too many items, or nested too deep, is a 400; `{"inputs": ...}` reaches the
+    holding too many items, or nested too deep, is a 400; `{"inputs": ...}` (or `instances`) reaches the
     model as parsed (lists and dicts, checked by `pixels`); any other body goes to MLflow's
     own parsing as before. Where that entry point is missing (another MLflow), the server
     parses as MLflow does and the model's own limits still hold."""
@@ -126,8 +126,9 @@ def _guard_json_parsing() -> None:
     parsed_input = getattr(server, "ParsedJsonInput", None)
     if original is None or parsed_input is None or getattr(original, "_study_guard", False):
         if server is not None and original is None:
-            logging.getLogger(__name__).warning("MLflow's scoring server has no _parse_json_data:"
-                                                " JSON bodies are parsed without the study's limits")
+            logging.getLogger(__name__).warning(
+                "MLflow's scoring server has no _parse_json_data: JSON bodies are parsed "
+                "without the study's limits")
         return
 
     def parse(data, metadata, input_schema):
@@ -143,11 +144,17 @@ def _guard_json_parsing() -> None:
                 data = json.loads(data)
             except RecursionError:
                 raise RequestError("JSON nested too deeply: send encoded images under "
-                                   f"'{IMAGE_INPUT}' or a pixel tensor (at most 4 levels)") from None
+                                   f"'{IMAGE_INPUT}' or a pixel tensor (at most 4 levels)"
+                                   ) from None
             except ValueError:  # not JSON or not UTF-8: MLflow's own 400 says so
                 return original(data, metadata, input_schema)
-        if isinstance(data, dict) and "inputs" in data and set(data) <= {"inputs", "params"}:
-            return parsed_input(data["inputs"], data.get("params"), False)
+        keys = set(data) - {"params"} if isinstance(data, dict) else set()
+        if keys in ({"inputs"}, {"instances"}):
+            x = data.get("inputs", data.get("instances"))
+            if "instances" in keys and isinstance(x, list) and x and \
+                    all(isinstance(row, dict) for row in x):  # records -> columns, as MLflow
+                x = {key: [row.get(key) for row in x] for key in x[0]}
+            return parsed_input(x, data.get("params"), False)
         try:
             return original(data, metadata, input_schema)
         except RecursionError:
