@@ -113,9 +113,9 @@ def _guard_json_parsing() -> None:
     setting for any of this, and a type-hinted predict (which gets `inputs` raw) makes the
     server refuse dataframe_split/records bodies, a documented input form. So this wraps
     the server's one JSON entry point, `_parse_json_data` (MLflow 3.x): a body too large or
-    holding too many items, or nested too deep, is a 400; `{"inputs": ...}` (or `instances`) reaches the
-    model as parsed (lists and dicts, checked by `pixels`); any other body goes to MLflow's
-    own parsing as before. Where that entry point is missing (another MLflow), the server
+    holding too many items, or nested too deep, is a 400; `{"inputs": ...}` (or `instances`)
+    reaches the model as parsed (lists and dicts, checked by `pixels`); any other body goes to
+    MLflow's own parsing as before. Where that entry point is missing (another MLflow), the server
     parses as MLflow does and the model's own limits still hold."""
     import json
     import logging
