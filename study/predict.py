@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,14 @@ from study.errors import ConfigError
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
 MAX_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; larger is refused before decoding
 MAX_BYTES = 200 * 2**20
+# Decoding costs per row too: a 1 x 40,000,000 PNG (78 kB) took 2.4 s to decode alone.
+MAX_ASPECT = 50
+# Decoded images are shrunk (draft, then an integer box reduction) to at most this many pixels
+# a side before preprocessing: a 6,324 x 6,324 PNG took 1.6 s and ~500 MB to trim and resize
+# at full size. Ordinary photos below it are preprocessed exactly as before.
+WORK_SIDE = 1024
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")  # what Image.open may try
+ORDINARY_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 # Edges within 10% of the background are trimmed. Zalando used 5% on clean studio shots; on
 # resampled and JPEG-compressed photos the faint halo then widens the box and shrinks the
 # object (measured on 100 test images as photos: 94/100 predictions kept at 5%, 97 at 10%).
@@ -74,35 +83,105 @@ def load_image(path: Path):
 
 
 def decode(raw: bytes, max_bytes: int = MAX_BYTES):
-    """Fully decode one encoded image (PNG, JPEG, WebP, ...), refusing what is not safe or not
-    an image: study predict's files and the served model's requests share this check."""
+    """Decode one encoded image (PNG, JPEG, WebP, ...) to at most WORK_SIDE pixels a side,
+    refusing what is not safe or not an image: study predict's files and the served model's
+    requests share this check (the served model opens every header first: `open_image`)."""
+    return load(open_image(raw, max_bytes))
+
+
+def open_image(raw: bytes, max_bytes: int = MAX_BYTES):
+    """An image opened from its header only, its size checked and a JPEG's cheaper scale
+    chosen (draft): `decoded_pixels` says what decoding it will cost, `load` decodes it."""
     import io
 
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     if not raw:
         raise ImageError("empty file")
     if len(raw) > max_bytes:
         raise ImageError(f"{len(raw) / 2**20:.1f} MB of image data; the limit is "
                          f"{max_bytes / 2**20:.0f} MB")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow's own bomb guard at the study's cap
+    with _one_line_errors():
+        # Only formats that read nothing but the header in open (ICO, for one, decodes a
+        # whole embedded PNG there, before any size check).
+        image = Image.open(io.BytesIO(raw), formats=FORMATS)
+        width, height = image.size  # from the header: nothing decoded yet
+        if width * height > MAX_PIXELS:
+            raise ImageError(f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
+                             "(decompression bomb guard); resize it first")
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            raise ImageError(f"{width}x{height} pixels is narrower than 1:{MAX_ASPECT} (each "
+                             "row costs its own decoding); crop it to the object first")
+        if image.format == "JPEG":  # decode at 1/2, 1/4 or 1/8 scale: the cost falls with it
+            image.draft(image.mode if image.mode in ("L", "RGB") else "RGB",
+                        (WORK_SIDE, WORK_SIDE))
+    return image
+
+
+def decoded_pixels(image) -> int:
+    """Pixels that decoding this opened image will produce (a drafted JPEG's smaller size)."""
+    return image.size[0] * image.size[1]
+
+
+def load(image):
+    """Decode an opened image, then shrink it (integer box reduction) to at most WORK_SIDE
+    pixels a side and an ordinary mode, so that preprocess costs milliseconds whatever the
+    size; images already that small are returned as decoded (their preprocessing unchanged)."""
+    from PIL import Image
+
+    with _one_line_errors():
+        image.load()
+        if image.mode not in ORDINARY_MODES:
+            image = _ordinary(image)
+        factor = -(-max(image.size) // WORK_SIDE)  # ceil: the long side ends <= WORK_SIDE
+        if factor > 1:
+            if image.mode in ("1", "P"):  # palettes and bits cannot be averaged: nearest
+                image = image.resize((max(1, image.width // factor),
+                                      max(1, image.height // factor)), Image.Resampling.NEAREST)
+            else:
+                image = image.reduce(factor)
+    return image
+
+
+def _ordinary(image):
+    """A 16-bit, float or other colour space image as 8-bit L or RGB(A)."""
+    from PIL import Image
+
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray((np.clip(values, 0, top) * (255.0 / top)).astype(np.uint8))
+    return image.convert("RGBA" if "A" in image.mode else "RGB")
+
+
+@contextmanager
+def _one_line_errors():
+    """Whatever Pillow raises while opening or decoding becomes one ImageError line."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
-            width, height = image.size  # from the header: nothing decoded yet
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"{width}x{height} pixels is over the {MAX_PIXELS:,}-pixel limit "
-                                 "(decompression bomb guard); resize it first")
-            image.load()
+            yield
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError("not an image (no known image format)") from None
+        raise ImageError("not an image of an accepted format (" + ", ".join(FORMATS)
+                         + "); convert it to PNG or JPEG") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ImageError(f"corrupt or truncated image ({str(exc).splitlines()[0]})") from None
-    return image
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
+        raise ImageError(f"corrupt or truncated image ({_first_line(exc)}); "
+                         "convert it to PNG or JPEG") from None
+    except Exception as exc:  # a decoder's own failure on an odd file: never a traceback
+        raise ImageError(f"cannot decode this image ({type(exc).__name__}: "
+                         f"{_first_line(exc)}); convert it to an 8-bit RGB PNG or JPEG") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 def preprocess(image) -> np.ndarray:

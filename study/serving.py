@@ -34,12 +34,21 @@ CLASS_OUTPUT = "class"  # the output column with the top class name; one column 
 MAX_IMAGES = 1024  # per request: a bigger batch is refused, not queued for minutes
 MAX_IMAGE_BYTES = 10 * 2**20  # per encoded image
 MAX_REQUEST_BYTES = 64 * 2**20  # encoded images of one request, together
+# Decoded pixels of one request, together, read from the headers before decoding (a drafted
+# JPEG counts at its reduced scale): about 0.5 s of decoding for blank RGB PNGs here.
+MAX_REQUEST_PIXELS = 64_000_000
+# A JSON body past these is refused before it is parsed (see `_guard_json_parsing`): the
+# largest request the limits above allow is 64 MB of images as base64, or 1,024 images of
+# 784 numbers each.
+MAX_BODY_BYTES = MAX_REQUEST_BYTES * 4 // 3 + 2**20
+MAX_JSON_ITEMS = 2 * MAX_IMAGES * 784
 ALONE_ROWS = 32  # requests of this many images are a batch of their own, not merged
 RANGE_TOLERANCE = 1e-3  # pixels a little outside [0, 1] from rounding in a client's JSON
 NETWORK = "network"  # the artifact key of a single model's native model
-INPUTS_DOC = (f"'{IMAGE_INPUT}': encoded image files (PNG, JPEG, WebP; base64 text in JSON), "
-              "any size, preprocessed as `study predict` does; or pixels in [0, 1] shaped "
-              f"(n, 28, 28, 1), (n, 28, 28) or (n, 784). At most {MAX_IMAGES} images per request.")
+INPUTS_DOC = (f"'{IMAGE_INPUT}': encoded image files (PNG, JPEG, WebP, GIF, BMP, TIFF; base64 "
+              "text in JSON), preprocessed as `study predict` does; or pixels in [0, 1] shaped "
+              f"(n, 28, 28, 1), (n, 28, 28) or (n, 784). At most {MAX_IMAGES} images and "
+              f"{MAX_REQUEST_PIXELS // 10**6} decoded megapixels per request.")
 
 
 class RequestError(MlflowException):
@@ -76,6 +85,7 @@ class Classifier(mlflow.pyfunc.PythonModel):
                                         self.weights)
         self.merged = Batcher(self.members)
         self.members(np.zeros((1, 28, 28), dtype=np.float32))  # trace the graph now
+        _guard_json_parsing()
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Small requests wait to be merged; a batch of its own runs at once, on the caller's
@@ -84,7 +94,74 @@ class Classifier(mlflow.pyfunc.PythonModel):
         return self.members(x) if len(x) >= ALONE_ROWS else self.merged(x)
 
     def predict(self, context, model_input, params=None):
-        return frame(self.predict_proba(pixels(model_input)))
+        try:
+            x = pixels(model_input)
+        except RequestError:
+            raise
+        except Exception as exc:  # an odd structure numpy chokes on: a 400, not a traceback
+            raise RequestError(f"unreadable request ({type(exc).__name__}); send encoded images "
+                               f"under '{IMAGE_INPUT}' or a pixel tensor") from None
+        return frame(self.predict_proba(x))
+
+
+def _guard_json_parsing() -> None:
+    """In `mlflow models serve`'s process, parse a JSON body under the study's limits before
+    MLflow does. MLflow parses the body before the model runs, and with a signature that
+    declares no inputs it turns `inputs` into one numpy array: one 50,000-character string
+    among 2,000 empty ones (a 60 kB body) became a 400 MB array; JSON nested deeper than
+    Python's recursion limit escaped as a 500; 64 MB of numbers took 12 s. MLflow has no
+    setting for any of this, and a type-hinted predict (which gets `inputs` raw) makes the
+    server refuse dataframe_split/records bodies, a documented input form. So this wraps
+    the server's one JSON entry point, `_parse_json_data` (MLflow 3.x): a body too large or
+    holding too many items, or nested too deep, is a 400; `{"inputs": ...}` (or `instances`)
+    reaches the model as parsed (lists and dicts, checked by `pixels`); any other body goes to
+    MLflow's own parsing as before. Where that entry point is missing (another MLflow), the server
+    parses as MLflow does and the model's own limits still hold."""
+    import json
+    import logging
+    import sys
+
+    server = sys.modules.get("mlflow.pyfunc.scoring_server")
+    original = getattr(server, "_parse_json_data", None)
+    parsed_input = getattr(server, "ParsedJsonInput", None)
+    if original is None or parsed_input is None or getattr(original, "_study_guard", False):
+        if server is not None and original is None:
+            logging.getLogger(__name__).warning(
+                "MLflow's scoring server has no _parse_json_data: JSON bodies are parsed "
+                "without the study's limits")
+        return
+
+    def parse(data, metadata, input_schema):
+        if isinstance(data, (bytes, str)):
+            if len(data) > MAX_BODY_BYTES:
+                raise RequestError(f"a body of {len(data) / 2**20:.0f} MB; the limit is "
+                                   f"{MAX_BODY_BYTES // 2**20} MB: send fewer images")
+            items = data.count(b"," if isinstance(data, bytes) else ",")
+            if items > MAX_JSON_ITEMS:
+                raise RequestError(f"over {MAX_JSON_ITEMS:,} JSON items in one body (the limit):"
+                                   " send fewer images, or encoded images instead of pixels")
+            try:
+                data = json.loads(data)
+            except RecursionError:
+                raise RequestError("JSON nested too deeply: send encoded images under "
+                                   f"'{IMAGE_INPUT}' or a pixel tensor (at most 4 levels)"
+                                   ) from None
+            except ValueError:  # not JSON or not UTF-8: MLflow's own 400 says so
+                return original(data, metadata, input_schema)
+        keys = set(data) - {"params"} if isinstance(data, dict) else set()
+        if keys in ({"inputs"}, {"instances"}):
+            x = data.get("inputs", data.get("instances"))
+            if "instances" in keys and isinstance(x, list) and x and \
+                    all(isinstance(row, dict) for row in x):  # records -> columns, as MLflow
+                x = {key: [row.get(key) for row in x] for key in x[0]}
+            return parsed_input(x, data.get("params"), False)
+        try:
+            return original(data, metadata, input_schema)
+        except RecursionError:
+            raise RequestError("JSON nested too deeply for a table") from None
+
+    parse._study_guard = True
+    server._parse_json_data = parse
 
 
 class Batcher:
@@ -316,12 +393,25 @@ def _decode_all(images: list) -> np.ndarray:
         if total > MAX_REQUEST_BYTES:
             raise RequestError(f"over {MAX_REQUEST_BYTES // 2**20} MB of images in one request "
                                "(the limit): send fewer or smaller images")
-    out = np.empty((len(raw), 28, 28), dtype=np.float32)
+    # Every header first: a request whose images would decode to too many pixels together is
+    # refused before any of them is decoded (a 39 kB blank PNG decodes to 40 megapixels).
+    opened, pixels_total = [], 0
     for i, data in enumerate(raw):
         try:
-            out[i] = predict.preprocess(predict.decode(data, MAX_IMAGE_BYTES)) / np.float32(255)
+            opened.append(predict.open_image(data, MAX_IMAGE_BYTES))
         except predict.ImageError as exc:
             raise RequestError(f"image {i}: {exc}") from None
+        pixels_total += predict.decoded_pixels(opened[-1])
+        if pixels_total > MAX_REQUEST_PIXELS:
+            raise RequestError(f"images 0-{i} decode to over {MAX_REQUEST_PIXELS:,} pixels "
+                               "together (the limit per request): send fewer or smaller images")
+    out = np.empty((len(raw), 28, 28), dtype=np.float32)
+    for i, image in enumerate(opened):
+        try:
+            out[i] = predict.preprocess(predict.load(image)) / np.float32(255)
+        except predict.ImageError as exc:
+            raise RequestError(f"image {i}: {exc}") from None
+        opened[i] = None  # its decoded pixels go now, not at the end of the request
     return out
 
 
