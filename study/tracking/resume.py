@@ -48,8 +48,8 @@ def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str
     client = mlflow.MlflowClient()
     code = config.code_digest()
     parent = client.get_run(parent_run_id).info
-    # MLflow's run user (the OS user on a local store, the authenticated one on a basic-auth
-    # server); tags such as mlflow.user can be edited later, info.user_id cannot
+    # MLflow's run user (the OS user on a local store, the login on a basic-auth server, as
+    # the creating client reported it); the mlflow.user tag can be edited later, it cannot
     exp_id, me = parent.experiment_id, parent.user_id
     earlier = sorted((run for found in ("attributes.status = 'KILLED'", "tags.resumable = 'true'")
                      for run in client.search_runs([exp_id], max_results=100, filter_string=(
