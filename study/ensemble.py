@@ -156,7 +156,7 @@ class Candidate:
     val_proba: np.ndarray | None
     test_proba: np.ndarray | None
     metrics: dict[str, float] = field(default_factory=dict)
-    model_uri: str = ""
+    model_uri: str = ""  # found from run_id by tracking, never read from a run's tag
     kind: str = ""  # keras (images in) or sklearn (flat pixels in)
     data_digest: str = ""  # the train/validation rows it saw
     reducer: str = ""

@@ -44,7 +44,8 @@ def existing_run(parent_id: str, runs: list[dict] | None = None) -> str | None:
 
 def candidates(runs: list[dict]) -> list[ensemble.Candidate]:
     """Every final model among a compare's final runs, with its logged probabilities (None
-    when missing)."""
+    when missing) and the model URI tracking.final_runs found from its run id (the editable
+    model_uri tag is never loaded)."""
     out = []
     for run in runs:
         if run.get("pipeline") == NAME:

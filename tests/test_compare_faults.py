@@ -8,7 +8,7 @@ import shutil
 import mlflow
 import pytest
 
-from study import cli, config
+from study import cli, config, tracking
 
 
 @pytest.mark.parametrize("parallel", ["1", "2"])
@@ -172,3 +172,41 @@ def test_mlflow_run_neither_prints_nor_keeps_a_password_given_as_a_parameter(tmp
         (value,) = conn.execute("SELECT value FROM params WHERE key = 'storage'").fetchone()
     assert value == "postgresql+psycopg://study:***@127.0.0.1:1/optuna"
     assert "Pa55-w0rd-x" not in dump
+
+
+def test_resume_adopts_only_finished_runs_of_the_same_user(tracking_store):
+    """An adopted model is unpickled in this compare, `study predict` and serving: a finished
+    run another user created (MLflow's run user_id) is never adopted, even when it matches
+    every resume tag and is the newest; the same user's matching run is."""
+    client = mlflow.MlflowClient()
+    exp_id = mlflow.set_experiment(config.EXPERIMENT_NAME).experiment_id
+    digests = {"dummy": "d-dummy", "logreg": "d-logreg"}
+
+    def killed_compare(user: str, pipelines: list[str]) -> dict[str, str]:
+        """A KILLED compare of `user` with a FINISHED final run matching every resume tag
+        per pipeline."""
+        parent = client.create_run(exp_id, tags={"role": "compare", "mlflow.user": user})
+        finals = {}
+        for name in pipelines:
+            run = client.create_run(exp_id, tags={
+                "role": "final", "pipeline": name, "pipeline_digest": digests[name],
+                "data_digest": "data", "profile": "smoke", "code_digest": config.code_digest(),
+                "mlflow.parentRunId": parent.info.run_id, "mlflow.user": user})
+            client.log_param(run.info.run_id, "seed", 7)
+            client.set_terminated(run.info.run_id, "FINISHED")
+            finals[name] = run.info.run_id
+        client.set_terminated(parent.info.run_id, "KILLED")
+        return finals
+
+    with mlflow.start_run(tags={"role": "compare"}) as current:
+        me = current.info.user_id  # as MLflow records this process's user by default
+        assert me and me != "mallory"
+        mine = killed_compare(me, ["dummy"])
+        theirs = killed_compare("mallory", ["dummy", "logreg"])  # newer: would be preferred
+        assert client.get_run(theirs["dummy"]).info.user_id == "mallory"
+        refused: list[str] = []
+        adopted = tracking.adopt_finished(current.info.run_id, "smoke", 7, "data", digests,
+                                          refused)
+    assert adopted == {"dummy": mine["dummy"]} and refused == []
+    for run_id in theirs.values():  # left where they were
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] != current.info.run_id

@@ -218,6 +218,46 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     assert gone not in client.get_run(again.run_id).data.params["members"].split(",")
 
 
+def test_members_load_their_runs_own_models_not_the_model_uri_tag(tracking_store, tiny):
+    """The model_uri tag is editable by anyone with EDIT on the experiment: a member whose tag
+    points at another user's model still joins the ensemble (and its served model) with the
+    model its own run logged."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from study.training import FitResult, features
+
+    client = mlflow.MlflowClient()
+    exp_id = mlflow.set_experiment(config.EXPERIMENT_NAME).experiment_id
+    parent = client.create_run(exp_id, tags={"role": "compare"}).info.run_id
+    flat = features("sklearn", tiny.x_train)
+
+    def final(name: str, model, tags: dict[str, str]) -> str:
+        """A run like a final run: the logged model and its validation and test probabilities."""
+        fit = FitResult(model.fit(flat, tiny.y_train), "sklearn", 0.0)
+        with mlflow.start_run(run_name=name, tags={"role": "final", "pipeline": name,
+                                                   "family": "linear", **tags}) as run:
+            mlflow.set_tag("model_uri", tracking.log_model(fit, "-", tiny.x_val[:5]).model_uri)
+            for split, x in (("val", tiny.x_val), ("test", tiny.x_test)):
+                np.save(f"{split}_proba.npy", fit.predict_proba(x))
+                mlflow.log_artifact(f"{split}_proba.npy", "evaluation")
+        return run.info.run_id
+
+    good = final("good", LogisticRegression(max_iter=1000), {"mlflow.parentRunId": parent})
+    final("prior", DummyClassifier(strategy="prior"), {"mlflow.parentRunId": parent})
+    attacker = final("attacker", DummyClassifier(strategy="constant", constant=7),
+                     {"mlflow.user": "mallory"})  # in no compare: always class 7
+    client.set_tag(good, "model_uri", client.get_run(attacker).data.tags["model_uri"])
+
+    result = ensemble_stage.run(parent, "smoke", tiny.y_val, tiny.y_test, tiny.x_test, "")
+    assert result.run_id and "good" in client.get_run(result.run_id).data.params["members"]
+    served = serving.probabilities(mlflow.pyfunc.load_model(
+        f"runs:/{result.run_id}/model").predict(features("sklearn", tiny.x_test)))
+    scored = tracking.load_npy(result.run_id, "evaluation/test_proba.npy")
+    assert np.allclose(served, scored, atol=1e-5)  # the honest members' weighted mean
+    assert ensemble.accuracy(served, tiny.y_test) > 0.5  # not mallory's constant class
+
+
 def test_mirror_tta_model_is_mirror_symmetric(fmnist, tmp_path):
     """The wrapped network gives a mirrored image the prediction of the image, and that is the
     mean of the bare network on both views; it saves and loads as plain Keras."""

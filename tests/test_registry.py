@@ -88,3 +88,26 @@ def test_a_registry_error_leaves_the_alias_where_it_was(tracking_store, tmp_path
     assert holder_version() == 1  # not moved, and nothing half-registered
     client = mlflow.MlflowClient()
     assert len(client.search_model_versions(f"name = '{config.REGISTERED_MODEL}'")) == 1
+
+
+def test_registration_uses_the_runs_own_model_not_its_model_uri_tag(tracking_store, tmp_path):
+    """The model_uri tag is editable by anyone with EDIT on the experiment: pointed at another
+    user's model, the champion registered (and served through the alias) is still the
+    model the chosen run logged."""
+    victim = logged_model_run(150, "victim", tmp_path)
+    with mlflow.start_run(run_name="attacker", tags={"mlflow.user": "mallory"}):
+        attacker = mlflow.sklearn.log_model(  # another model: always class 7
+            DummyClassifier(strategy="constant", constant=7).fit(np.zeros((10, 2)), np.arange(10)),
+            name="model")
+    client = mlflow.MlflowClient()
+    client.set_tag(victim, "model_uri", attacker.model_uri)
+
+    registered = tracking.register_champion(victim, Y_TEST)
+    version = client.get_model_version(config.REGISTERED_MODEL, str(registered["version"]))
+    (own,) = client.get_run(victim).outputs.model_outputs
+    assert own.model_id != attacker.model_id
+    assert version.run_id == victim and version.source == f"models:/{own.model_id}"
+    model = mlflow.pyfunc.load_model(f"models:/{config.REGISTERED_MODEL}@{config.CHAMPION_ALIAS}")
+    assert model.metadata.model_id == own.model_id
+    # the victim's prior model answers class 0 (the first of ten equally frequent classes)
+    assert list(np.asarray(model.predict(np.zeros((2, 2))))) == [0, 0]

@@ -34,7 +34,7 @@ def log_ensemble(parent_id, profile, data_digest, members, selection, summary, e
             "model": "weighted_ensemble", "kind": "pyfunc", "profile": profile,
             "data_digest": data_digest, "pipeline_digest": digest.hexdigest()[:10],
             "code_digest": config.code_digest(),
-            "mlflow.parentRunId": parent_id}
+            "mlflow.parentRunId": parent_id, "mlflow.user": parent.info.user_id}
     if selection.notes:
         tags["fit_notes"] = "; ".join(selection.notes)
     run_id = client.create_run(parent.info.experiment_id, start_time=int(started * 1000),

@@ -14,6 +14,9 @@ from study import config
 from study.errors import ConfigError, first_line
 from study.tracking.common import ROLE
 
+MODEL_NAME = "model"  # the name every final run logs its model under
+
+
 def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
     """The final-model children of one compare run, as plain dicts."""
     import mlflow
@@ -26,11 +29,32 @@ def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
                        "and attributes.status = 'FINISHED'"),
         max_results=1000,
     )
+    # model_uri is found from the run id (empty when the run logged no model), never taken
+    # from the run's editable model_uri tag: what it names gets unpickled
     return [
         {"run_id": r.info.run_id, "status": r.info.status, **r.data.tags, "metrics": r.data.metrics,
-         "params": r.data.params, "end_time": r.info.end_time}
+         "params": r.data.params, "end_time": r.info.end_time,
+         "model_uri": model_uri_of(r.info.run_id, r.info.experiment_id) or ""}
         for r in runs
     ]
+
+
+def model_uri_of(run_id: str, experiment_id: str | None = None) -> str | None:
+    """`models:/<model id>` of the model the run logged as "model" (the first, if several),
+    found through MLflow's API from the run id; None when it logged none. What registers,
+    loads or joins an ensemble: the run's model_uri tag is for humans (anyone with EDIT on
+    the experiment can point it at their own model)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if experiment_id is None:
+        experiment_id = client.get_run(run_id).info.experiment_id
+    found = [m for m in client.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' and name = '{MODEL_NAME}'")
+        if m.source_run_id == run_id]
+    first = min(found, key=lambda m: m.creation_timestamp, default=None)
+    return None if first is None else f"models:/{first.model_id}"
 
 
 def failed_runs(parent_run_id: str) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from study import config
 from study.errors import RegistryError, first_line
-from study.tracking.queries import load_npy
+from study.tracking.queries import load_npy, model_uri_of
 
 def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGISTERED_MODEL,
                       alias: str = config.CHAMPION_ALIAS) -> dict[str, Any]:
@@ -26,7 +26,9 @@ def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGIST
     run = client.get_run(run_id)
     accuracy = run.data.metrics["test_accuracy"]
     holder = _alias_holder(client, name, alias)  # before registering: an error changes nothing
-    model_uri = run.data.tags.get("model_uri") or f"runs:/{run_id}/model"
+    # the run's own model, never its editable model_uri tag (anyone with EDIT could point it
+    # at their model, to be unpickled by `study predict` and serving)
+    model_uri = model_uri_of(run_id, run.info.experiment_id) or f"runs:/{run_id}/model"
     tags = {"pipeline": run.data.tags.get("pipeline", ""), "profile": run.data.tags.get("profile", ""),
             "test_accuracy": f"{accuracy:.6f}", "run_id": run_id}
     try:

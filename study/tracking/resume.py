@@ -1,5 +1,6 @@
 """Resume and recovery: compares whose process died are marked KILLED, and their finished
-final runs are adopted by the next compare when data, definition, seed and code match."""
+final runs are adopted by the next compare of the same user when data, definition, seed and
+code match."""
 
 from __future__ import annotations
 
@@ -38,13 +39,18 @@ def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str
     """Finished final runs of interrupted (KILLED) compares in this experiment, and of
     compares that ended with failed pipelines (tag resumable, e.g. a cluster worker died),
     whose pipeline definition, data, profile, seed and code (study/'s sources) match: moved
-    under this compare instead of retrained. Returns {pipeline: run_id}; `refused` collects
-    the pipelines whose only obstacle was changed code."""
+    under this compare instead of retrained. Only runs created by the user this compare's run
+    was created by are adopted: an adopted model is unpickled in this compare, in `study
+    predict` and in serving, so another user's run would be their code run as ours. Returns
+    {pipeline: run_id}; `refused` collects the pipelines whose only obstacle was changed code."""
     import mlflow
 
     client = mlflow.MlflowClient()
     code = config.code_digest()
-    exp_id = client.get_run(parent_run_id).info.experiment_id
+    parent = client.get_run(parent_run_id).info
+    # MLflow's run user (the OS user on a local store, the login on a basic-auth server, as
+    # the creating client reported it); the mlflow.user tag can be edited later, it cannot
+    exp_id, me = parent.experiment_id, parent.user_id
     earlier = sorted((run for found in ("attributes.status = 'KILLED'", "tags.resumable = 'true'")
                      for run in client.search_runs([exp_id], max_results=100, filter_string=(
                          f"tags.{ROLE} = 'compare' and {found}"))),
@@ -56,7 +62,7 @@ def adopt_finished(parent_run_id: str, profile: str, seed: int, data_digest: str
             "attributes.status = 'FINISHED'"))
         for run in finals:
             tags, name = run.data.tags, run.data.tags.get("pipeline", "")
-            if (name in digests and name not in adopted
+            if (run.info.user_id == me and name in digests and name not in adopted
                     and tags.get("pipeline_digest") == digests[name]
                     and tags.get("data_digest") == data_digest and tags.get("profile") == profile
                     and _same_seed(run.data.params.get("seed"), seed)):

@@ -127,9 +127,12 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
             "data_digest": data_digest, "code_digest": config.code_digest()}
     client = mlflow.MlflowClient()
     parent_run_id = parent_run_id or mlflow.active_run().info.run_id
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    parent = client.get_run(parent_run_id).info
+    # the compare's user: MlflowClient.create_run would record "unknown", and resume adopts
+    # only final runs of the user its compare run was created by
     run_id = client.create_run(
-        experiment_id, run_name=spec.name, tags={**tags, "mlflow.parentRunId": parent_run_id},
+        parent.experiment_id, run_name=spec.name,
+        tags={**tags, "mlflow.parentRunId": parent_run_id, "mlflow.user": parent.user_id},
         start_time=int(1000 * (started or time.time()))).info.run_id
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None) as run:
         if data_rows:
