@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ def compare_run(profile: str, seed: int, pipelines: list[str]) -> Iterator[str]:
         run = mlflow.start_run(run_name=f"compare-{profile}")
     with run:
         # host and pid let a later compare tell a run whose process died (SIGKILL, power cut)
-        mlflow.set_tags({ROLE: "compare", "profile": profile, "host": socket.gethostname(),
+        mlflow.set_tags({ROLE: "compare", "profile": profile, "host": processes.this_host(),
                          "pid": str(os.getpid())})
         # `mlflow run` already logged its entry-point parameters as given; keep those.
         given = mlflow.get_run(run.info.run_id).data.params
@@ -69,7 +68,7 @@ class TuningLog:
             name = experiment_name()
             self.experiment_id = ensure_experiment(name + config.TUNING_SUFFIX)
         tags = {ROLE: "tuning", "pipeline": pipeline, "optuna_study": study_name,
-                "profile": profile, "host": socket.gethostname(), "pid": str(os.getpid())}
+                "profile": profile, "host": processes.this_host(), "pid": str(os.getpid())}
         if parent_run_id:
             tags["compare_run_id"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=f"{pipeline}-tuning", tags=tags)
