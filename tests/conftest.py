@@ -113,44 +113,75 @@ def tracking_store(tmp_path, monkeypatch) -> str:
         mlflow.end_run()
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> str:
-    """A real PostgreSQL server on loopback: STUDY_TEST_POSTGRES (`.ci/run` starts one with
-    `.ci/postgres`), else one started here from Debian's binaries, else skip (fail in CI)."""
-    import subprocess
+class Postgres:
+    """The test server `.ci/postgres` set up in `folder`: one role per purpose ("optuna",
+    "mlflow", "auth"), each owning its one database, and the superuser ("admin"); URLs without
+    passwords, and libpq password files per holder (optuna: users and workers; server: the
+    tracking server's host; admin: these fixtures)."""
 
-    url = os.environ.get("STUDY_TEST_POSTGRES")
-    if not url:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.urls = dict(line.split("=", 1) for line in
+                         (folder / "urls").read_text().splitlines() if "=" in line)
+
+    def passfile(self, holder: str) -> str:
+        return str(self.folder / f"{holder}.pgpass")
+
+    def password(self, purpose: str) -> str:
+        """A role's password, read from its holder's file (for the tests that search for it)."""
+        role, database = self.role(purpose), self.urls[purpose].rsplit("/", 1)[1]
+        holder = {"admin": "admin", "optuna": "optuna"}.get(purpose, "server")
+        for line in Path(self.passfile(holder)).read_text().splitlines():
+            *where, password = line.split(":")
+            if where[2:] == [database, role]:
+                return password
+        raise LookupError(purpose)
+
+    def role(self, purpose: str) -> str:
+        return self.urls[purpose].split("//", 1)[1].split("@", 1)[0]
+
+    def admin(self):
+        import psycopg
+
+        return psycopg.connect(self.urls["admin"], passfile=self.passfile("admin"),
+                               autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Postgres:
+    """A real PostgreSQL server on loopback, set up by `.ci/postgres` in STUDY_TEST_POSTGRES's
+    folder (`.ci/run` starts it), else started here from Debian's binaries, else skip (fail in
+    CI). This process and the commands it starts hold the Optuna role's password only
+    (PGPASSFILE), as users and workers do."""
+    folder = os.environ.get("STUDY_TEST_POSTGRES")
+    if not folder:
         script = config.PROJECT_ROOT / ".ci" / "postgres"
         folder = "/tmp/study-postgres"
         proc = subprocess.run([str(script), folder], capture_output=True, text=True, timeout=120)
-        url = proc.stdout.strip() if proc.returncode == 0 else ""
-        # its password is in libpq's password file, found by every client this test starts
-        os.environ.setdefault("PGPASSFILE", f"{folder}/pgpass")
-    if not url:
+        folder = folder if proc.returncode == 0 else ""
+    if not folder:
         if os.environ.get("STUDY_REQUIRE_POSTGRES") == "1":
             pytest.fail("no PostgreSQL server: run .ci/postgres (apt-get install postgresql)")
         pytest.skip("no PostgreSQL server (apt-get install postgresql, then .ci/postgres)")
-    return url
+    if not (Path(folder) / "urls").is_file():
+        pytest.fail(f"STUDY_TEST_POSTGRES={folder} is not a folder .ci/postgres set up; fix: "
+                    "set it to the folder given to .ci/postgres")
+    server = Postgres(Path(folder))
+    os.environ.setdefault("PGPASSFILE", server.passfile("optuna"))
+    return server
 
 
 @pytest.fixture
 def postgres_db(postgres_server):
-    """A URL factory: each call creates a fresh, empty database on the real server."""
-    import uuid
+    """make(purpose): the URL of that purpose's database ("optuna", "mlflow", "auth"), emptied
+    first (dropped and created again, owned by its role, CONNECT revoked from PUBLIC)."""
+    def make(purpose: str = "optuna") -> str:
+        url = postgres_server.urls[purpose]
+        database, role = url.rsplit("/", 1)[1], postgres_server.role(purpose)
+        with postgres_server.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{database}" OWNER "{role}"')
+            conn.execute(f'REVOKE CONNECT, TEMPORARY ON DATABASE "{database}" FROM PUBLIC')
+        return url
 
-    import psycopg
-
-    made = []
-
-    def make(prefix: str = "study") -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(postgres_server, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        made.append(name)
-        return postgres_server.rsplit("/", 1)[0] + "/" + name
-
-    yield make
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        for name in made:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return make

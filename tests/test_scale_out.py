@@ -152,14 +152,16 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, seconds: float =
 
 
 @pytest.fixture
-def mlflow_server(postgres_db, tmp_path):
-    """A real `mlflow server` on loopback: runs and registry in PostgreSQL, artifacts proxied."""
+def mlflow_server(postgres_server, postgres_db, tmp_path):
+    """A real `mlflow server` on loopback: runs and registry in PostgreSQL (the MLflow role's
+    database, its password held by the server alone), artifacts proxied."""
     port = free_port()
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1", "--backend-store-uri", postgres_db("mlflow"),
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        env={**os.environ, "PGPASSFILE": postgres_server.passfile("server")},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url, server, tmp_path / "server.log")
@@ -269,11 +271,11 @@ def test_ctrl_c_marks_the_compare_killed_and_the_rerun_reuses_its_work(parallel,
     assert {k: rows[k] for k in done} == done
 
 
-def _table_text(url: str, password: str) -> str:
+def _table_text(url: str, passfile: str) -> str:
     """Every row of every table of a PostgreSQL database, as text."""
     import psycopg
 
-    with psycopg.connect(url, password=password) as conn:
+    with psycopg.connect(url, passfile=passfile) as conn:
         tables = [r[0] for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
         assert tables, url
@@ -285,34 +287,63 @@ def _files_text(folder: Path) -> str:
     return "\n".join(p.read_bytes().decode("latin-1") for p in folder.rglob("*") if p.is_file())
 
 
-def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgres_server,
-                                                                         tmp_path):
-    """Production scale-out on loopback: PostgreSQL with scram-sha-256 passwords for MLflow's
-    store, its basic-auth app's users and Optuna; MLflow's basic-auth app with the admin
-    password changed at set-up. Logins fail in one line, a READ-only user cannot start a
-    compare, a writer's compare succeeds, and no password is stored, logged or printed."""
-    import secrets
-    import uuid
+PURPOSES = ("optuna", "mlflow", "auth")
 
+
+def test_the_optuna_role_reaches_only_its_own_database(postgres_server, postgres_db):
+    """What users and workers hold, the Optuna role's password, opens the Optuna database and
+    nothing else: the MLflow store and the basic-auth users' database refuse it (pg_hba, and
+    CONNECT revoked behind that), so no worker edits the auth tables or the champion alias
+    around the tracking server; nor can it run programs on the server's host."""
     import psycopg
+
+    urls = {purpose: postgres_db(purpose) for purpose in PURPOSES}
+    optuna_password = postgres_server.password("optuna")
+    # each owner writes a row in its own database, as the server's stores do
+    for purpose, url in urls.items():
+        with psycopg.connect(url, password=postgres_server.password(purpose)) as conn:
+            conn.execute("CREATE TABLE secrets (v text)")
+            conn.execute("INSERT INTO secrets VALUES (%s)", (purpose,))
+    with psycopg.connect(urls["optuna"], password=optuna_password) as conn:
+        assert conn.execute("SELECT v FROM secrets").fetchall() == [("optuna",)]
+
+    role, host = postgres_server.role("optuna"), urls["optuna"].split("@", 1)[1].rsplit("/", 1)[0]
+    for purpose in ("mlflow", "auth"):
+        database = urls[purpose].rsplit("/", 1)[1]
+        # the right password, given directly: the server itself must refuse
+        with pytest.raises(psycopg.OperationalError, match="no pg_hba.conf entry|permission "
+                           "denied"):
+            psycopg.connect(f"postgresql://{role}@{host}/{database}", password=optuna_password)
+        with postgres_server.admin() as conn:
+            assert conn.execute("SELECT has_database_privilege(%s, %s, 'CONNECT')",
+                                (role, database)).fetchone() == (False,)
+    with psycopg.connect(urls["optuna"], password=optuna_password, autocommit=True) as conn:
+        for statement in ("CREATE DATABASE sneaky", "COPY (SELECT 1) TO PROGRAM 'true'",
+                          "CREATE ROLE sneaky"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+
+
+def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgres_server,
+                                                                         postgres_db, tmp_path):
+    """Production scale-out on loopback: PostgreSQL with scram-sha-256 passwords and one role
+    per purpose (MLflow's store and its basic-auth app's users held by the server alone, Optuna
+    by the users); MLflow's basic-auth app with the admin password changed at set-up. Logins
+    fail in one line, a READ-only user cannot start a compare, a writer's compare succeeds,
+    and no password is stored, logged or printed."""
+    import secrets
+
     from mlflow.server import get_app_client
 
     def secret(what: str) -> str:
         return f"{what}-{secrets.token_hex(10)}"
 
-    pg_password, admin_first, admin_password = secret("pg"), secret("adm0"), secret("adm")
+    admin_first, admin_password = secret("adm0"), secret("adm")
     writer_password, reader_password = secret("wr"), secret("rd")
-    role, tag = f"study_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex[:8]
-    dbs = {kind: f"{kind}_{tag}" for kind in ("mlflow", "auth", "optuna")}
-    host = postgres_server.split("@", 1)[1].rsplit("/", 1)[0]  # 127.0.0.1:port
-    url = {kind: f"postgresql+psycopg://{role}@{host}/{db}" for kind, db in dbs.items()}
-    with psycopg.connect(postgres_server, autocommit=True) as conn:  # the superuser: PGPASSFILE
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{pg_password}'")
-        for db in dbs.values():
-            conn.execute(f'CREATE DATABASE "{db}" OWNER {role}')
-    # the study's role authenticates through libpq's environment, never a URL
-    pg_env = {k: v for k, v in os.environ.items() if k != "PGPASSFILE"}
-    pg_env["PGPASSWORD"] = pg_password
+    url = {purpose: postgres_db(purpose).replace("postgresql://", "postgresql+psycopg://")
+           for purpose in PURPOSES}
+    host = url["optuna"].split("@", 1)[1].rsplit("/", 1)[0]  # 127.0.0.1:port
+    pg_passwords = [postgres_server.password(p) for p in ("admin", *PURPOSES)]
 
     ini = tmp_path / "basic_auth.ini"
     ini.write_text("[mlflow]\ndefault_permission = READ\n"
@@ -328,16 +359,15 @@ def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgre
          "--host", "127.0.0.1", "--port", str(port), "--allowed-hosts", f"127.0.0.1:{port}",
          "--workers", "1", "--backend-store-uri", url["mlflow"],
          "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        env={**pg_env, "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        env={**os.environ, "PGPASSFILE": postgres_server.passfile("server"),
+             "MLFLOW_AUTH_CONFIG_PATH": str(ini),
              "MLFLOW_AUTH_ADMIN_PASSWORD": admin_first,
              "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)},
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     printed = []
 
     def run(user: str | None, password: str | None, *args: str) -> subprocess.CompletedProcess:
-        env = study_env(tmp_path, tracking_uri=server_url)
-        env.pop("PGPASSFILE", None)
-        env.update(PGPASSWORD=pg_password)
+        env = study_env(tmp_path, tracking_uri=server_url)  # the Optuna role's PGPASSFILE
         for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             env.pop(key, None)
         if user:
@@ -411,22 +441,52 @@ def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgre
 
     # no password anywhere: every table of the three databases, the artifact store, the
     # report, the server's log and everything the commands printed
-    haystacks = {kind: _table_text(f"postgresql://{role}@{host}/{db}", pg_password)
-                 for kind, db in dbs.items()}
+    haystacks = {kind: _table_text(postgres_server.urls[kind], postgres_server.passfile(
+        "optuna" if kind == "optuna" else "server")) for kind in PURPOSES}
     haystacks["artifacts"] = _files_text(tmp_path / "server-artifacts")
     haystacks["report"] = _files_text(tmp_path / "r")
     haystacks["server log"] = (tmp_path / "server.log").read_text()
     haystacks["printed"] = "\n".join(printed)
     assert "logreg" in haystacks["report"] and "fashion-mnist" in haystacks["mlflow"]
     # the searches see what they must: the storage URL (its user, no password), the users
+    role = postgres_server.role("optuna")
     assert f"{role}@{host}" in haystacks["mlflow"] and "writer" in haystacks["auth"]
     for name, text in haystacks.items():
-        for value in (pg_password, admin_first, admin_password, writer_password, reader_password):
+        for value in (*pg_passwords, admin_first, admin_password, writer_password,
+                      reader_password):
             assert value not in text, f"a password in {name}"
-    with psycopg.connect(postgres_server, autocommit=True) as conn:
-        for db in dbs.values():
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+@pytest.mark.parametrize("uri, in_clear", [
+    ("http://10.0.0.5:5000", True), ("http://mlflow.example.org/", True),
+    ("HTTP://[2001:db8::1]:5000", True), ("http://127.0.0.1.example.org", True),
+    ("https://mlflow.example.org", False), ("https://10.0.0.5:5000", False),
+    ("http://127.0.0.1:5000", False), ("http://127.8.0.1", False),
+    ("http://localhost:5000", False), ("http://[::1]:5000", False)])
+def test_a_login_sent_in_clear_off_loopback_warns_once(uri, in_clear, monkeypatch, caplog):
+    """Basic-auth over plain http:// to another host sends the password in clear: one warning
+    line, once, naming the fix; none over https or on loopback, none without a login. The
+    check is pure: nothing here connects anywhere."""
+    import logging
+
+    from study.tracking import store
+
+    monkeypatch.setattr(store, "_warned_plain_http", set())
+    monkeypatch.setattr(logging.getLogger("study"), "propagate", True)  # the CLI turns it off
+    for variable in (store.USERNAME_ENV, store.PASSWORD_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    assert not store.plain_http_login(uri)  # no login, nothing to leak
+    monkeypatch.setenv(store.USERNAME_ENV, "alice")
+    monkeypatch.setenv(store.PASSWORD_ENV, "pw-8d1f0a")
+    with caplog.at_level(logging.WARNING, logger="study.tracking.store"):
+        store.warn_plain_http_login(uri)
+        store.warn_plain_http_login(uri)
+    said = [r.getMessage() for r in caplog.records if r.name == "study.tracking.store"]
+    assert len(said) == (1 if in_clear else 0), said
+    if in_clear:
+        assert "over plain http" in said[0] and "\n" not in said[0]
+        assert "fix: use https://" in said[0] and "loopback address" in said[0]
+        assert "pw-8d1f0a" not in said[0]
 
 
 def _compare_rows(client, experiment: str) -> tuple:

@@ -3,14 +3,20 @@ experiments, and what `mlflow run` leaves behind. Changes when a kind of store o
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import sys
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from study import config
 from study.errors import ConfigError, first_line
+
+logger = logging.getLogger(__name__)
+
 
 def configure() -> str:
     """Point MLflow at the configured store and check that it (and the registry) answers."""
@@ -30,6 +36,7 @@ def configure() -> str:
 
                 requests.get(store.rstrip("/") + "/health", timeout=10).raise_for_status()
                 if variable == "MLFLOW_TRACKING_URI":
+                    warn_plain_http_login(store)
                     _check_login(store)
             elif variable == "MLFLOW_TRACKING_URI":
                 with first_use_lock(store):  # the first client creates (migrates) the store
@@ -46,6 +53,37 @@ def configure() -> str:
 
 
 USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+def plain_http_login(uri: str, environ=os.environ) -> bool:
+    """Whether a basic-auth login would cross the network in clear: a username or password in
+    the environment and a plain http:// server off loopback. Host names other than localhost
+    count as off loopback: nothing is looked up."""
+    if not (environ.get(USERNAME_ENV) or environ.get(PASSWORD_ENV)):
+        return False
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+_warned_plain_http: set[str] = set()
+
+
+def warn_plain_http_login(uri: str) -> None:
+    """Warn once per server, in a line, before the first request sends the login in clear."""
+    if plain_http_login(uri) and uri not in _warned_plain_http:
+        _warned_plain_http.add(uri)
+        logger.warning("the MLflow login (%s) goes to %s over plain http: anyone on the network "
+                       "between reads the password; fix: use https:// (a TLS reverse proxy in "
+                       "front of the server) or a loopback address",
+                       USERNAME_ENV, config.redact(uri))
 
 
 def _check_login(uri: str) -> None:
