@@ -53,13 +53,13 @@ def test_no_cluster(text):
 ])
 def test_a_scheduler_is_refused_stores_its_workers_cannot_share(tracking, storage, message):
     with pytest.raises(ConfigError, match="cluster tcp://sched.lab:8786") as raised:
-        cluster.check_shared(cluster.parse("sched.lab:8786"), tracking, storage)
+        cluster.check_shared(cluster.parse("sched.lab:8786", insecure=True), tracking, storage)
     assert message in str(raised.value)
     assert "s3cret" not in str(raised.value)
 
 
 def test_shared_stores_pass_and_local_workers_share_this_machines():
-    remote = cluster.parse("tcp://sched.lab:8786")
+    remote = cluster.parse("tcp://sched.lab:8786", insecure=True)
     cluster.check_shared(remote, "https://mlflow.lab", PG)
     # a scheduler on this machine may use loopback servers: its workers are here too
     cluster.check_shared(cluster.parse("127.0.0.1:8786"), "http://127.0.0.1:5000",
@@ -68,10 +68,55 @@ def test_shared_stores_pass_and_local_workers_share_this_machines():
     cluster.check_shared(None, "sqlite:////tmp/m.db", "/tmp/o.journal")
 
 
-def test_the_refusal_comes_before_any_connection(tmp_path):
-    """A scheduler address with this machine's SQLite store: exit 2, one line, nothing
-    written, and neither the scheduler nor the tracking server was contacted (both are
-    listening sockets here, so a connection attempt would be seen)."""
+@pytest.mark.parametrize("address", ["tcp://192.0.2.1:8786", "sched.lab:8786",
+                                     "tcp://10.0.0.5:8786", "tcp://[2001:db8::1]:8786"])
+def test_plain_tcp_to_another_machine_is_refused_unless_insecure(address):
+    """Whoever can submit to a Dask scheduler runs code on its workers: plain TCP only on
+    loopback, or when the user says the network is trusted (only parsed, never connected)."""
+    with pytest.raises(ConfigError, match=r"is plain TCP to another machine: anyone who "
+                       r"reaches that scheduler runs code on its workers; start the scheduler "
+                       r"with TLS .* or pass --cluster-insecure on a network you trust$"):
+        cluster.check_secure(cluster.parse(address))
+    cluster.check_secure(cluster.parse(address, insecure=True))
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "localhost:8786",
+                                     "tcp://[::1]:8786", "127.0.0.5:8786"])
+def test_plain_tcp_on_loopback_and_local_n_pass(address):
+    cluster.check_secure(cluster.parse(address))
+    cluster.check_secure(cluster.parse("local:2"))
+    cluster.check_secure(None)
+
+
+def test_a_tls_scheduler_needs_the_clients_certificate_in_dask_config(tmp_path):
+    """tls:// is joined with Dask's own TLS settings (~/.config/dask, DASK_* variables), never a
+    study parameter: none set, or a file that is not there, is one line saying what to set."""
+    import dask
+
+    target = cluster.parse("tls://sched.lab:8786")
+    unset = {f"distributed.comm.tls.{k}": None for k in cluster._TLS}
+    with dask.config.set(unset), pytest.raises(
+            ConfigError, match=r"^cluster tls://sched.lab:8786: no TLS set up for this client "
+                               r"\(distributed.comm.tls.ca-file is unset\); set distributed"):
+        cluster.check_secure(target)
+    files = {k: tmp_path / f"{k}.pem" for k in cluster._TLS}
+    for path in files.values():
+        path.write_text("PEM")
+    given = {f"distributed.comm.tls.{k}": str(v) for k, v in files.items()}
+    with dask.config.set({**given, "distributed.comm.tls.client.key": str(tmp_path / "no.pem")}):
+        with pytest.raises(ConfigError, match=r"distributed.comm.tls.client.key \S+no.pem is "
+                                              r"not a file"):
+            cluster.check_secure(target)
+    with dask.config.set(given):
+        cluster.check_secure(target)
+
+
+def test_the_refusal_comes_before_any_connection(tmp_path, tmp_path_factory):
+    """A scheduler address with this machine's SQLite store, plain TCP to another machine, or
+    tls:// without the client's TLS settings: exit 2, one line, nothing written, and neither
+    the scheduler nor the tracking server was contacted (both are listening sockets here, so
+    a connection attempt would be seen). --cluster-insecure passes the TCP check and stops at
+    the next one (192.0.2.1 is only parsed, never connected to)."""
     listeners = []
     for _ in range(2):
         sock = socket.socket()
@@ -80,15 +125,21 @@ def test_the_refusal_comes_before_any_connection(tmp_path):
         sock.setblocking(False)
         listeners.append(sock)
     scheduler, server = (f"127.0.0.1:{s.getsockname()[1]}" for s in listeners)
-    cases = [  # (MLFLOW_TRACKING_URI, extra arguments, message)
-        (f"sqlite:///{tmp_path / 'm.db'}", [], "is on this machine only"),
-        (f"http://{server}", [], "is a file on this machine"),  # the local journal
+    sqlite, far = f"sqlite:///{tmp_path / 'm.db'}", "tcp://192.0.2.1:8786"
+    cases = [  # (MLFLOW_TRACKING_URI, cluster, extra arguments, message)
+        (sqlite, f"tcp://{scheduler}", [], "is on this machine only"),
+        (f"http://{server}", f"tcp://{scheduler}", [], "is a file on this machine"),  # journal
+        (f"http://{server}", far, [], f"cluster {far} is plain TCP to another machine"),
+        (sqlite, far, ["--cluster-insecure"], "is on this machine only"),
+        (f"http://{server}", f"tls://{scheduler}", [], "no TLS set up for this client"),
     ]
-    for uri, extra, message in cases:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-               "OPTUNA_JOURNAL": str(tmp_path / "o.journal")}
+    # no TLS settings of this machine's user: an empty Dask config folder, no DASK_ variables
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    clean["DASK_CONFIG"] = str(tmp_path_factory.mktemp("dask-config"))
+    for uri, address, extra, message in cases:
+        env = {**clean, "MLFLOW_TRACKING_URI": uri, "OPTUNA_JOURNAL": str(tmp_path / "o.journal")}
         proc = subprocess.run([sys.executable, "-m", "study", "compare", "--profile", "smoke",
-                               "--pipelines", "dummy", "--cluster", f"tcp://{scheduler}", *extra],
+                               "--pipelines", "dummy", "--cluster", address, *extra],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr[-2000:]
         lines = proc.stderr.strip().splitlines()
