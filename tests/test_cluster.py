@@ -222,3 +222,77 @@ def test_a_task_dask_runs_again_returns_its_run_instead_of_training_twice(tracki
     assert first.run_id and not first.failure
     assert again.run_id == first.run_id and not again.failure
     assert [r["run_id"] for r in tracking.final_runs(parent_id)] == [first.run_id]
+
+
+def _listening(pid: int) -> set[str]:
+    """The addresses a process listens on (TCP)."""
+    import psutil
+
+    return {c.laddr.ip for c in psutil.Process(pid).net_connections("inet")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def test_local_n_is_tls_on_loopback_and_refuses_any_other_client():
+    """local:2: scheduler, nannies, workers and dashboard listen on 127.0.0.1 only, over TLS
+    with this cluster's own certificate: a plain-TCP client, a TLS client without a
+    certificate and one with another CA's are all refused; the cluster's own works."""
+    import dask
+    from distributed import Client, Security
+
+    with cluster.connect(cluster.parse("local:2")) as client:
+        info = client.scheduler_info(n_workers=-1)
+        address = client.scheduler.address
+        assert address.startswith("tls://127.0.0.1:")
+        assert len(info["workers"]) == 2
+        for worker, about in info["workers"].items():
+            assert worker.startswith("tls://127.0.0.1:") and about["nanny"].startswith(
+                "tls://127.0.0.1:")
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
+        pids = client.run(os.getpid)
+        for pid in [os.getpid(), *pids.values()]:  # the scheduler and nannies run here
+            assert _listening(pid) <= {"127.0.0.1"}, pid
+        assert _listening(os.getpid())  # the check above saw the scheduler's sockets
+
+        unset = {f"distributed.comm.tls.{k}": None for k in cluster._TLS}
+        attempts = [(address.replace("tls://", "tcp://"), None, OSError),  # plain TCP
+                    (address, Security(require_encryption=True), TypeError),  # no certificate
+                    (address, Security.temporary(), OSError)]  # another CA's: handshake fails
+        for where, security, error in attempts:
+            with dask.config.set(unset), pytest.raises(error):
+                Client(where, security=security, timeout="5s").close()
+        with Client(address, security=client.security, timeout="10s") as own:
+            assert own.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
+def test_a_tls_scheduler_is_joined_with_the_certificate_in_dask_config(tmp_path):
+    """A running TLS scheduler (here on loopback, certificates as PEM files): joined through
+    the client's settings in Dask's config; without them refused in one line, before any
+    connection."""
+    import dask
+    from distributed import LocalCluster, Security
+
+    made = Security.temporary()  # one CA's certificate and key, as PEM text
+    pem = {"ca-file": made.tls_ca_file, "cert": made.tls_scheduler_cert,
+           "key": made.tls_scheduler_key}
+    files = {}
+    for name, text in pem.items():
+        files[name] = tmp_path / f"{name}.pem"
+        files[name].write_text(text)
+    # the LocalCluster object talks to its scheduler as a client too
+    server = Security(tls_ca_file=str(files["ca-file"]), tls_scheduler_cert=str(files["cert"]),
+                      tls_scheduler_key=str(files["key"]), tls_client_cert=str(files["cert"]),
+                      tls_client_key=str(files["key"]), require_encryption=True)
+    unset = {f"distributed.comm.tls.{k}": None for k in cluster._TLS}
+    with dask.config.set({cluster.RETRIES: 0, **unset}), LocalCluster(
+            n_workers=0, processes=False, protocol="tls://", host="127.0.0.1", security=server,
+            dashboard_address="127.0.0.1:0") as running:
+        target = cluster.parse(running.scheduler_address)
+        assert target.address.startswith("tls://127.0.0.1:")
+        with pytest.raises(ConfigError, match="no TLS set up for this client"):
+            with cluster.connect(target):
+                pass
+        client_tls = {"distributed.comm.tls.ca-file": str(files["ca-file"]),
+                      "distributed.comm.tls.client.cert": str(files["cert"]),
+                      "distributed.comm.tls.client.key": str(files["key"])}
+        with dask.config.set(client_tls), cluster.connect(target) as client:
+            assert client.run_on_scheduler(cluster._allowed_failures) == 0
