@@ -45,8 +45,7 @@ _ADDRESS = re.compile(r"(?:(tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
 # the client's TLS files, from Dask's own configuration (~/.config/dask/*.yaml or the
 # DASK_DISTRIBUTED__COMM__TLS__* variables), never from a study parameter
-_TLS = {"ca-file": "tls_ca_file", "client.cert": "tls_client_cert",
-        "client.key": "tls_client_key"}
+_TLS = ("ca-file", "client.cert", "client.key")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def parse(text: str | None, insecure: bool = False) -> Target | None:
     match = _ADDRESS.fullmatch(text)
     if not match or not 0 < int(match.group(3)) < 65536:
         raise ConfigError(f"cluster must be local:N or a Dask scheduler address such as "
-                          f"tcp://10.0.0.5:8786, got {text!r}")
+                          f"tls://10.0.0.5:8786, got {text!r}")
     return Target(f"{match.group(1) or 'tcp'}://{match.group(2)}:{int(match.group(3))}",
                   insecure=insecure)
 

@@ -3,6 +3,7 @@ workers can share, refused before anything connects (the runs themselves: test_s
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import subprocess
@@ -86,6 +87,16 @@ def test_plain_tcp_on_loopback_and_local_n_pass(address):
     cluster.check_secure(cluster.parse(address))
     cluster.check_secure(cluster.parse("local:2"))
     cluster.check_secure(None)
+
+
+@pytest.mark.parametrize("given, insecure", [([], False), (["--cluster-insecure"], True),
+                                             (["--cluster-insecure", "false"], False),
+                                             (["--cluster-insecure", "True"], True)])
+def test_the_insecure_flag_is_a_flag_or_mlprojects_true_false(given, insecure):
+    from study.arguments import build_parser
+
+    args = build_parser().parse_args(["compare", "--cluster", "tcp://192.0.2.1:8786", *given])
+    assert args.cluster_insecure is insecure
 
 
 def test_a_tls_scheduler_needs_the_clients_certificate_in_dask_config(tmp_path):
@@ -260,6 +271,10 @@ def test_local_n_is_tls_on_loopback_and_refuses_any_other_client():
         for where, security, error in attempts:
             with dask.config.set(unset), pytest.raises(error):
                 Client(where, security=security, timeout="5s").close()
+            # the refused Client is closed by its __del__: here, not when the garbage
+            # collector runs it inside the next Client's start (that deadlocked, both holding
+            # Dask's loop-runner lock)
+            gc.collect()
         with Client(address, security=client.security, timeout="10s") as own:
             assert own.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
 
