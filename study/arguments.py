@@ -68,6 +68,17 @@ def _cluster(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _yes_no(what: str):
+    """true/false (MLproject passes the word); the flag alone means true."""
+    def parse(text: str) -> bool:
+        value = {"true": True, "yes": True, "1": True, "false": False, "no": False,
+                 "0": False}.get(text.strip().lower())
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{what} must be true or false, got {text!r}")
+        return value
+    return parse
+
+
 def _profile(text: str) -> config.Profile:
     """The profile, resolved here once; the layers below get the Profile, not its name."""
     try:
@@ -148,9 +159,13 @@ def _add_compare(sub, common) -> None:
                           "skipped (default none: the profile's budgets as they are)")
     cmp.add_argument("--cluster", type=_cluster, default=None,
                      help="each pipeline as a task on a Dask cluster: local:N (N worker "
-                          "processes here) or a scheduler address such as tcp://HOST:8786, "
+                          "processes here) or a scheduler address such as tls://HOST:8786, "
                           "whose workers share a tracking server and a PostgreSQL storage "
                           "(default none)")
+    cmp.add_argument("--cluster-insecure", type=_yes_no("cluster_insecure"), nargs="?",
+                     const=True, default=False,
+                     help="accept a plain tcp:// scheduler on another machine (no TLS: whoever "
+                          "reaches it runs code on its workers); only on a network you trust")
 
 
 def _add_tune(sub, common) -> None:

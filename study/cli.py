@@ -89,10 +89,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args) -> int:
+    import dataclasses
+
     from study import compare, leaderboard, tracking
 
+    target = args.cluster and dataclasses.replace(args.cluster, insecure=args.cluster_insecure)
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
-                             args.workers, args.parallel, args.budget_minutes, args.cluster)
+                             args.workers, args.parallel, args.budget_minutes, target)
     print()
     print(f"Leaderboard (compare run {result.run_id}, {args.profile.name} profile, "
           f"{result.seconds / 60:.1f} min)")

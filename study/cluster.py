@@ -7,6 +7,7 @@ workers may be on other machines. The only module that imports Dask."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -42,21 +43,25 @@ QUIET = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.in
          "distributed.worker.memory.monitor-interval": "1s"}
 _ADDRESS = re.compile(r"(?:(tcp|tls)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
 _LOOPBACK = ("localhost", "127.0.0.1", "::1", "[::1]")
+# the client's TLS files, from Dask's own configuration (~/.config/dask/*.yaml or the
+# DASK_DISTRIBUTED__COMM__TLS__* variables), never from a study parameter
+_TLS = ("ca-file", "client.cert", "client.key")
 
 
 @dataclass(frozen=True)
 class Target:
     """Where the pipelines run: N local worker processes, or a scheduler's workers."""
 
-    address: str  # local:N, or the scheduler's tcp:// address
+    address: str  # local:N, or the scheduler's tcp:// or tls:// address
     local_workers: int = 0  # N of local:N; 0 for a scheduler
+    insecure: bool = False  # --cluster-insecure: plain TCP to another machine is accepted
 
     @property
     def is_local(self) -> bool:
         return self.local_workers > 0
 
 
-def parse(text: str | None) -> Target | None:
+def parse(text: str | None, insecure: bool = False) -> Target | None:
     """`local:N`, a scheduler address (tcp://host:port, host:port, tls://...), or none."""
     if text is None or text.strip().lower() in ("", "none", "-"):
         return None
@@ -69,8 +74,9 @@ def parse(text: str | None) -> Target | None:
     match = _ADDRESS.fullmatch(text)
     if not match or not 0 < int(match.group(3)) < 65536:
         raise ConfigError(f"cluster must be local:N or a Dask scheduler address such as "
-                          f"tcp://10.0.0.5:8786, got {text!r}")
-    return Target(f"{match.group(1) or 'tcp'}://{match.group(2)}:{int(match.group(3))}")
+                          f"tls://10.0.0.5:8786, got {text!r}")
+    return Target(f"{match.group(1) or 'tcp'}://{match.group(2)}:{int(match.group(3))}",
+                  insecure=insecure)
 
 
 def _host(url: str) -> str:
@@ -80,10 +86,51 @@ def _host(url: str) -> str:
         return ""
 
 
+def _loopback(url: str) -> bool:
+    host = _host(url)
+    try:
+        return host in _LOOPBACK or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: it is not resolved here
+        return False
+
+
+def check_secure(target: Target | None) -> None:
+    """Refuse, before anything connects, a scheduler anyone on the network could use: whoever
+    can submit to it runs code on its workers (and reads their secrets). Plain TCP is for
+    loopback, or --cluster-insecure; tls:// needs the client's certificate in Dask's config."""
+    if target is None or target.is_local:
+        return
+    where = f"cluster {target.address}"
+    if target.address.startswith("tcp://"):
+        if not (target.insecure or _loopback(target.address)):
+            raise ConfigError(
+                f"{where} is plain TCP to another machine: anyone who reaches that scheduler "
+                "runs code on its workers; start the scheduler with TLS and give its tls:// "
+                "address (README, scale-out), or pass --cluster-insecure on a network you trust")
+        return
+    import dask
+
+    missing = [k for k in ("ca-file", "client.cert")
+               if not dask.config.get(f"distributed.comm.tls.{k}", None)]
+    if missing:
+        raise ConfigError(
+            f"{where}: no TLS set up for this client (distributed.comm.tls.{missing[0]} is "
+            "unset); set distributed.comm.tls.ca-file, client.cert and client.key in "
+            "~/.config/dask/*.yaml or as DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
+            "..._CLIENT__CERT and ..._CLIENT__KEY (README, scale-out)")
+    for key in _TLS:
+        path = dask.config.get(f"distributed.comm.tls.{key}", None)
+        if path and "\n" not in str(path) and not os.path.isfile(path):
+            raise ConfigError(f"{where}: distributed.comm.tls.{key} {path} is not a file; "
+                              "give the path of the PEM file (README, scale-out)")
+
+
 def check_shared(target: Target | None, tracking_uri: str, storage_url: str) -> None:
     """Refuse, before anything connects, stores that a scheduler's workers cannot share: a
     file on this machine (SQLite, a journal) or a loopback server seen from other machines.
-    local:N workers are on this machine and share whatever this process uses."""
+    local:N workers are on this machine and share whatever this process uses. The scheduler's
+    own security is checked first (check_secure)."""
+    check_secure(target)
     if target is None or target.is_local:
         return
     where = f"cluster {target.address}"
@@ -102,9 +149,9 @@ def check_shared(target: Target | None, tracking_uri: str, storage_url: str) -> 
             f"{where}: its workers share each pipeline's Optuna study, and "
             f"{config.redact(storage_url)} is a file on this machine; use "
             "storage=postgresql://USER@HOST/DB (the password in ~/.pgpass), or cluster=local:N")
-    if _host(target.address) not in _LOOPBACK:
+    if not _loopback(target.address):
         for what, url in (("MLFLOW_TRACKING_URI", tracking_uri), ("storage", storage_url)):
-            if _host(url) in _LOOPBACK:
+            if _loopback(url):
                 raise ConfigError(
                     f"{where}: {what} {config.redact(url)} is a loopback address, which "
                     "workers on other machines cannot reach; give the server's network name")
@@ -115,10 +162,11 @@ def connect(target: Target) -> Iterator[Any]:
     """A distributed.Client for the target, its dashboard's address logged; a LocalCluster is
     started here and stopped on the way out (its worker processes with it)."""
     import dask
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, Security
 
     from study import side_by_side
 
+    check_secure(target)
     cluster = None
     # read by the scheduler and workers started here (remote ones: README, scale-out)
     with dask.config.set({RETRIES: 0, MALLOC: None, **QUIET}):
@@ -126,15 +174,21 @@ def connect(target: Target) -> Iterator[Any]:
             threads = max(1, config.threads() // target.local_workers)
             # the nanny also writes its workers' settings into os.environ: restored after
             with side_by_side.child_environment(threads):
-                # env: also for a worker the nanny restarts after one died
+                # env: also for a worker the nanny restarts after one died. Loopback only,
+                # and TLS with a certificate made for this cluster (cryptography): another
+                # user of this machine cannot submit code to its workers either
                 cluster = LocalCluster(n_workers=target.local_workers, threads_per_worker=1,
-                                       processes=True, host="127.0.0.1",
+                                       processes=True, host="127.0.0.1", protocol="tls://",
+                                       security=Security.temporary(),
                                        dashboard_address="127.0.0.1:0",
                                        env=config.worker_env(threads))
             client = Client(cluster)
         else:
-            try:
-                client = Client(target.address, timeout="15s")
+            if target.insecure and target.address.startswith("tcp://"):
+                logger.warning(f"Dask cluster {target.address}: plain TCP (--cluster-insecure): "
+                               "whoever reaches its scheduler runs code on its workers")
+            try:  # tls://: the client's certificate from Dask's own config (check_secure)
+                client = Client(target.address, timeout="15s", security=Security())
             except (OSError, TimeoutError) as exc:
                 raise ConfigError(f"cannot reach the Dask scheduler at {target.address} "
                                   f"({first_line(exc)[:200]}); start it (`dask scheduler`) or "
