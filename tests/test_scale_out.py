@@ -564,7 +564,7 @@ def test_side_by_side_and_on_a_dask_cluster_match_one_at_a_time(mlflow_server, p
     assert re.search(r"^Dask cluster local:2: dashboard http://127\.0\.0\.1:\d+/status$",
                      logs["cluster"], re.M)
     assert "Dask" not in logs["one"] + logs["parallel"]
-    on = set(re.findall(r" on worker (tcp://127\.0\.0\.1:\d+) in process (\d+)",
+    on = set(re.findall(r" on worker (tls://127\.0\.0\.1:\d+) in process (\d+)",
                         logs["cluster"]))
     assert {pid for _, pid in on} == workers["cluster"]
     tagged = {row[3].data.tags.get("dask_worker") for n, row in results["cluster"].items()
@@ -599,7 +599,7 @@ def test_a_killed_dask_worker_loses_only_its_pipeline(tmp_path):
             break
     out, err = first.communicate(timeout=600)
     assert killed and first.returncode == 1, err[-3000:]
-    assert re.search(r"^  cnn_seed1: its Dask worker tcp://127\.0\.0\.1:\d+ died \(killed or out "
+    assert re.search(r"^  cnn_seed1: its Dask worker tls://127\.0\.0\.1:\d+ died \(killed or out "
                      r"of memory\?\); rerun the same command to resume$", out, re.M), out
     assert "pipeline(s) failed" in out and out.count("died") == 1  # only the one it ran
 
