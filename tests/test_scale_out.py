@@ -463,7 +463,7 @@ def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgre
     ("https://mlflow.example.org", False), ("https://10.0.0.5:5000", False),
     ("http://127.0.0.1:5000", False), ("http://127.8.0.1", False),
     ("http://localhost:5000", False), ("http://[::1]:5000", False)])
-def test_a_login_sent_in_clear_off_loopback_warns_once(uri, in_clear, monkeypatch, caplog):
+def test_a_login_sent_in_clear_off_loopback_warns_once(uri, in_clear, monkeypatch):
     """Basic-auth over plain http:// to another host sends the password in clear: one warning
     line, once, naming the fix; none over https or on loopback, none without a login. The
     check is pure: nothing here connects anywhere."""
@@ -472,16 +472,25 @@ def test_a_login_sent_in_clear_off_loopback_warns_once(uri, in_clear, monkeypatc
     from study.tracking import store
 
     monkeypatch.setattr(store, "_warned_plain_http", set())
-    monkeypatch.setattr(logging.getLogger("study"), "propagate", True)  # the CLI turns it off
     for variable in (store.USERNAME_ENV, store.PASSWORD_ENV):
         monkeypatch.delenv(variable, raising=False)
     assert not store.plain_http_login(uri)  # no login, nothing to leak
     monkeypatch.setenv(store.USERNAME_ENV, "alice")
     monkeypatch.setenv(store.PASSWORD_ENV, "pw-8d1f0a")
-    with caplog.at_level(logging.WARNING, logger="study.tracking.store"):
+    # A handler of the module's own logger sees each record once, whatever handlers and
+    # propagation earlier tests in this process left on the loggers above it (the suite's
+    # pytest-xdist run counted each warning twice through caplog).
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    monkeypatch.setattr(store.logger, "level", logging.WARNING)
+    store.logger.addHandler(handler)
+    try:
         store.warn_plain_http_login(uri)
         store.warn_plain_http_login(uri)
-    said = [r.getMessage() for r in caplog.records if r.name == "study.tracking.store"]
+    finally:
+        store.logger.removeHandler(handler)
+    said = [r.getMessage() for r in records]
     assert len(said) == (1 if in_clear else 0), said
     if in_clear:
         assert "over plain http" in said[0] and "\n" not in said[0]
