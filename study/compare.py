@@ -70,8 +70,8 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
     from study.evaluation import limited_by as evaluation_limits
 
     started = time.time()
-    budgeted = budget is not None and budget != spec.budget(profile)  # a time budget cut it
-    budget = budget or spec.budget(profile)
+    recipe = spec.budget(profile)
+    budget = budget or recipe
     tuned = tune_pipeline(spec, budget, splits, seed, setup, parent_run_id)
     params = tuning.final_params(spec, budget, tuned.best_params)
     logger.info(f"[{spec.name}] final fit on {len(splits.y_train)} rows with "
@@ -79,9 +79,10 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
     fit, val_proba = final_fit(spec, params, splits, seed, parent_run_id,
                                progress=f"[{spec.name}] final")
     val_accuracy = training.accuracy(val_proba, splits.y_val)
-    limits = evaluation_limits(spec, budget, tuned, fit, params)
-    fit.info["limited_by"] = (("time budget" if limits == "-" else f"{limits} (time budget)")
-                              if budgeted else limits)
+    # against the profile's recipe, not the allotment a time budget cut it to
+    fit.info["limited_by"] = evaluation_limits(
+        spec, recipe, budget, tuned, fit,
+        tuning.final_params(spec, recipe, tuned.best_params).get("epochs"))
     start = time.perf_counter()
     proba = fit.predict_proba(splits.x_test)  # the one and only look at the test set
     predict_seconds = time.perf_counter() - start

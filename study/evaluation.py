@@ -3,6 +3,7 @@ are drawn by study.figures)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,18 +39,36 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
     )
 
 
-def limited_by(spec, budget, tuned, fit, params: dict) -> str:
-    """What bounded a final model, for the leaderboard: its trials (or the tuning timeout),
-    its epochs (or early stopping, or a time cap), an iteration cap that stopped a fit."""
+def limited_by(spec, recipe, budget, tuned, fit, recipe_epochs: int | None) -> str:
+    """What bounded a final model, for the leaderboard, against its profile's recipe
+    (`recipe`, the profile's Budget; `recipe_epochs`, the epochs its final fit asks): trials
+    and epochs run of the recipe's, "(time budget)" only when a time budget's cut allotment
+    (`budget`) made them fewer, "(tuning timeout)" when the timeout did, failed trials said as
+    failed; early stopping, a time cap, an iteration cap that stopped a fit."""
     parts = []
-    if spec.tunes(budget):
-        parts.append(f"{tuned.n_trials}/{budget.n_trials} trials" +
-                     (" (tuning timeout)" if tuned.n_trials < budget.n_trials else ""))
-    ran, epochs = len(fit.history.get("loss", [])), params.get("epochs")
-    if ran and epochs:
+    failed = getattr(tuned, "n_failed", 0)
+    if spec.tunes(recipe):
+        trials = f"{tuned.n_trials}/{recipe.n_trials} trials"
+        # failed trials are not missing ones: only trials never run fell short
+        if tuned.n_trials + failed < recipe.n_trials:
+            cut = budget.n_trials < recipe.n_trials or budget.timeout < recipe.timeout
+            trials += " (time budget)" if cut else " (tuning timeout)"
+        parts.append(trials + (f"; {failed} failed" if failed else ""))
+    ran = len(fit.history.get("loss", []))
+    if ran and recipe_epochs:
+        allowed, wanted = int(budget.fit.get("epochs", recipe_epochs)), int(recipe_epochs)
         capped = any(note.startswith("time limit") for note in fit.notes)
-        why = " (time cap)" if capped else " (early stopping)" if ran < int(epochs) else ""
-        parts.append(f"{ran}/{int(epochs)} epochs{why}")
+        cap_cut = (float(budget.fit.get("max_seconds") or math.inf)
+                   < float(recipe.fit.get("max_seconds") or math.inf))
+        why = ""
+        if ran < wanted:
+            if capped:
+                why = " (time budget)" if cap_cut else " (time cap)"
+            elif ran < allowed:
+                why = " (early stopping)"
+            else:  # it ran every epoch the budget allowed, fewer than the recipe's
+                why = " (time budget)"
+        parts.append(f"{ran}/{wanted} epochs{why}")
     if any("converge" in note for note in fit.notes):
         parts.append("iteration cap (not converged)")
     return "; ".join(parts) or "-"

@@ -208,18 +208,62 @@ def test_limited_by_says_what_bounded_each_model():
     tuned = tuning.TuneResult("s", {}, 0.9, budget.n_trials, 0, 1.0)
     capped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 12}, notes=[
         "time limit: stopped after 12 of 16 epochs (max_seconds 240)"])
-    assert evaluation.limited_by(spec, budget, tuned, capped, {"epochs": 16}) == \
+    assert evaluation.limited_by(spec, budget, budget, tuned, capped, 16) == \
         f"{budget.n_trials}/{budget.n_trials} trials; 12/16 epochs (time cap)"
     short = tuning.TuneResult("s", {}, 0.9, budget.n_trials - 1, 0, 1.0)
     stopped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 5})
-    assert evaluation.limited_by(spec, budget, short, stopped, {"epochs": 16}) == (
+    assert evaluation.limited_by(spec, budget, budget, short, stopped, 16) == (
         f"{budget.n_trials - 1}/{budget.n_trials} trials (tuning timeout); "
         "5/16 epochs (early stopping)")
     fixed = pipelines.load("logreg")
     unconverged = training.FitResult(None, "sklearn", 1.0, notes=[
         "lbfgs failed to converge after 100 iteration(s) (status=1):"])
     none = tuning.TuneResult("s", {}, None, 0, 0, 0.0)
-    assert evaluation.limited_by(fixed, pipelines.Budget("quick", 0, 1.0), none, unconverged,
-                              {}) == "iteration cap (not converged)"
+    recipe = pipelines.Budget("quick", 0, 1.0)
+    assert evaluation.limited_by(fixed, recipe, recipe, none, unconverged, None) == \
+        "iteration cap (not converged)"
+
+
+def test_limited_by_a_time_budget_counts_against_the_recipe():
+    """Issue 42, finding 4: a time budget's cut allotment is not the denominator; "(time
+    budget)" only when epochs or trials fell short because of it; failed trials are failed,
+    not a tuning timeout."""
+    import dataclasses
+
+    from study import evaluation, pipelines, training, tuning
+
+    spec = pipelines.load("cnn_seed3")  # quick: 2 trials in 200 s, 50 epochs capped at 240 s
+    recipe = spec.budget("quick")
+    cut = dataclasses.replace(recipe, timeout=40.0, fit={**recipe.fit, "epochs": 8})
+    every = tuning.TuneResult("s", {}, 0.9, recipe.n_trials, 0, 1.0)
+    eight = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 8})
+    assert evaluation.limited_by(spec, recipe, cut, every, eight, 50) == \
+        "2/2 trials; 8/50 epochs (time budget)"
+    # a cut allotment that still ran every trial and stopped early on its own: no budget
+    six = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 6})
+    assert evaluation.limited_by(spec, recipe, cut, every, six, 50) == \
+        "2/2 trials; 6/50 epochs (early stopping)"
+    roomy = dataclasses.replace(recipe, fit={**recipe.fit, "max_seconds": 600.0})
+    full = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 50})
+    assert evaluation.limited_by(spec, recipe, roomy, every, full, 50) == "2/2 trials; 50/50 epochs"
+    one = tuning.TuneResult("s", {}, 0.9, 1, 0, 1.0)
+    assert evaluation.limited_by(spec, recipe, cut, one, full, 50).startswith(
+        "1/2 trials (time budget); ")
+    failed = tuning.TuneResult("s", {}, 0.9, 1, 0, 1.0, n_failed=1)
+    assert evaluation.limited_by(spec, recipe, recipe, failed, full, 50).startswith(
+        "1/2 trials; 1 failed; ")
+    # the budget left no room to tune at all: still the recipe's trials as the denominator
+    untuned = tuning.TuneResult("s", {}, None, 0, 0, 0.0)
+    assert evaluation.limited_by(spec, recipe, dataclasses.replace(cut, n_trials=0), untuned,
+                                 eight, 50) == "0/2 trials (time budget); 8/50 epochs (time budget)"
+    # its time cap cut by the budget stopped the fit
+    capped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 12}, notes=[
+        "time limit: stopped after 12 of 50 epochs (max_seconds 90)"])
+    shorter = dataclasses.replace(recipe, fit={**recipe.fit, "max_seconds": 90.0})
+    assert evaluation.limited_by(spec, recipe, shorter, every, capped, 50) == \
+        "2/2 trials; 12/50 epochs (time budget)"
+
+
+def test_leaderboard_shows_limited_by():
     rows = leaderboard.rank([{**run("a", 0.9, 0.9, 1.0), "limited_by": "16/16 epochs"}])
     assert "16/16 epochs" in leaderboard.render_markdown(rows)

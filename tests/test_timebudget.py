@@ -172,7 +172,7 @@ def test_compare_prints_its_plan_before_any_work_and_keeps_its_budget(tmp_path):
     assert parent.data.metrics["budget_minutes"] == 1.5
     assert parent.data.metrics["total_seconds"] <= 1.05 * 90  # data to written report
     assert "plan.txt" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert "limited by" in proc.stdout and "(time budget)" in proc.stdout
+    assert "limited by" in proc.stdout  # "(time budget)" only where a budget cut a model short
     # a second budgeted compare in the same store estimates from the first one's runs
     again = subprocess.run(
         [sys.executable, "-m", "study", "compare", "--profile", "smoke", "--pipelines",

@@ -115,6 +115,13 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tiny, tmp_path, monke
         in capsys.readouterr().err
     study = optuna.load_study(study_name=tuning.study_name(spec, "smoke", 5), storage=storage)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    # the leaderboard says the trial failed, not that a timeout cut the trials (issue 42, 4)
+    from study import evaluation
+
+    assert (result.n_trials, result.n_failed) == (1, 1)
+    budget = spec.budget("smoke")
+    assert evaluation.limited_by(spec, budget, budget, result, training.FitResult(
+        None, "sklearn", 1.0), None) == f"1/{budget.n_trials} trials; 1 failed"
 
     # every trial failing: the pipeline fails, with the reason and where to fix it
     monkeypatch.setattr(training, "fit", lambda *a, **k: 1 / 0)

@@ -20,6 +20,7 @@ class TuneResult:
     seconds: float  # tuning wall time of this invocation
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per finished trial
     importances: dict[str, float] = field(default_factory=dict)  # fANOVA, over all complete trials
+    n_failed: int = 0  # trials that raised (state FAIL) in the study: not in n_trials
 
 
 FINISHED = ("COMPLETE", "PRUNED")
@@ -137,6 +138,7 @@ def summarize(study, spec: PipelineSpec, budget: Budget, seed: int,
         seconds=seconds,
         history=history,
         importances=param_importances(study, seed) if complete else {},
+        n_failed=len(spent) - len(trials),
     )
 
 
