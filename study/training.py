@@ -41,11 +41,19 @@ REDUCER_PREFIX = "reduce__"
 class FitResult:
     model: Any  # a fitted sklearn Pipeline or a Keras Model
     kind: str
-    fit_seconds: float
+    fit_seconds: float  # this model's own final fit (a boosted member's out-of-fold pair too)
     history: dict[str, list[float]] = field(default_factory=dict)  # per-epoch, networks only
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
     notes: list[str] = field(default_factory=list)  # e.g. "did not converge in max_iter"
     info: dict[str, Any] = field(default_factory=dict)  # runtime facts, e.g. the precision used
+    base_seconds: float = 0.0  # the logged fit_seconds of the final model it is built on
+
+    @property
+    def total_seconds(self) -> float:
+        """The study's one fit_seconds: the time to produce this model from the data,
+        including the final models it is built on (a specialist's generalist), each counted
+        once; tuning is not in it (tuning_seconds)."""
+        return self.fit_seconds + self.base_seconds
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         return predict_proba(self.model, self.kind, images)

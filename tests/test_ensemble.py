@@ -329,3 +329,69 @@ def test_compare_killed_before_its_ensemble_reruns_only_the_ensemble(tmp_path, s
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{resumed.info.run_id}'")}
     assert sorted(rows) == ["ensemble", "knn", "logreg"]
     assert rows["ensemble"].info.status == "FINISHED" and rows["ensemble"].data.tags["rank"]
+
+
+def test_the_ensembles_cost_counts_each_model_underneath_once_and_times_every_test_image(
+        tracking_store, tiny, fmnist, monkeypatch):
+    """Issue 42, findings 5 and 7. Two specialists built on one generalist: their fit_seconds
+    each include the generalist's, so the ensemble's is the own fit of every distinct model
+    underneath (10 + 3 + 4 s), not the sum of its members' figures (37 s). Its prediction is
+    timed the way every final model's is: in this process, on every test image."""
+    from sklearn.linear_model import LogisticRegression
+
+    from study import evaluation
+    from study.tracking import ensemble_run
+    from study.training import FitResult, features
+
+    client = mlflow.MlflowClient()
+    exp_id = mlflow.set_experiment(config.EXPERIMENT_NAME).experiment_id
+    parent = client.create_run(exp_id, tags={"role": "compare"}).info.run_id
+
+    def logged(metrics: dict[str, float], tags: dict[str, str]) -> str:
+        run = client.create_run(exp_id, tags={"role": "final", **tags}).info.run_id
+        for key, value in metrics.items():
+            client.log_metric(run, key, value)
+        return run
+
+    general = logged({"fit_seconds": 10.0, "own_fit_seconds": 10.0, "tuning_seconds": 5.0}, {})
+    special = [logged({"fit_seconds": 10.0 + own, "own_fit_seconds": own},
+                      {"generalist_run_id": general}) for own in (3.0, 4.0)]
+    assert ensemble_run.cost_of([*special, general]) == {"fit_seconds": 17.0,
+                                                         "tuning_seconds": 5.0}
+    assert ensemble_run.cost_of(special) == {"fit_seconds": 17.0, "tuning_seconds": 5.0}
+    # a run logged before own_fit_seconds: its fit_seconds was its own fit
+    assert ensemble_run.cost_of([logged({"fit_seconds": 6.0}, {})])["fit_seconds"] == 6.0
+
+    flat = features("sklearn", tiny.x_train)
+
+    def final(name: str, c: float) -> None:
+        fit = FitResult(LogisticRegression(C=c, max_iter=300).fit(flat, tiny.y_train), "sklearn",
+                        0.0)
+        with mlflow.start_run(run_name=name, tags={
+                "role": "final", "pipeline": name, "family": "linear",
+                "mlflow.parentRunId": parent}):
+            tracking.log_model(fit, "-", tiny.x_val[:5])
+            mlflow.log_metrics({"fit_seconds": c * 100, "own_fit_seconds": c * 100})
+            for split, x in (("val", tiny.x_val), ("test", fmnist.x_test)):
+                np.save(f"{split}_proba.npy", fit.predict_proba(x))
+                mlflow.log_artifact(f"{split}_proba.npy", "evaluation")
+
+    final("strong", 0.1)
+    final("weak", 0.001)
+    timed = []
+
+    def recording(predict, images):
+        proba, seconds = evaluation.timed_proba(predict, images)
+        timed.append((len(images), proba.shape, seconds))
+        return proba, seconds
+
+    monkeypatch.setattr(ensemble_run, "timed_proba", recording)
+    result = ensemble_stage.run(parent, "smoke", tiny.y_val, fmnist.y_test, fmnist.x_test, "")
+    run = client.get_run(result.run_id)
+    members = [r["run_id"] for r in tracking.final_runs(parent)
+               if r["pipeline"] in run.data.params["members"].split(",")]
+    assert run.data.metrics["fit_seconds"] == ensemble_run.cost_of(members)["fit_seconds"]
+    (rows, shape, seconds), = timed  # every test image, not a sample of 1,000
+    assert rows == len(fmnist.x_test) == 10_000 and shape == (10_000, 10)
+    assert run.data.metrics["predict_seconds"] == pytest.approx(seconds)
+    assert run.data.metrics["predict_ms_per_1000"] == pytest.approx(seconds * 100)

@@ -157,3 +157,31 @@ def test_a_specialist_without_its_generalists_model_fails_in_one_line(tiny, trac
                            "final model in this compare"):
             compare.final_fit(spec, tuning.final_params(spec, spec.budget("smoke"), {}), tiny,
                               1, parent_id)
+
+
+def test_a_specialists_fit_seconds_include_its_generalists(tiny, tracking_store):
+    """Issue 42, finding 5: the folded model contains its generalist, so its fit_seconds is
+    its own network's fit plus the generalist's fit_seconds as logged (own_fit_seconds keeps
+    its own); before, it was its own network's time only."""
+    import mlflow
+
+    from study import compare, tracking
+    from study.evaluation import evaluate
+    from study.tracking.runs import _final_metrics
+
+    spec = pipelines.load("cnn_upper")
+    # an untrained generalist network will do: only its logged fit_seconds matter here
+    general = training.FitResult(cnn_modern(widths="8-8", steps_per_epoch=2, epochs=1),
+                                 "keras", 0.0)
+    with tracking.compare_run("smoke", 1, [spec.generalist, spec.name]) as parent_id:
+        with mlflow.start_run(run_name=spec.generalist, nested=True, tags={
+                "role": "final", "pipeline": spec.generalist}):
+            tracking.log_model(general, "none", tiny.x_val[:5])
+            mlflow.log_metric("fit_seconds", 123.0)
+        fit, _ = compare.final_fit(spec, tuning.final_params(spec, spec.budget("smoke"), {}),
+                                   tiny, 1, parent_id)
+    metrics = _final_metrics(tuning.TuneResult("s", {}, None, 0, 0, 0.0), fit,
+                             evaluate(tiny.y_test, fit.predict_proba(tiny.x_test)), 0.5, 0.1,
+                             1, 1)
+    assert 0 < metrics["own_fit_seconds"] < 123.0
+    assert metrics["fit_seconds"] == pytest.approx(123.0 + metrics["own_fit_seconds"])
