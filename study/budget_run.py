@@ -54,8 +54,7 @@ def plan_text(specs, budgets, found, clock: timebudget.Clock, speed: float | Non
     allotments = timebudget.plan(specs, budgets, found, clock)
     shares = {spec.name: spec.share for spec in specs}
     rows = [[a.name, f"{shares[a.name]:g}", a.describe()] for a in allotments]
-    expected = sum(min(a.estimate.seconds, a.seconds) if a.estimate else a.seconds
-                   for a in allotments if not a.skipped)
+    expected = sum(a.expected for a in allotments if not a.skipped)
     probe = (f"; this machine runs at {speed:.2f}x the speed the YAML costs were measured at"
              if speed else "")
     head = (f"plan for {clock.seconds / 60:g} minutes ({clock.elapsed():.0f} s spent on the data; "

@@ -54,6 +54,8 @@ class Estimate:
         its trials and epochs at the measured rates."""
         tuning = (self.trial_seconds * budget.n_trials if self.trials and budget.n_trials
                   else self.tuning_seconds)
+        if self.trials and budget.n_trials:  # Optuna stops at its timeout, one trial in hand
+            tuning = min(tuning, budget.timeout + self.trial_seconds)
         fit = self.fit_seconds
         if self.epochs:
             fit = self.epoch_seconds * int(budget.fit.get("epochs", self.epochs))
@@ -100,6 +102,14 @@ class Allotment:
     skipped: str = ""  # why it was skipped ("budget: ...")
     estimate: Estimate | None = None
 
+    @property
+    def expected(self) -> float:
+        """What it should spend: its estimate of this budget (a store estimate may come from
+        a cut run), at most its allowance; the allowance when there is no estimate."""
+        if self.estimate is None or self.budget is None:
+            return self.seconds
+        return min(self.estimate.configured(self.budget), self.seconds)
+
     def describe(self) -> str:
         if self.skipped:
             return f"skip ({self.skipped})"
@@ -109,7 +119,7 @@ class Allotment:
         epochs, cap = b.fit.get("epochs"), b.fit.get("max_seconds")
         if epochs:
             parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
-        guess = f"~{self.estimate.seconds:.0f} s ({self.estimate.source})" if self.estimate \
+        guess = f"~{self.expected:.0f} s ({self.estimate.source})" if self.estimate \
             else "no estimate"
         return f"{self.seconds:.0f} s allowed: {', '.join(parts) or 'one fit'}; {guess}"
 
@@ -214,8 +224,7 @@ def plan(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
     fake = Clock(clock.seconds, clock.reserve, now=lambda: spent[0], start=0.0)
 
     def expect(spec, allotment: Allotment) -> Allotment:
-        guess = allotment.estimate.seconds if allotment.estimate else allotment.seconds
-        spent[0] += min(guess, allotment.seconds)
+        spent[0] += allotment.expected
         return allotment
 
     return list(schedule(specs, budgets, estimates, fake, expect, lambda s, a: a))

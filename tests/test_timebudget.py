@@ -139,14 +139,58 @@ def test_a_cheap_pipeline_runs_whatever_its_share():
     assert timebudget.share_of(specs[0], specs, estimates, 300.0) < 300.0
 
 
-def test_the_plan_expects_what_the_schedule_does():
+def test_the_plan_expects_what_the_schedule_does(tracking_store, caplog):
+    """budget_run.run prints the plan, then runs the schedule: when every pipeline costs what
+    its estimate says of the allotment it runs with, each one's line says the allotment its
+    plan row said. The network's estimate comes from a cut run in the store (2 of its 16
+    epochs: 88 s) and it has the time for all 16 (592 s), which the plan must expect."""
+    import logging
+
+    from study import budget_run, tracking
+
+    client = mlflow.MlflowClient()
+    exp_id = mlflow.set_experiment(config.EXPERIMENT_NAME).experiment_id
+    parent = client.create_run(exp_id, tags={"role": "compare"}).info.run_id
+    for name, metrics in {
+            "net": {"pipeline_seconds": 88.0, "fit_seconds": 72.0, "epochs_run": 2},
+            "svm": {"pipeline_seconds": 200.0, "fit_seconds": 50.0, "tuning_seconds": 140.0,
+                    "n_trials": 5},
+            "tiny": {"pipeline_seconds": 5.0, "fit_seconds": 1.0}}.items():
+        run = client.create_run(exp_id, tags={"role": "final", "pipeline": name,
+                                              "profile": "quick"}).info.run_id
+        for key, value in metrics.items():
+            client.log_metric(run, key, value)
+        client.set_terminated(run)
+
+    @dataclass
+    class Planned(Spec):
+        cost = {}
+
+        def budget(self, profile):
+            return BUDGETS[self.name]
+
     now = FakeTime()
-    clock = Clock(600.0, reserve=45.0, now=now)
-    specs = [Spec("net", share=4), Spec("huge"), Spec("tiny")]
-    planned = timebudget.plan(specs, BUDGETS, ESTIMATES, clock)
-    assert [a.name for a in planned if a.skipped] == ["huge"]
-    assert clock.elapsed() == 0.0  # planning spends nothing
-    assert "epochs, cap" in planned[0].describe()
+    clock = Clock(1500.0, reserve=45.0, now=now)
+    specs = [Planned("net", share=4), Planned("svm", share=6, searches=True), Planned("tiny")]
+    found, _ = budget_run.estimates(specs, "quick", parent)
+    ran = []
+
+    def attempt(spec, budget):  # it costs what its estimate says of the budget it runs with
+        ran.append(spec.name)
+        now.t += found[spec.name].configured(budget)
+
+    with caplog.at_level(logging.INFO, logger="study.budget_run"):
+        list(budget_run.run([(f"pipeline {i}", s) for i, s in enumerate(specs, 1)], "quick",
+                            clock, parent, attempt, lambda name, why: None))
+    assert ran == ["net", "svm", "tiny"]
+    rows = tracking.load_text(parent, "plan.txt").splitlines()
+    planned = {line.split()[0]: line.split(None, 2)[2] for line in rows[3:]
+               if line.split() and line.split()[0] in ran}
+    done = {r.getMessage().split()[3]: r.getMessage().split("; ", 1)[1]
+            for r in caplog.records if r.getMessage().startswith("=== pipeline")}
+    assert done == planned
+    assert "16 epochs" in done["net"]  # the whole recipe fits: nothing was cut
+    assert clock.seconds - clock.elapsed() >= clock.reserve
 
 
 def test_compare_prints_its_plan_before_any_work_and_keeps_its_budget(tmp_path):
