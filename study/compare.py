@@ -99,7 +99,8 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
         )
     logger.info(f"[{spec.name}] test_accuracy={evaluation.accuracy:.4f} "
                 f"test_macro_f1={evaluation.macro_f1:.4f} val_accuracy={val_accuracy:.4f} "
-                f"fit={fit.total_seconds:.1f}s{' [' + '; '.join(fit.notes) + ']' if fit.notes else ''}")
+                f"fit={fit.total_seconds:.1f}s"
+                f"{' [' + '; '.join(fit.notes) + ']' if fit.notes else ''}")
     return run_id
 
 
