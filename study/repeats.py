@@ -107,9 +107,9 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
                 results[spec.name].append(test_acc)
                 tracking.log_repeat(parent_id, spec.name, seed, {
                     "test_accuracy": test_acc, "val_accuracy": val_acc,
-                    "fit_seconds": fit.fit_seconds})
+                    "fit_seconds": fit.total_seconds})
                 logger.info(f"[repeats] {spec.name} seed {seed} ({i}/{seeds}): test "
-                            f"{test_acc:.4f} val {val_acc:.4f} ({fit.fit_seconds:.0f}s)")
+                            f"{test_acc:.4f} val {val_acc:.4f} ({fit.total_seconds:.0f}s)")
         summary = summarize(results, {r["pipeline"]: r["test_accuracy"] for r in chosen})
         summary.update(compare_run_id=compare_id, profile=profile.name, seeds=seed_list,
                        notes=notes, seconds=time.perf_counter() - started, run_id=parent_id)
