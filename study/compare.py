@@ -125,7 +125,8 @@ def final_fit(spec, params: dict[str, Any], splits: data.Splits, seed: int,
     fit, val_proba = specialists.final_fit(spec, params, splits, seed,
                                            tracking.load_network(general["run_id"]), progress)
     fit.info["generalist_run_id"] = general["run_id"]
-    fit.base_seconds = float(general["metrics"].get("fit_seconds", 0.0))  # its own base too
+    # its generalist's fit_seconds, with whatever that one is built on
+    fit.base_seconds = float(general["metrics"].get("fit_seconds", 0.0))
     return fit, val_proba
 
 
