@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import mlflow
 import pytest
 
-from study import cli, config, repeats, report, tracking
+from study import cli, compare, config, data, pipelines, repeats, report, tracking, tuning
 from study.errors import ConfigError
 
 
@@ -30,6 +31,75 @@ def test_an_ensemble_is_passed_over_for_its_members():
             {"pipeline": "svm", "family": "svm", "rank": 3}]
     chosen, notes = repeats.pick(rows, 1)
     assert [r["pipeline"] for r in chosen] == ["cnn"] and "ensemble (rank 1)" in notes[0]
+
+
+def _logged(fitted: dict, tuned: dict, run_id: str = "r1") -> dict:
+    """A final run as tracking.final_runs returns it, with params as tracking.log_final
+    logs them (str of each value)."""
+    params = {"pipeline": "cnn_modern", "reducer": "none", "model": "cnn_modern",
+              "profile": "quick", "seed": "2020",
+              **{k: str(v) for k, v in fitted.items()},
+              **{f"best.{k}": str(v) for k, v in tuned.items()}}
+    return {"run_id": run_id, "pipeline": "cnn_modern", "params": params}
+
+
+def test_the_refit_uses_what_the_final_run_logged_not_the_profile_recipe():
+    spec, profile = pipelines.load("cnn_modern"), config.profile("quick")
+    recipe = spec.budget(profile)
+    assert recipe.fit["epochs"] == 16
+    # a time budget cut the compare's fit to 2 epochs and 30 s; tuning chose a small rate
+    cut = dataclasses.replace(recipe, fit={**recipe.fit, "epochs": 2, "max_seconds": 30.0})
+    tuned = {"learning_rate": 9e-05}
+    fitted = tuning.final_params(spec, cut, tuned)
+    params = repeats.logged_fit_params(spec, profile, _logged(fitted, tuned))
+    assert params == fitted  # exactly, types included (9e-05 a float, ema 0.99, widths a str)
+    assert params["epochs"] == 2 and params["max_seconds"] == 30.0
+    assert params["learning_rate"] == 9e-05 and params["widths"] == "24-48-96-96"
+
+    # the other type traps: a tuned "53" stays a string (hidden layer widths, as the old
+    # YAML reading made it an int the builder refuses), a tuned 3e-06 is a number
+    mlp = pipelines.load("mlp_seed")
+    mlp_tuned = {"hidden": "53", "l2": 3e-06, "batch_size": 32, "activation": "relu"}
+    mlp_fitted = tuning.final_params(mlp, mlp.budget("smoke"), mlp_tuned)
+    assert repeats.logged_fit_params(mlp, config.profile("smoke"),
+                                     _logged(mlp_fitted, mlp_tuned)) == mlp_fitted
+
+    # a run that did not log a parameter of the recipe is refused, never refitted by recipe
+    older = _logged({k: v for k, v in fitted.items() if k != "epochs"}, tuned, "old1")
+    with pytest.raises(ConfigError, match=r"final run old1 \(cnn_modern\) logged no epochs"):
+        repeats.logged_fit_params(spec, profile, older)
+    truncated = _logged({**fitted, "widths": "8-" * 3000}, tuned, "cut1")
+    with pytest.raises(ConfigError, match="holds widths truncated"):
+        repeats.logged_fit_params(spec, profile, truncated)
+
+
+@pytest.mark.slow
+def test_a_budget_cut_compare_is_repeated_with_its_cut_epochs(tracking_store, real_dir):
+    """A real compare run whose time budget cut mlp_seed's smoke fit from 2 epochs to 1: each
+    repeat fits 1 epoch, as the compare did."""
+    spec, profile = pipelines.load("mlp_seed"), config.profile("smoke")
+    assert spec.budget(profile).fit["epochs"] == 2
+    cut = dataclasses.replace(spec.budget(profile), n_trials=0,
+                              fit={"epochs": 1, "max_seconds": 120.0})
+    splits = data.make_splits(data.load(real_dir), profile)
+    tracking.configure()
+    url = tuning.resolve_storage(None)
+    setup = compare.TuningSetup(url, tuning.open_storage(url))
+    with tracking.compare_run(profile.name, config.SEED, [spec.name]) as parent_id:
+        tracking.log_metrics({"budget_minutes": 1.0})
+        final_id = compare.run_pipeline(spec, profile, splits, config.SEED, setup, parent_id,
+                                        data.fingerprint(splits), cut)
+    final = mlflow.MlflowClient().get_run(final_id)
+    assert final.data.params["epochs"] == "1" and final.data.metrics["epochs_run"] == 1
+
+    summary = repeats.run(parent_id, seeds=2, top=1, data_dir=str(real_dir))
+    children = mlflow.MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name(config.EXPERIMENT_NAME + tracking.REPEATS_SUFFIX)
+         .experiment_id], f"tags.mlflow.parentRunId = '{summary['run_id']}'")
+    assert len(children) == 2
+    for child in children:  # the profile says 2 epochs; the compare fitted 1, and so do they
+        assert child.data.params["epochs"] == "1" and child.data.metrics["epochs_run"] == 1
+        assert child.data.params["max_seconds"] == "120.0"
 
 
 @pytest.mark.slow
@@ -67,6 +137,7 @@ def test_repeats_of_a_compare_leave_its_leaderboard_alone(tracking_store, capsys
     built = report.build(compare.info.run_id)
     text = (built.html.parent / "report.md").read_text()
     assert "Seed repeats (training variance)" in text and run.info.run_id in text
+    assert "the parameters each final run logged: tuned values, epochs and caps" in text
     dom = render_dom(built.html)  # and renders like the other sections
     assert re.search(r'<h2 id="s\d+">\d+\. Seed repeats \(training variance\)</h2>', dom)
     assert re.search(r"<td>\d\.\d{4} \+/- \d\.\d{4}</td>", dom)
@@ -80,3 +151,4 @@ def test_repeats_of_a_compare_leave_its_leaderboard_alone(tracking_store, capsys
     monkeypatch.setenv(config.PIPELINES_ENV, str(folder))
     with pytest.raises(ConfigError, match="pipeline logreg changed since compare"):
         repeats.run(compare.info.run_id, seeds=2, top=2)
+
