@@ -62,18 +62,26 @@ def logged_fit_params(spec, profile, run: dict[str, Any]) -> dict[str, Any]:
 
 
 def pick(rows: list[dict[str, Any]], top: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """The `top` best-ranked models that can be refitted (an ensemble refits nothing of its
-    own: its members are the models to repeat), and notes on what was passed over."""
+    """The `top` best-ranked models that can be refitted, and notes on what was passed over:
+    an ensemble trains nothing of its own, so the next-ranked single models take its place."""
     chosen, notes = [], []
     for row in rows:
         if len(chosen) == top:
             break
         if row.get("family") == "ensemble":
-            notes.append(f"{row['pipeline']} (rank {row['rank']}) passed over: an ensemble "
-                         "trains nothing itself; its members are repeated")
+            notes.append(f"{row['pipeline']} (rank {row['rank']}) passed over: the ensemble is "
+                         "not refitted; the next-ranked single models are repeated instead")
             continue
         chosen.append(row)
     return chosen, notes
+
+
+def held_fixed(specs) -> list[str]:
+    """What a repeat does not refit: a specialist is folded into the compare's own generalist
+    network each seed (refitting that too would double the cost), so say so."""
+    return [f"{spec.name} held fixed: the compare's {spec.generalist} network, into which each "
+            f"seed's {spec.name} is folded; this spread leaves out {spec.generalist}'s seed "
+            "variance" for spec in specs if spec.generalist]
 
 
 def summarize(results: dict[str, list[float]], original: dict[str, float]) -> dict[str, Any]:
@@ -122,6 +130,7 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
     # before any training
     fitted = {r["pipeline"]: logged_fit_params(specs[r["pipeline"]], profile, runs[r["run_id"]])
               for r in chosen}
+    notes += held_fixed(specs.values())
     seed_list = [base_seed + k for k in range(1, seeds + 1)]
     parent_id = tracking.start_repeats(compare, profile.name, seed_list,
                                        [r["pipeline"] for r in chosen])

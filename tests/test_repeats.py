@@ -25,12 +25,23 @@ def test_summary_on_constructed_accuracies():
         repeats.verdict(steady)
 
 
-def test_an_ensemble_is_passed_over_for_its_members():
+def test_an_ensemble_is_passed_over_and_the_note_says_what_is_repeated_instead():
     rows = [{"pipeline": "ensemble", "family": "ensemble", "rank": 1},
             {"pipeline": "cnn", "family": "cnn", "rank": 2},
             {"pipeline": "svm", "family": "svm", "rank": 3}]
     chosen, notes = repeats.pick(rows, 1)
-    assert [r["pipeline"] for r in chosen] == ["cnn"] and "ensemble (rank 1)" in notes[0]
+    assert [r["pipeline"] for r in chosen] == ["cnn"]
+    # its members are not what is repeated: the next-ranked single models are
+    assert "ensemble (rank 1)" in notes[0] and "members" not in notes[0]
+    assert "not refitted; the next-ranked single models are repeated instead" in notes[0]
+
+
+def test_a_specialist_says_its_generalist_is_held_fixed():
+    specialist, plain = pipelines.load("cnn_upper"), pipelines.load("cnn_modern")
+    (note,) = repeats.held_fixed([plain, specialist])
+    assert note.startswith("cnn_upper held fixed: the compare's cnn_modern network")
+    assert "leaves out cnn_modern's seed variance" in note
+    assert repeats.held_fixed([plain]) == []
 
 
 def _logged(fitted: dict, tuned: dict, run_id: str = "r1") -> dict:
@@ -122,8 +133,12 @@ def test_repeats_of_a_compare_leave_its_leaderboard_alone(tracking_store, capsys
 
     run = tracking.repeats_run_of(compare.info.run_id)
     summary = tracking.load_json(run.info.run_id, "repeats/repeats.json")
-    # the ensemble (if it ranks in the top 2) is passed over: its members are repeated
+    # the ensemble (if it ranks in the top 2) is passed over for the next-ranked models
     assert sorted(summary["models"]) == ["knn", "logreg"] and summary["seeds"] == [2021, 2022]
+    ranks = {r["pipeline"]: int(r["rank"]) for r in tracking.final_runs(compare.info.run_id)}
+    passed = [n for n in summary["notes"] if n.startswith("ensemble")]
+    assert len(passed) == (ranks.get("ensemble", 99) <= 2)
+    assert all("next-ranked single models are repeated instead" in n for n in passed)
     for model in summary["models"].values():
         assert model["n"] == 2 and 0.3 < model["mean"] <= 1.0 and model["std"] >= 0
     children = client.search_runs([run.info.experiment_id],
