@@ -84,6 +84,14 @@ def held_fixed(specs) -> list[str]:
             "variance" for spec in specs if spec.generalist]
 
 
+def time_limited(name: str, seed: int, fit, compare_epochs: float | None) -> list[str]:
+    """A note when the logged time cap (max_seconds) stopped this seed's fit early: a cap
+    binds by this machine's speed, so that seed trained less than its epochs say."""
+    ran = "" if compare_epochs is None else f"; the compare's fit ran {compare_epochs:.0f}"
+    return [f"{name} seed {seed}: {note}{ran}" for note in fit.notes
+            if note.startswith("time limit:")]
+
+
 def summarize(results: dict[str, list[float]], original: dict[str, float]) -> dict[str, Any]:
     """Mean, standard deviation (n-1), range per model, and how often the models' order by
     test accuracy (the compare's order) holds seed by seed."""
@@ -147,6 +155,8 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
                 test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
                 val_acc = training.accuracy(val_proba, splits.y_val)
                 results[spec.name].append(test_acc)
+                notes += time_limited(spec.name, seed, fit,
+                                      runs[row["run_id"]]["metrics"].get("epochs_run"))
                 epochs = {"epochs_run": len(fit.history["loss"])} if fit.history.get("loss") \
                     else {}
                 tracking.log_repeat(parent_id, spec.name, seed, {

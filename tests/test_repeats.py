@@ -10,7 +10,8 @@ import shutil
 import mlflow
 import pytest
 
-from study import cli, compare, config, data, pipelines, repeats, report, tracking, tuning
+from study import (cli, compare, config, data, pipelines, repeats, report, tracking, training,
+                   tuning)
 from study.errors import ConfigError
 
 
@@ -84,6 +85,15 @@ def test_the_refit_uses_what_the_final_run_logged_not_the_profile_recipe():
     truncated = _logged({**fitted, "widths": "8-" * 3000}, tuned, "cut1")
     with pytest.raises(ConfigError, match="holds widths truncated"):
         repeats.logged_fit_params(spec, profile, truncated)
+
+
+def test_a_seed_stopped_by_its_time_cap_is_noted():
+    capped = training.FitResult(None, "keras", 30.0, notes=[
+        "time limit: stopped after 3 of 8 epochs (max_seconds 30)", "other"])
+    assert repeats.time_limited("cnn", 2021, capped, 8.0) == [
+        "cnn seed 2021: time limit: stopped after 3 of 8 epochs (max_seconds 30); the "
+        "compare's fit ran 8"]
+    assert repeats.time_limited("cnn", 2021, training.FitResult(None, "keras", 9.0), 8.0) == []
 
 
 @pytest.mark.slow
