@@ -309,8 +309,9 @@ def repeats_section(ctx: Context) -> Section | None:
     run, summary = ctx.repeats
     section = Section("Seed repeats (training variance)")
     section.para(f"Repeats run {run.info.run_id}: the top models refitted with "
-                 f"seeds {', '.join(map(str, summary['seeds']))} (same tuned parameters, "
-                 f"same data, each scored on the test set once; "
+                 f"seeds {', '.join(map(str, summary['seeds']))} (the parameters each final "
+                 "run logged: tuned values, epochs and caps; same data, each scored on the "
+                 f"test set once; "
                  f"{summary['seconds'] / 60:.1f} min). The leaderboard's intervals cover "
                  "the sampling of the test images; this is the spread from training. "
                  "These refits never change the leaderboard. " + repeats.verdict(summary))

@@ -24,7 +24,7 @@ Modules:
   common       the role tag, param and timestamp formats
 """
 
-from study.tracking.common import ROLE
+from study.tracking.common import PARAM_CHARS, ROLE
 from study.tracking.ensemble_run import log_ensemble, log_ensemble_model
 from study.tracking.environment import environment, pinned, pip_requirements
 from study.tracking.queries import (budgeted_compares, download_artifact, failed_runs,
@@ -45,7 +45,7 @@ from study.tracking.store import (check_can_write, configure, ensure_experiment,
                                   tuning_experiment_id, ui_command)
 
 __all__ = [
-    "ROLE", "log_ensemble", "log_ensemble_model", "environment", "pinned", "pip_requirements", "download_artifact", "failed_runs",
+    "PARAM_CHARS", "ROLE", "log_ensemble", "log_ensemble_model", "environment", "pinned", "pip_requirements", "download_artifact", "failed_runs",
     "final_run_of", "final_runs", "find_compare_run", "load_json", "load_network", "load_npy",
     "load_pyfunc", "metric_history", "pipeline_timings", "budgeted_compares", "load_text",
     "tuning_runs", "register_champion", "adopt_finished", "mark_stale_runs", "TuningLog",

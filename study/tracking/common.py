@@ -15,9 +15,12 @@ def param(key: str, value: Any):
     return Param(key, param_str(value))
 
 
+PARAM_CHARS = 6000  # the most the SQL stores hold in a param value
+
+
 def param_str(value: Any) -> str:
-    """A param value as MLflow stores it (the SQL stores hold 6,000 characters at most)."""
-    return str(value)[:6000]
+    """A param value as MLflow stores it, cut to PARAM_CHARS."""
+    return str(value)[:PARAM_CHARS]
 
 
 def now_ms() -> int:

@@ -73,8 +73,10 @@ def start_repeats(compare, profile: str, seeds: list[int], pipelines: list[str])
     return run.info.run_id
 
 
-def log_repeat(parent_id: str, pipeline: str, seed: int, metrics: dict[str, float]) -> str:
-    """One refit of one model with one seed, as a finished child of the repeats run."""
+def log_repeat(parent_id: str, pipeline: str, seed: int, metrics: dict[str, float],
+               params: dict[str, Any] | None = None) -> str:
+    """One refit of one model with one seed, as a finished child of the repeats run, with the
+    fit parameters it used (`params`)."""
     import mlflow
     from mlflow.entities import Metric
 
@@ -84,7 +86,8 @@ def log_repeat(parent_id: str, pipeline: str, seed: int, metrics: dict[str, floa
                                tags={ROLE: "repeat", "pipeline": pipeline,
                                      "mlflow.parentRunId": parent_id}).info.run_id
     now = now_ms()
-    client.log_batch(run_id, params=[param("pipeline", pipeline), param("seed", seed)],
+    fit = [param(k, v) for k, v in (params or {}).items() if k not in ("pipeline", "seed")]
+    client.log_batch(run_id, params=[param("pipeline", pipeline), param("seed", seed), *fit],
                      metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
     client.set_terminated(run_id, "FINISHED")
     return run_id
