@@ -148,6 +148,11 @@ def test_the_champion_is_chosen_on_validation_not_on_the_test_set():
 
     table = list(csv.DictReader(io.StringIO(leaderboard.render_csv(rows))))
     assert [line["champion"] for line in table] == ["False", "False", "True"]
+    from study.report.texts import verdict
+
+    assert verdict(rows).startswith(
+        "**val_best**, chosen on validation accuracy (0.9200), scores 0.9300 on test "
+        "(95% CI 0.8625-0.9657); the test maximum is test_max at 0.9500, an optimistic figure")
 
 
 def test_without_the_champions_predictions_nothing_is_called_same():
