@@ -111,9 +111,12 @@ def _compare(args) -> int:
             print(f"  {name}: {reason}")
     champion = leaderboard.champion_of(result.rows)
     if champion:
+        top = result.rows[0]
         print(f"Champion, chosen on validation accuracy: {champion['pipeline']} (validation "
-              f"{champion['val_accuracy']:.4f}, test {champion['test_accuracy']:.4f}; a test "
-              "maximum above it is an optimistic figure)")
+              f"{champion['val_accuracy']:.4f}, test {champion['test_accuracy']:.4f}; "
+              + ("also the test maximum)" if top is champion else
+                 f"the test maximum, {top['pipeline']} at {top['test_accuracy']:.4f}, is an "
+                 "optimistic figure)"))
     if result.registry:
         reg = result.registry
         print(f"Champion registered: models:/{reg['name']}/{reg['version']} "
