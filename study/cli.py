@@ -109,6 +109,14 @@ def _compare(args) -> int:
         print(f"\n{len(result.failures)} pipeline(s) failed (traceback.txt in their runs):")
         for name, reason in result.failures.items():
             print(f"  {name}: {reason}")
+    champion = leaderboard.champion_of(result.rows)
+    if champion:
+        top = result.rows[0]
+        print(f"Champion, chosen on validation accuracy: {champion['pipeline']} (validation "
+              f"{champion['val_accuracy']:.4f}, test {champion['test_accuracy']:.4f}; "
+              + ("also the test maximum)" if top is champion else
+                 f"the test maximum, {top['pipeline']} at {top['test_accuracy']:.4f}, is an "
+                 "optimistic figure)"))
     if result.registry:
         reg = result.registry
         print(f"Champion registered: models:/{reg['name']}/{reg['version']} "

@@ -320,10 +320,13 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
         if failures:  # the next compare reuses this one's finished models (tracking.resume)
             tracking.set_tags(parent_id, {"resumable": "true"})
         tracking.log_metrics({"compare_seconds": time.perf_counter() - start})
-    # The parent run is closed (FINISHED) before the report reads it back from MLflow.
-    result = CompareResult(parent_id, leaderboard.rank(tracking.final_runs(parent_id)),
-                           time.perf_counter() - start, failures, skipped=skipped)
-    _rank_register_report(result, splits.y_test, data_dir)
+    # The parent run is closed (FINISHED) before the report reads it back from MLflow. The
+    # significance is computed here too: the terminal and leaderboard.txt must not depend on
+    # the report succeeding.
+    rows, _ = tracking.ranked(tracking.final_runs(parent_id), splits.y_test)
+    result = CompareResult(parent_id, rows, time.perf_counter() - start, failures,
+                           skipped=skipped)
+    _rank_register_report(result, splits.y_test, data_dir, start)
     result.seconds = time.perf_counter() - start  # data to written report: what a budget holds
     tracking.log_metrics({"total_seconds": result.seconds}, run_id=parent_id)
     return result
@@ -407,18 +410,26 @@ def _one_at_a_time(todo, specs, profile: config.Profile, splits: data.Splits, se
     yield attempt_reduction_figures(specs, splits, seed, parent_id)
 
 
-def _rank_register_report(result: CompareResult, y_test, data_dir: str | None) -> None:
-    """Ranks on the final runs, the champion registered, the report written; a registry or
-    report problem is a failure of its own, never the loss of the models."""
+def _rank_register_report(result: CompareResult, y_test, data_dir: str | None,
+                          start: float) -> None:
+    """Ranks on the final runs, the champion (chosen on validation) registered, the report
+    written; a registry or report problem is a failure of its own, never the loss of the
+    models. `start`: the compare's perf_counter start, for the time up to the report."""
     parent_id, failures = result.run_id, result.failures
     for row in result.rows:
         tracking.set_rank(row["run_id"], row["rank"])
-    if result.rows:  # before the report: a report problem must not cost the registration
+    champion = leaderboard.champion_of(result.rows)
+    if champion:  # before the report: a report problem must not cost the registration
+        logger.info(f"champion: {champion['pipeline']} (best validation accuracy "
+                    f"{champion['val_accuracy']:.4f}; test {champion['test_accuracy']:.4f})")
         try:
-            result.registry = tracking.register_champion(result.rows[0]["run_id"], y_test)
+            result.registry = tracking.register_champion(champion["run_id"], y_test)
         except RegistryError as exc:
             failures["registry"] = str(exc)
             logger.warning(f"registry FAILED ({exc})")
+    # every stage but the report, which shows it (total_seconds, logged after, includes it)
+    tracking.log_metrics({"before_report_seconds": time.perf_counter() - start},
+                         run_id=parent_id)
     try:
         built = report.build(parent_id, data_dir=data_dir)
     except Exception as exc:  # every number is in MLflow already; the report can be rebuilt

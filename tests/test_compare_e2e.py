@@ -122,10 +122,12 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
     # artifacts stayed beside the temporary store, not in the project's ./mlruns
     assert str(smoke_compare["tmp"]) in client.get_run(parent.info.run_id).info.artifact_uri
 
-    # the champion is registered and its alias resolves to the rank-1 run
-    champion = next(c for c in children if c.data.tags["rank"] == "1")
+    # the champion, the best validation accuracy, is registered and its alias resolves to it
+    champion = max(children, key=lambda c: c.data.metrics.get("val_accuracy", -1.0))
     version = client.get_model_version_by_alias(config.REGISTERED_MODEL, config.CHAMPION_ALIAS)
     assert version.run_id == champion.info.run_id
+    assert (f"Champion, chosen on validation accuracy: {champion.data.tags['pipeline']} "
+            in proc.stdout)
     # the report sits in reports/<timestamp>-smoke/ and in the parent run's artifacts
     (folder,) = (smoke_compare["tmp"] / "reports").glob("*-smoke")
     assert {"report.html", "report.md", "leaderboard.csv"} <= {p.name for p in folder.iterdir()}
@@ -232,3 +234,41 @@ def test_bad_input_is_one_line_exit_2(args, message, tmp_path):
     # (with --tracking the store is a server, so the folder itself must stay empty)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
     assert time.monotonic() - started < 60  # said at once, not after minutes of retries
+
+
+def test_a_failed_report_leaves_the_leaderboard_tested_and_the_times_up_to_it(
+        tracking_store, tmp_path, monkeypatch, fmnist):
+    """Issue 42, findings 10, 1 and 13, on a real smoke compare whose report cannot be written
+    (its folder is a file): the leaderboard of the terminal and leaderboard.txt still carry
+    McNemar p-values against the champion chosen on validation, which is the registered
+    model; the time up to the report is logged, shown by a rebuilt report and used by the
+    minutes figure's data (compare_seconds left ranking and registry out)."""
+    from study import compare, leaderboard, report
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv(config.REPORTS_ENV, str(blocker))
+    result = compare.compare("smoke", "dummy,logreg,knn")
+    assert "report" in result.failures and result.report is None
+    (champion,) = [r for r in result.rows if r["selected"]]
+    assert champion["val_accuracy"] == max(r["val_accuracy"] for r in result.rows)
+    others = [r for r in result.rows if r is not champion]
+    assert others and all(r["p_value"] == r["p_value"] for r in others)  # not NaN
+    text = tracking.load_text(result.run_id, "leaderboard.txt")
+    assert "n/a" not in text and "champion (best val acc)" in text
+    assert leaderboard.render_text(result.rows, wide=True) + "\n" == text
+    version = mlflow.MlflowClient().get_model_version(config.REGISTERED_MODEL,
+                                                      result.registry["version"])
+    assert version.run_id == champion["run_id"]
+
+    metrics = mlflow.MlflowClient().get_run(result.run_id).data.metrics
+    assert metrics["compare_seconds"] < metrics["before_report_seconds"] <= metrics["total_seconds"]
+    built = report.build(result.run_id, out_dir=tmp_path / "rebuilt")
+    markdown = built.markdown.read_text()
+    assert f"| compare, all stages before this report | {metrics['before_report_seconds']:.1f} |" \
+        in markdown
+    assert f"**{champion['pipeline']}**, chosen on validation accuracy" in markdown
+    tracking.log_metric(result.run_id, "budget_minutes", 30.0)
+    (budgeted,) = tracking.budgeted_compares(result.run_id, "smoke")
+    assert budgeted["minutes"] == pytest.approx(metrics["total_seconds"] / 60)
+    assert budgeted["champion_accuracy"] == pytest.approx(champion["test_accuracy"])

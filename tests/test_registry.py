@@ -42,15 +42,16 @@ def test_alias_moves_only_on_a_significant_paired_improvement(tracking_store, tm
     first = tracking.register_champion(logged_model_run(150, "first", tmp_path), Y_TEST)
     assert (first["version"], first["alias_moved"]) == (1, True)
 
-    # 20 images more right, none fewer: McNemar p = 2 / 2**20
+    # 20 images more right, none fewer: one-sided McNemar p = 1 / 2**20
     better = tracking.register_champion(logged_model_run(170, "better", tmp_path), Y_TEST)
     assert (better["version"], better["alias_moved"]) == (2, True) and better["p_value"] < 1e-5
     assert holder_version() == 2
 
-    # a strict gain of 2 images (172 vs 170) is not evidence: p = 0.5
+    # a strict gain of 2 images (172 vs 170) is not evidence: one-sided p = 1/4
     slightly = tracking.register_champion(logged_model_run(172, "slightly", tmp_path), Y_TEST)
     assert (slightly["alias_moved"], slightly["alias_version"]) == (False, 2)
-    assert slightly["p_value"] == pytest.approx(0.5)
+    assert slightly["p_value"] == pytest.approx(0.25)
+    assert slightly["reason"].endswith("one-sided McNemar p=0.25 >= 0.05")
     assert "2 right only here, 0 right only there" in slightly["reason"]
 
     worse_run = logged_model_run(160, "worse", tmp_path)
@@ -70,6 +71,20 @@ def test_alias_moves_only_on_a_significant_paired_improvement(tracking_store, tm
     # the alias resolves to a loadable model that answers with probabilities
     model = mlflow.pyfunc.load_model(f"models:/{config.REGISTERED_MODEL}@{config.CHAMPION_ALIAS}")
     assert np.asarray(model.predict(np.zeros((2, 2)))).shape[0] == 2
+
+
+def test_the_alias_rule_is_a_one_sided_test_at_5_percent(tracking_store, tmp_path):
+    """Issue 42, finding 12: the rule was labelled a 5% test but was two-sided p < 5% plus a
+    direction check, one-sided at 2.5%. 9 images gained and 2 lost: one-sided p = 67/2048 =
+    0.0327 moves the alias (two-sided 0.0654 did not)."""
+    tracking.register_champion(logged_model_run(150, "holder", tmp_path), Y_TEST)
+    mask = np.arange(200) < 159
+    mask[148:150] = False  # right on 148 of the holder's 150, and on 9 images it got wrong
+    new = tracking.register_champion(logged_model_run(mask, "gain", tmp_path), Y_TEST)
+    assert new["p_value"] == pytest.approx(67 / 2048)
+    assert new["alias_moved"] and holder_version() == 2
+    assert new["reason"].endswith("9 right only here, 2 right only there, one-sided McNemar "
+                                  "p=0.0327 < 0.05")
 
 
 def test_a_registry_error_leaves_the_alias_where_it_was(tracking_store, tmp_path, monkeypatch):

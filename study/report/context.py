@@ -28,7 +28,7 @@ class Context:
     stamp: datetime  # when the compare started
     folder: Path  # where the report and its figures go
     dataset: Any  # data.FashionMNIST: the test images and labels
-    rows: list[dict[str, Any]]  # the ranked leaderboard, significance added
+    rows: list[dict[str, Any]]  # the ranked leaderboard, champion selected, significance added
     predictions: dict[str, np.ndarray]  # run id -> test predictions
     champion_proba: np.ndarray | None
     ensemble_note: str
@@ -51,7 +51,8 @@ class Context:
 
     @property
     def champion(self) -> dict[str, Any] | None:
-        return self.rows[0] if self.rows else None
+        """The model chosen on validation accuracy (not rank 1, the test maximum)."""
+        return leaderboard.champion_of(self.rows)
 
     @property
     def y_test(self) -> np.ndarray:
@@ -73,11 +74,8 @@ def gather(parent, profile: str, dataset, ensemble_note: str, out_dir: Path | No
     """Read one compare's results; ranks are written back to the final runs on the way."""
     pid = parent.info.run_id
     runs = tracking.final_runs(pid)
-    rows = leaderboard.rank(runs)
-    predictions = {r["run_id"]: tracking.load_npy(r["run_id"], "evaluation/test_predictions.npy")
-                   for r in rows}
-    predictions = {k: v.astype(np.int64) for k, v in predictions.items() if v is not None}
-    leaderboard.add_significance(rows, predictions, dataset.y_test)
+    rows, predictions = tracking.ranked(runs, dataset.y_test)
+    champion = leaderboard.champion_of(rows)
     for row in rows:
         tracking.set_rank(row["run_id"], row["rank"])
     stamp = datetime.fromtimestamp(parent.info.start_time / 1000, tz=timezone.utc)
@@ -87,8 +85,8 @@ def gather(parent, profile: str, dataset, ensemble_note: str, out_dir: Path | No
     return Context(
         parent=parent, profile=profile, stamp=stamp, folder=folder, dataset=dataset, rows=rows,
         predictions=predictions,
-        champion_proba=(tracking.load_npy(rows[0]["run_id"], "evaluation/test_proba.npy")
-                        if rows else None),
+        champion_proba=(tracking.load_npy(champion["run_id"], "evaluation/test_proba.npy")
+                        if champion else None),
         ensemble_note=ensemble_note,
         ensemble_summary=(tracking.load_json(ensemble_row["run_id"], "ensemble/selection.json")
                           if ensemble_row else None),

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from study.config import CLASS_NAMES
+from study.leaderboard import champion_of
 
 # Published references, side by side with ours (the references section).
 ZALANDO = [  # Xiao et al. 2017, Table 3 / the repository's benchmark: best of each family
@@ -28,15 +29,25 @@ SMALL_CNN_RANGE = (0.934, 0.939)  # the best small CNNs in Zalando's benchmark t
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:
-    """Two sentences: who wins and by how much it matters; what the cheaper options cost."""
-    champ = rows[0]
-    same = [r["pipeline"] for r in rows[1:] if r.get("indistinguishable")]
-    untested = [r["pipeline"] for r in rows[1:] if r.get("indistinguishable") is None]
-    first = (f"**{champ['pipeline']}** ranks first with test accuracy {champ['test_accuracy']:.4f}"
+    """Two sentences: which model was chosen, on what, and how its test figure compares; what
+    the cheaper options cost."""
+    champ = champion_of(rows)
+    if champ is None:
+        return ("No model has a validation accuracy, so no champion was chosen; the table is "
+                "ordered by test accuracy, whose maximum is an optimistic figure.")
+    others = [r for r in rows if r is not champ]
+    same = [r["pipeline"] for r in others if r.get("indistinguishable")]
+    untested = [r["pipeline"] for r in others if r.get("indistinguishable") is None]
+    top = rows[0]
+    first = (f"**{champ['pipeline']}**, chosen on validation accuracy "
+             f"({champ['val_accuracy']:.4f}), scores {champ['test_accuracy']:.4f} on test"
              + (f" (95% CI {champ['ci_low']:.4f}-{champ['ci_high']:.4f})"
                 if champ.get("ci_low", float("nan")) == champ.get("ci_low") else "")  # not NaN
+             + ("; it also has the highest test accuracy" if top is champ else
+                f"; the test maximum is {top['pipeline']} at {top['test_accuracy']:.4f}, an "
+                "optimistic figure (the best of the table's looks at one test set)")
              + ("; no model could be tested against it (test predictions missing)."
-                if untested and len(untested) == len(rows) - 1 else
+                if untested and len(untested) == len(others) else
                 f"; {', '.join(same)} {'is' if len(same) == 1 else 'are'} statistically "
                 "indistinguishable from it (exact McNemar, 5%, Holm-adjusted)." if same else
                 "; every other model is significantly worse (exact McNemar, 5%, "
@@ -49,8 +60,9 @@ def verdict(rows: list[dict[str, Any]]) -> str:
     second = []
     if classical and classical[0]["run_id"] != champ["run_id"]:
         c = classical[0]
+        gap = 100 * (champ["test_accuracy"] - c["test_accuracy"])
         second.append(f"The best classical model, {c['pipeline']}, reaches {c['test_accuracy']:.4f} "
-                      f"({100 * (champ['test_accuracy'] - c['test_accuracy']):.1f} points behind) "
+                      f"({abs(gap):.1f} points {'behind' if gap >= 0 else 'ahead on test'}) "
                       f"in {c['fit_seconds']:.0f} s of fitting")
     if fastest["run_id"] != champ["run_id"]:
         second.append(f"{'the' if second else 'The'} cheapest model within one point of the "

@@ -30,7 +30,7 @@ from study.tracking.environment import environment, pinned, pip_requirements
 from study.tracking.queries import (budgeted_compares, download_artifact, failed_runs,
                                     final_run_of, final_runs,
                                     find_compare_run, load_json, load_network, load_npy, load_text,
-                                    load_pyfunc, metric_history, pipeline_timings,
+                                    load_pyfunc, metric_history, pipeline_timings, ranked,
                                     tuning_runs)
 from study.tracking.registry import register_champion
 from study.tracking.resume import adopt_finished, mark_stale_runs
@@ -47,9 +47,9 @@ from study.tracking.store import (check_can_write, configure, ensure_experiment,
 __all__ = [
     "PARAM_CHARS", "ROLE", "log_ensemble", "log_ensemble_model", "environment", "pinned", "pip_requirements", "download_artifact", "failed_runs",
     "final_run_of", "final_runs", "find_compare_run", "load_json", "load_network", "load_npy",
-    "load_pyfunc", "metric_history", "pipeline_timings", "budgeted_compares", "load_text",
-    "tuning_runs", "register_champion", "adopt_finished", "mark_stale_runs", "TuningLog",
-    "compare_run", "log_artifacts", "log_data_inputs", "log_evaluation", "log_failure",
+    "load_pyfunc", "metric_history", "pipeline_timings", "ranked", "budgeted_compares",
+    "load_text", "tuning_runs", "register_champion", "adopt_finished", "mark_stale_runs",
+    "TuningLog", "compare_run", "log_artifacts", "log_data_inputs", "log_evaluation", "log_failure",
     "log_final", "log_metric", "log_metrics", "log_model", "log_params", "log_text", "set_rank",
     "set_tags", "REPEATS_SUFFIX", "ablation_run_of", "finish_ablation", "finish_repeats",
     "log_ablation_setting", "log_repeat", "repeats_run_of", "start_ablation", "start_repeats",

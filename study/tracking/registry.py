@@ -1,5 +1,5 @@
-"""The model registry: registering a compare's rank-1 model and moving the champion alias
-only on paired evidence from the test set."""
+"""The model registry: registering a compare's champion (chosen on validation) and moving the
+champion alias only on paired evidence from the test set."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from study.tracking.queries import load_npy, model_uri_of
 
 def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGISTERED_MODEL,
                       alias: str = config.CHAMPION_ALIAS) -> dict[str, Any]:
-    """Register a compare's rank-1 model as a new version. The alias moves only on evidence:
-    when nothing holds it yet, or when the new model is right significantly more often where
-    the two disagree on the same test images (exact McNemar, 5%). A strict gain of a few
-    images is not enough: over many compares the alias would become the best of many looks at
-    the test set. A registry error raises RegistryError before anything moves."""
+    """Register a compare's champion (leaderboard.select_champion) as a new version. The alias
+    moves only on evidence: when nothing holds it yet, or when the new model is right
+    significantly more often where the two disagree on the same test images (one-sided exact
+    McNemar at 5%: the alias only ever moves up, so only that side is tested). A strict gain
+    of a few images is not enough: over many compares the alias would become the best of many
+    looks at the test set. A registry error raises RegistryError before anything moves."""
     import mlflow
 
-    from study.leaderboard import ALPHA, mcnemar_exact
+    from study.leaderboard import ALPHA, format_p, mcnemar_one_sided
 
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
@@ -49,11 +50,11 @@ def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGIST
             old_right, new_right = old == y_test, new == y_test
             broken = int(np.sum(old_right & ~new_right))
             fixed = int(np.sum(new_right & ~old_right))
-            p_value = mcnemar_exact(broken, fixed)
-            moved = fixed > broken and p_value < ALPHA
+            p_value = mcnemar_one_sided(fixed, broken)
+            moved = p_value < ALPHA
             reason = (f"against version {holder.version} on the same {len(y_test)} test images: "
-                      f"{fixed} right only here, {broken} right only there, McNemar "
-                      f"p={p_value:.2g} {'<' if p_value < ALPHA else '>='} {ALPHA:g}")
+                      f"{fixed} right only here, {broken} right only there, one-sided McNemar "
+                      f"{format_p(p_value)} {'<' if moved else '>='} {ALPHA:g}")
     if moved:
         try:
             client.set_registered_model_alias(name, alias, version)
