@@ -441,3 +441,31 @@ def test_compare_killed_before_its_ensemble_reruns_only_the_ensemble(tmp_path, s
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{resumed.info.run_id}'")}
     assert sorted(rows) == ["ensemble", "knn", "logreg"]
     assert rows["ensemble"].info.status == "FINISHED" and rows["ensemble"].data.tags["rank"]
+
+
+def test_report_shows_one_test_figure_per_model_and_the_best_of_every_final_run():
+    """A summary logged by an older stage (test figures recomputed from float32 probabilities,
+    best on test among the candidates only): the section takes the leaderboard's figures, so a
+    member shows the test accuracy its leaderboard row shows, and the best single model on
+    test may be one the ensemble could not use."""
+    from types import SimpleNamespace
+
+    from study.report.sections import ensemble_section
+
+    rows = [{"pipeline": "ensemble", "family": "ensemble", "run_id": "e", "rank": 1,
+             "val_accuracy": 0.95, "test_accuracy": 0.9400},
+            {"pipeline": "big", "family": "baseline", "run_id": "b", "test_accuracy": 0.9390},
+            {"pipeline": "cnn", "family": "cnn", "run_id": "c", "test_accuracy": 0.9371},
+            {"pipeline": "mlp", "family": "mlp", "run_id": "m", "test_accuracy": 0.8800}]
+    summary = {"weights": {"cnn": 0.5, "mlp": 0.5}, "counts": {"cnn": 1, "mlp": 1},
+               "candidates": ["cnn", "mlp"], "rounds": 2, "max_members": 2, "best_round": 2,
+               "member_val_accuracy": {"cnn": 0.94, "mlp": 0.89},
+               "member_test_accuracy": {"cnn": 0.9368, "mlp": 0.8800},  # recomputed: ties flipped
+               "best_member": "cnn", "best_member_val_accuracy": 0.94,
+               "best_member_test_accuracy": 0.9368, "best_single_on_test": "cnn",
+               "best_single_test_accuracy": 0.9368}
+    text = "".join(ensemble_section(SimpleNamespace(
+        rows=rows, ensemble_summary=summary, ensemble_note="")).md)
+    assert "0.9371" in text and "0.9368" not in text
+    assert "+0.29 points" in text  # 0.9400 against cnn's logged 0.9371
+    assert "The best single model on the test set is big (0.9390)" in text
