@@ -71,7 +71,12 @@ def test_selection_takes_validation_data_only(constructed):
     assert list(inspect.signature(ensemble.select).parameters) == [
         "val_proba", "y_val", "rounds", "max_members"]
     y, val = constructed
-    # on "test" C would be perfect and A, B useless; selection never sees that
+    # a test set on which C is perfect and A, B are useless: chosen on it, C would win alone
+    y_test = (np.arange(400) * 7) % 10
+    test = {"A": votes(y_test, np.zeros(400, bool), 0.9, 4),
+            "B": votes(y_test, np.zeros(400, bool), 0.9, 5),
+            "C": votes(y_test, np.ones(400, bool), 0.7, 6)}
+    assert ensemble.select(test, y_test, rounds=5, max_members=3).weights == {"C": 1.0}
     chosen = ensemble.select(val, y, rounds=5, max_members=3)
     assert "C" not in chosen.weights
 
