@@ -85,6 +85,12 @@ def log_loss(proba: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
 
 
+def rank_key(proba: np.ndarray, labels: np.ndarray, name: str) -> tuple[float, float, str]:
+    """The order of the selection and of "best member" alike (smallest first): higher
+    validation accuracy, then lower log loss, then the name."""
+    return -accuracy(proba, labels), log_loss(proba, labels), name
+
+
 def select(val_proba: dict[str, np.ndarray], y_val: np.ndarray, rounds: int,
            max_members: int) -> Selection:
     """Greedy forward selection with replacement on validation accuracy (log loss, then the
@@ -106,8 +112,7 @@ def select(val_proba: dict[str, np.ndarray], y_val: np.ndarray, rounds: int,
         pool = names if len(counts) < max_members else sorted(counts)
         scored = []
         for name in pool:
-            mix = (total + probas[name]) / round_
-            scored.append((-accuracy(mix, y_val), log_loss(mix, y_val), name))
+            scored.append(rank_key((total + probas[name]) / round_, y_val, name))
         scored.sort()
         neg_acc, loss, added = scored[0]
         ties += sum(s[0] == neg_acc for s in scored) > 1

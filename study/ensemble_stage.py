@@ -59,6 +59,25 @@ def candidates(runs: list[dict]) -> list[ensemble.Candidate]:
     return out
 
 
+def yardsticks(everyone: list[ensemble.Candidate], kept: list[ensemble.Candidate],
+              members: list[str], y_val: np.ndarray) -> dict:
+    """What the ensemble is set against: its best member by validation, in the selection's
+    own order (ensemble.rank_key), and the best single model on test among every final run
+    of the compare, candidate or not. Test figures are the runs' logged test_accuracy, scored
+    from their logged predictions: the float32 probabilities, recomputed, flip argmax ties."""
+    val_acc = {c.name: ensemble.accuracy(c.val_proba, y_val) for c in kept}
+    test_acc = {c.name: c.metrics.get("test_accuracy", float("nan")) for c in everyone}
+    best = min(kept, key=lambda c: ensemble.rank_key(c.val_proba, y_val, c.name)).name
+    scored = [n for n, acc in test_acc.items() if acc == acc]  # not NaN
+    # reported, never selected on
+    top = max(scored, key=lambda n: (test_acc[n], n)) if scored else best
+    return {"best_member": best, "best_member_val_accuracy": val_acc[best],
+            "best_member_test_accuracy": test_acc[best], "best_single_on_test": top,
+            "best_single_test_accuracy": test_acc[top],
+            "member_val_accuracy": {n: val_acc[n] for n in members},
+            "member_test_accuracy": {n: test_acc[n] for n in members}}
+
+
 def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
         x_test: np.ndarray, data_digest: str) -> StageResult:
     """Build, score and log the ensemble of one compare (once: an existing one is kept)."""
@@ -70,7 +89,8 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
     if found:
         return StageResult(found, f"ensemble: run {found} exists; kept")
     started = time.time()
-    kept, left_out = ensemble.usable(candidates(runs), len(y_val), len(y_test),
+    everyone = candidates(runs)
+    kept, left_out = ensemble.usable(everyone, len(y_val), len(y_test),
                                      settings.exclude_families, data_digest,
                                      settings.exclude_reducers)
     for reason in left_out:
@@ -92,21 +112,16 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
     from study.evaluation import evaluate
 
     evaluation = evaluate(y_test, test_proba)  # the one look at the test set
-    val_acc = {c.name: ensemble.accuracy(c.val_proba, y_val) for c in kept}
-    test_acc = {c.name: ensemble.accuracy(c.test_proba, y_test) for c in kept}
-    best = max(val_acc, key=lambda n: (val_acc[n], n))
-    # The leaderboard's yardstick: the best single model on test (reported, never selected on)
-    top = max(test_acc, key=lambda n: (test_acc[n], n))
+    figures = yardsticks(everyone, kept, [c.name for c in members], y_val)
+    best, top = figures["best_member"], figures["best_single_on_test"]
+    over_best = evaluation.accuracy - figures["best_member_test_accuracy"]
+    over_top = evaluation.accuracy - figures["best_single_test_accuracy"]
     names, agree = ensemble.agreement({c.name: c.test_proba.argmax(axis=1) for c in members})
     summary = {
         "weights": selection.weights, "counts": selection.counts, "rounds": settings.rounds,
         "max_members": settings.max_members, "best_round": selection.best_round,
         "history": selection.history, "notes": selection.notes, "left_out": left_out,
-        "candidates": sorted(by_name), "best_member": best,
-        "best_member_val_accuracy": val_acc[best], "best_member_test_accuracy": test_acc[best],
-        "best_single_on_test": top, "best_single_test_accuracy": test_acc[top],
-        "member_val_accuracy": {c.name: val_acc[c.name] for c in members},
-        "member_test_accuracy": {c.name: test_acc[c.name] for c in members},
+        "candidates": sorted(by_name), **figures,
         "agreement_test": {"models": names, "matrix": agree.round(4).tolist()},
         "selection_seconds": selection_seconds,
     }
@@ -114,9 +129,9 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
                                    evaluation, val_proba, y_val, x_test, started)
     mix = ", ".join(f"{n} {w:.2f}" for n, w in selection.weights.items())
     message = (f"ensemble: {mix} -> val {selection.val_accuracy:.4f} "
-               f"(best member {best} {val_acc[best]:.4f}), test {evaluation.accuracy:.4f} "
-               f"({100 * (evaluation.accuracy - test_acc[best]):+.2f} points over {best}"
-               + (f"; {100 * (evaluation.accuracy - test_acc[top]):+.2f} over {top}, the best "
-                  "single model on test)" if top != best else ")")
+               f"(best member {best} {figures['best_member_val_accuracy']:.4f}), test "
+               f"{evaluation.accuracy:.4f} ({100 * over_best:+.2f} points over {best}"
+               + (f"; {100 * over_top:+.2f} over {top}, the best single model on test)"
+                  if top != best else ")")
                + "".join(f"; {note}" for note in selection.notes))
     return StageResult(run_id, message, left_out)

@@ -84,6 +84,22 @@ def test_smoke_ablation_logs_every_setting(tracking_store):
     assert {k: str(v) for k, v in result["best"].items()} == \
         {k: v for k, v in best_run.data.params.items() if k in result["best"]}
     assert result["best"]["batch_size"] == 128  # experiments 2-4 train at the seed's batch
+    # Each experiment carries on from the setting best on validation (never on test): the next
+    # experiment's runs were trained with it, the last one's is "best". The run is seeded and
+    # the validation and test winners differ in some experiment, so a choice on test fails.
+    exps, differ = ablation.experiments(), 0
+    for exp, after in zip(exps, [*exps[1:], None]):
+        found = [r for r in result["rows"] if r["experiment"] == exp.key]
+        on_val = max(found, key=lambda r: r["best_val_accuracy"])
+        differ += on_val is not max(found, key=lambda r: r["test_accuracy"])
+        if after is None:
+            assert result["best"] == on_val["params"]
+            continue
+        skip = {*after.settings[0], "batch_size"}  # varied next; experiments 2-4 train at 128
+        for row in (r for r in result["rows"] if r["experiment"] == after.key):
+            assert {k: v for k, v in row["params"].items() if k not in skip} == \
+                {k: v for k, v in on_val["params"].items() if k not in skip}, (exp.key, row)
+    assert differ
     assert result["compare_run_id"] == compare
     assert tracking.ablation_run_of(compare).info.run_id == result["run_id"]
     assert tracking.ablation_run_of("another-compare") is None  # its report shows none

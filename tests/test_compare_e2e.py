@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from study import config, pipelines, serving, tracking
+from study import config, data, pipelines, serving, tracking
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,7 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
     parent = parents[0]
     children = client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    smoke_val = data.make_splits(fmnist, config.PROFILES["smoke"]).y_val
     names = sorted(c.data.tags["pipeline"] for c in children)
     # one child per pipeline and one for the ensemble stage, no tuning clutter
     assert names == sorted(pipelines.available() + ["ensemble"])
@@ -88,8 +89,20 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
             # a specialist decides on its group's validation rows (within_group_ figures)
             within = "within_group_" if "generalist" in child.data.tags else ""
             plain, mirror = (m[f"{within}val_accuracy_{k}"] for k in ("plain", "mirror"))
-            assert child.data.tags["tta"] == ("mirror" if mirror > plain else "none")
+            kept = child.data.tags["tta"] == "mirror"
+            assert kept == (mirror > plain)
             assert m[f"{within}val_accuracy"] == pytest.approx(max(mirror, plain))
+            if not within:  # (a specialist serves folded into its generalist's network)
+                # checked on what was logged, not on the same figures: the logged model is
+                # mirror-symmetric exactly when TTA was kept, and the logged validation
+                # probabilities score the better of the two figures on the validation labels
+                model = mlflow.pyfunc.load_model(child.data.tags["model_uri"])
+                x = fmnist.x_test[:16, :, :, None].astype(np.float32) / 255
+                both = [serving.probabilities(model.predict(v)) for v in (x, x[:, :, ::-1])]
+                assert np.allclose(*both, atol=1e-5) == kept, child.data.tags["pipeline"]
+                val = tracking.load_npy(child.info.run_id, "evaluation/val_proba.npy")
+                assert np.mean(val.argmax(axis=1) == smoke_val) == pytest.approx(
+                    max(mirror, plain), abs=1.5 / len(smoke_val))  # a float32 tie at most
 
     # Every final model loads back through pyfunc and gives class probabilities; a specialist's
     # (cnn_upper: cnn_modern's network with it folded in) gives what was scored on the test set.

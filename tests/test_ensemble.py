@@ -8,6 +8,7 @@ import inspect
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -70,7 +71,12 @@ def test_selection_takes_validation_data_only(constructed):
     assert list(inspect.signature(ensemble.select).parameters) == [
         "val_proba", "y_val", "rounds", "max_members"]
     y, val = constructed
-    # on "test" C would be perfect and A, B useless; selection never sees that
+    # a test set on which C is perfect and A, B are useless: chosen on it, C would win alone
+    y_test = (np.arange(400) * 7) % 10
+    test = {"A": votes(y_test, np.zeros(400, bool), 0.9, 4),
+            "B": votes(y_test, np.zeros(400, bool), 0.9, 5),
+            "C": votes(y_test, np.ones(400, bool), 0.7, 6)}
+    assert ensemble.select(test, y_test, rounds=5, max_members=3).weights == {"C": 1.0}
     chosen = ensemble.select(val, y, rounds=5, max_members=3)
     assert "C" not in chosen.weights
 
@@ -181,8 +187,9 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     # weights the selection logged
     summary = tracking.load_json(ens["run_id"], "ensemble/selection.json")
     exact = summary["weights"]
-    # the leaderboard's yardstick is stated too: the best single candidate on test
-    top = max(val_proba, key=lambda n: (rows[n]["test_accuracy"], n))
+    # the leaderboard's yardstick is stated too: the best single model on test, among every
+    # final run (the excluded baseline too), from their logged test accuracy
+    top = max((n for n in rows if n != "ensemble"), key=lambda n: (rows[n]["test_accuracy"], n))
     assert summary["best_single_on_test"] == top
     assert summary["best_single_test_accuracy"] == pytest.approx(rows[top]["test_accuracy"])
     assert {n: f"{w:.4f}" for n, w in exact.items()} == ens["best_params"]
@@ -216,6 +223,103 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     assert any(line.startswith(f"{gone}: no validation probabilities") for line in again.left_out)
     assert again.run_id  # two of the three candidates remain
     assert gone not in client.get_run(again.run_id).data.params["members"].split(",")
+
+
+def test_yardsticks_follow_the_selections_order_and_the_logged_test_figures():
+    """Best member: tied on validation accuracy, the lower log loss wins, as in the selection
+    (not the later name). Test figures: the logged test_accuracy, scored from the logged
+    predictions, where the float32 probabilities tie and their argmax flips. Best single on
+    test: every final run, also one the ensemble may not use."""
+    from study.evaluation import evaluate
+
+    y_val, y_test = np.arange(300) % 10, np.arange(400) % 10
+    right = np.arange(300) < 240
+    sure, unsure = votes(y_val, right, 0.9), votes(y_val, right, 0.5)  # same mistakes
+    # on test, "a_sure" puts 0.5 + 1e-9 on the true class and 0.5 - 1e-9 on class 0 for the
+    # rows of classes 1-9: right in float64, a tie in float32, where argmax says class 0
+    near = np.zeros((400, 10))
+    near[:, 0] = 0.5 - 1e-9
+    near[np.arange(400), y_test] += 0.5 + 1e-9
+    near /= near.sum(axis=1, keepdims=True)
+    scored = evaluate(y_test, near)  # as the final run scored it and logged its metric
+    logged = near.astype(np.float32)  # as tracking.log_evaluation stores test_proba.npy
+    assert scored.accuracy == 1.0 and ensemble.accuracy(logged, y_test) == pytest.approx(0.1)
+
+    def candidate(name, val, test, acc, family="cnn"):
+        return ensemble.Candidate(name, name, family, val, test, {"test_accuracy": acc},
+                                  model_uri=f"models:/{name}")
+
+    a = candidate("a_sure", sure, logged, scored.accuracy)
+    b = candidate("b_unsure", unsure, votes(y_test, np.arange(400) < 300, 0.8), 0.75)
+    # the best on test, left out of the candidates (its family is excluded)
+    x = candidate("x_excluded", sure, votes(y_test, np.ones(400, bool), 0.9), 1.0, "baseline")
+    kept, _ = ensemble.usable([a, b, x], 300, 400, ("baseline",))
+    assert [c.name for c in kept] == ["a_sure", "b_unsure"]
+    figures = ensemble_stage.yardsticks([a, b, x], kept, ["a_sure", "b_unsure"], y_val)
+    first = ensemble.select({c.name: c.val_proba for c in kept}, y_val, 1, 2)
+    assert figures["best_member"] == "a_sure" == first.history[0]["added"]
+    assert figures["best_member_val_accuracy"] == 0.8
+    assert figures["member_test_accuracy"] == {"a_sure": 1.0, "b_unsure": 0.75}
+    assert figures["best_member_test_accuracy"] == scored.accuracy  # not 0.1
+    assert figures["best_single_on_test"] == "x_excluded"
+    assert figures["best_single_test_accuracy"] == 1.0
+
+
+def test_ensemble_weights_never_see_the_test_labels_and_its_yardstick_is_every_final_run(
+        tracking_store, tiny):
+    """Real final runs in a real store. Built twice, with the real test labels and with test
+    labels under which another mix would win on test: the weights are the same, only the
+    test score moves. The best single model on test is a final run the ensemble may not use
+    (its family is excluded), found from its logged test accuracy."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    from study.evaluation import evaluate
+    from study.training import FitResult, features
+
+    client = mlflow.MlflowClient()
+    exp_id = mlflow.set_experiment(config.EXPERIMENT_NAME).experiment_id
+    parent = client.create_run(exp_id, tags={"role": "compare"}).info.run_id
+    flat = features("sklearn", tiny.x_train)
+
+    def final(name: str, family: str, model) -> str:
+        """A final run as compare logs it: its model, scores and probabilities."""
+        fit = FitResult(model.fit(flat, tiny.y_train), "sklearn", 0.0)
+        tags = {"role": "final", "pipeline": name, "family": family, "mlflow.parentRunId": parent}
+        with mlflow.start_run(run_name=name, tags=tags) as run, \
+                tempfile.TemporaryDirectory() as tmp:
+            mlflow.set_tag("model_uri", tracking.log_model(fit, "-", tiny.x_val[:5]).model_uri)
+            scored = evaluate(tiny.y_test, fit.predict_proba(tiny.x_test))
+            mlflow.log_metric("test_accuracy", scored.accuracy)
+            tracking.log_evaluation(name, scored, fit.predict_proba(tiny.x_val), Path(tmp))
+        return run.info.run_id
+
+    final("weak", "linear", LogisticRegression(C=1e-4, max_iter=1000))
+    final("prior", "baseline_like", DummyClassifier(strategy="prior"))
+    final("strong", "baseline", LogisticRegression(max_iter=1000))  # excluded by the settings
+    accs = {r["pipeline"]: r["metrics"]["test_accuracy"] for r in tracking.final_runs(parent)}
+    assert max(accs, key=accs.get) == "strong" and accs["strong"] > accs["weak"]
+
+    first = ensemble_stage.run(parent, "smoke", tiny.y_val, tiny.y_test, tiny.x_test, "")
+    summary = tracking.load_json(first.run_id, "ensemble/selection.json")
+    assert "strong" not in summary["candidates"]
+    assert summary["best_single_on_test"] == "strong"
+    assert summary["best_single_test_accuracy"] == accs["strong"]
+    assert summary["member_test_accuracy"] == {n: accs[n] for n in summary["weights"]}
+
+    # test labels under which "prior" alone is perfect: chosen on test, another mix would win
+    runs = {r["pipeline"]: r["run_id"] for r in tracking.final_runs(parent)}
+    rigged = tracking.load_npy(runs["prior"], "evaluation/test_predictions.npy").astype(np.int64)
+    tests = {n: tracking.load_npy(runs[n], "evaluation/test_proba.npy")
+             for n in summary["candidates"]}
+    assert ensemble.accuracy(tests["prior"], rigged) == 1.0
+    assert ensemble.select(tests, rigged, 5, 8).weights != summary["weights"]
+    client.delete_run(first.run_id)
+    again = ensemble_stage.run(parent, "smoke", tiny.y_val, rigged, tiny.x_test, "")
+    run_first, run_again = client.get_run(first.run_id), client.get_run(again.run_id)
+    assert tracking.load_json(again.run_id, "ensemble/selection.json")["weights"] == \
+        summary["weights"]
+    assert run_again.data.metrics["test_accuracy"] != run_first.data.metrics["test_accuracy"]
 
 
 def test_members_load_their_runs_own_models_not_the_model_uri_tag(tracking_store, tiny):
@@ -282,6 +386,10 @@ def test_mirror_tta_model_is_mirror_symmetric(fmnist, tmp_path):
 
 
 def test_tta_is_kept_only_where_validation_gains(tiny):
+    """Two validation labellings of the same network, built from its own predictions: labels
+    that the plain network gets all right (mirroring cannot gain: kept would be wrong) and
+    labels that the mirrored mean gets all right (mirroring gains). The figures and the
+    decision are checked against accuracies computed here from the bare network."""
     from study import pipelines, training
 
     spec = pipelines.load("cnn_seed1")
@@ -289,14 +397,23 @@ def test_tta_is_kept_only_where_validation_gains(tiny):
                               "precision": "float32"}, tiny.x_train, tiny.y_train, tiny.x_val,
                        tiny.y_val, seed=3)
     bare = fit.model
-    proba = training.choose_mirror_tta(fit, tiny.x_val, tiny.y_val)
-    info = fit.info
-    kept = info["val_accuracy_mirror"] > info["val_accuracy_plain"]
-    assert info["tta"] == ("mirror" if kept else "none")
-    assert training.accuracy(proba, tiny.y_val) == max(info["val_accuracy_mirror"],
-                                                       info["val_accuracy_plain"])
-    assert (fit.model is not bare) == kept
-    assert np.allclose(fit.predict_proba(tiny.x_val), proba, atol=1e-5)  # what was scored
+    plain = fit.predict_proba(tiny.x_val)
+    mirrored = 0.5 * (plain + fit.predict_proba(tiny.x_val[:, :, ::-1]))
+    assert np.any(plain.argmax(1) != mirrored.argmax(1))  # the two views disagree somewhere
+    for labels, keep in ((plain.argmax(1), False), (mirrored.argmax(1), True)):
+        trial = training.FitResult(bare, "keras", 0.0)
+        proba = training.choose_mirror_tta(trial, tiny.x_val, labels)
+        info = trial.info
+        assert info["val_accuracy_plain"] == training.accuracy(plain, labels)
+        assert info["val_accuracy_mirror"] == training.accuracy(mirrored, labels)
+        assert info["tta"] == ("mirror" if keep else "none")
+        assert (trial.model is not bare) == keep
+        assert training.accuracy(proba, labels) == (1.0 if keep else info["val_accuracy_plain"])
+        # the model kept predicts what was scored: mirror-symmetric only when wrapped
+        assert np.allclose(trial.predict_proba(tiny.x_val), mirrored if keep else plain,
+                           atol=1e-5)
+        assert np.allclose(trial.predict_proba(tiny.x_val[:, :, ::-1]),
+                           trial.predict_proba(tiny.x_val), atol=1e-5) == keep
 
 
 @pytest.mark.slow
@@ -395,3 +512,31 @@ def test_the_ensembles_cost_counts_each_model_underneath_once_and_times_every_te
     assert rows == len(fmnist.x_test) == 10_000 and shape == (10_000, 10)
     assert run.data.metrics["predict_seconds"] == pytest.approx(seconds)
     assert run.data.metrics["predict_ms_per_1000"] == pytest.approx(seconds * 100)
+
+
+def test_report_shows_one_test_figure_per_model_and_the_best_of_every_final_run():
+    """A summary logged by an older stage (test figures recomputed from float32 probabilities,
+    best on test among the candidates only): the section takes the leaderboard's figures, so a
+    member shows the test accuracy its leaderboard row shows, and the best single model on
+    test may be one the ensemble could not use."""
+    from types import SimpleNamespace
+
+    from study.report.sections import ensemble_section
+
+    rows = [{"pipeline": "ensemble", "family": "ensemble", "run_id": "e", "rank": 1,
+             "val_accuracy": 0.95, "test_accuracy": 0.9400},
+            {"pipeline": "big", "family": "baseline", "run_id": "b", "test_accuracy": 0.9390},
+            {"pipeline": "cnn", "family": "cnn", "run_id": "c", "test_accuracy": 0.9371},
+            {"pipeline": "mlp", "family": "mlp", "run_id": "m", "test_accuracy": 0.8800}]
+    summary = {"weights": {"cnn": 0.5, "mlp": 0.5}, "counts": {"cnn": 1, "mlp": 1},
+               "candidates": ["cnn", "mlp"], "rounds": 2, "max_members": 2, "best_round": 2,
+               "member_val_accuracy": {"cnn": 0.94, "mlp": 0.89},
+               "member_test_accuracy": {"cnn": 0.9368, "mlp": 0.8800},  # recomputed: ties flipped
+               "best_member": "cnn", "best_member_val_accuracy": 0.94,
+               "best_member_test_accuracy": 0.9368, "best_single_on_test": "cnn",
+               "best_single_test_accuracy": 0.9368}
+    text = "".join(ensemble_section(SimpleNamespace(
+        rows=rows, ensemble_summary=summary, ensemble_note="")).md)
+    assert "0.9371" in text and "0.9368" not in text
+    assert "+0.29 points" in text  # 0.9400 against cnn's logged 0.9371
+    assert "The best single model on the test set is big (0.9390)" in text

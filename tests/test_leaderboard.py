@@ -355,3 +355,19 @@ def test_champion_chosen_on_validation_keeps_holm_at_5_percent_and_its_figure_un
 
     worse, accuracy = _share_worse_and_champion_accuracy(test_maximum)
     assert worse > 0.1 and accuracy - 0.9 > 0.003
+
+
+def test_a_published_range_is_met_within_or_by_the_distance_to_both_ends():
+    """0.9387 lies inside 0.934-0.939: "within the range", not "+0.5 points" over its bottom;
+    outside it, the distance to both ends is given."""
+    from study.report.texts import SMALL_CNN_RANGE, references
+
+    assert SMALL_CNN_RANGE == (0.934, 0.939)
+    label = "Published small CNNs (Zalando table)"
+    for acc, said in [(0.9387, "within the range (0.934 to 0.939)"),
+                      (0.9426, "above the range (+0.4 points from the top, +0.9 from the bottom)"),
+                      (0.9300, "below the range (-0.9 points from the top, -0.4 from the bottom)")]:
+        rows = leaderboard.rank([run("cnn_modern", acc, 0.9, 1.0)])
+        rows[0]["family"] = "cnn"
+        line = {line[0]: line for line in references(rows)}[label]
+        assert line[1:] == ["0.934-0.939", f"{acc:.4f} (cnn_modern)", said]

@@ -91,6 +91,17 @@ def ensemble_section(ctx: Context) -> Section:
         section.para(ctx.ensemble_note or "(no ensemble in this compare run)")
         return section
     weights = summary["weights"]
+    # One figure per model in one report: the leaderboard's test accuracy (each run's logged
+    # metric, from its logged predictions) over the summary's, which older ensemble stages
+    # recomputed from float32 probabilities; the best single model on test is taken over
+    # every final run, not only the ensemble's candidates.
+    logged = {r["pipeline"]: r["test_accuracy"] for r in ctx.rows
+              if r["family"] != "ensemble" and r["test_accuracy"] == r["test_accuracy"]}
+    test_acc = {**summary["member_test_accuracy"], **logged}
+    best_test = logged.get(summary["best_member"], summary["best_member_test_accuracy"])
+    top = max(logged, key=lambda n: (logged[n], n)) if logged else summary.get(
+        "best_single_on_test", summary["best_member"])
+    top_test = logged.get(top, summary.get("best_single_test_accuracy"))
     section.para(
         f"Greedy forward selection with replacement (Caruana et al., ICML 2004) over the "
         f"validation class probabilities of {len(summary['candidates'])} final models: "
@@ -99,27 +110,26 @@ def ensemble_section(ctx: Context) -> Section:
         f"Ensemble run `{row['run_id']}`, rank {row['rank']}.")
     section.table(["member", "weight", "times added", "val acc", "test acc"],
                   [[n, f"{w:.3f}", summary["counts"][n], f"{summary['member_val_accuracy'][n]:.4f}",
-                    f"{summary['member_test_accuracy'][n]:.4f}"] for n, w in weights.items()])
+                    f"{test_acc[n]:.4f}"] for n, w in weights.items()])
     val_gain = row["val_accuracy"] - summary["best_member_val_accuracy"]
-    test_gain = row["test_accuracy"] - summary["best_member_test_accuracy"]
+    test_gain = row["test_accuracy"] - best_test
     section.table(["", "ensemble", f"best single model on validation ({summary['best_member']})",
                    "gain"], [
         ["validation accuracy (selection score)", f"{row['val_accuracy']:.4f}",
          f"{summary['best_member_val_accuracy']:.4f}", f"{100 * val_gain:+.2f} points"],
         ["test accuracy", f"{row['test_accuracy']:.4f}",
-         f"{summary['best_member_test_accuracy']:.4f}", f"{100 * test_gain:+.2f} points"]])
+         f"{best_test:.4f}", f"{100 * test_gain:+.2f} points"]])
     section.para(
         "The validation figure is the score the weights were chosen on, so it flatters the "
         "ensemble; the networks' validation probabilities flatter them a little too (their "
         "best epoch and their mirror test-time augmentation were chosen on the same "
         "validation rows). The test figure is neither: the test set scored the chosen "
         "weights once.")
-    if summary.get("best_single_on_test", summary["best_member"]) != summary["best_member"]:
+    if top != summary["best_member"]:
         section.para(
-            f"The best single model on the test set is {summary['best_single_on_test']} "
-            f"({summary['best_single_test_accuracy']:.4f}): the ensemble is "
-            f"{100 * (row['test_accuracy'] - summary['best_single_test_accuracy']):+.2f} points "
-            "above it. That model was not knowable before the test set was scored, so the "
+            f"The best single model on the test set is {top} ({top_test:.4f}): the ensemble is "
+            f"{100 * (row['test_accuracy'] - top_test):+.2f} points against it. "
+            "That model was not knowable before the test set was scored, so the "
             "table compares with the best by validation.")
     folded = [r for r in ctx.rows if r.get("generalist") and r["pipeline"] in weights]
     if folded:

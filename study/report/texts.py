@@ -80,29 +80,41 @@ def references(rows: list[dict[str, Any]]) -> list[list[str]]:
         found = [r for r in rows if pred(r)]
         return max(found, key=lambda r: r["test_accuracy"]) if found else None
 
-    def line(label, ref, ours, ref_text=None, split="test"):
+    def line(label, ref, ours, split="test"):
+        ref_text = f"{ref[0]:.3f}-{ref[1]:.3f}" if isinstance(ref, tuple) else f"{ref:.4f}"
         if ours is None:
-            return [label, ref_text or f"{ref:.4f}", "not in this run", "-"]
+            return [label, ref_text, "not in this run", "-"]
         value = ours.get({"test": "test_accuracy", "validation": "val_accuracy"}[split],
                          float("nan"))
         if value != value:  # NaN: no figure on that split to set against it
-            return [label, ref_text or f"{ref:.4f}", f"no {split} figure ({ours['pipeline']})", "-"]
-        return [label, ref_text or f"{ref:.4f}",
+            return [label, ref_text, f"no {split} figure ({ours['pipeline']})", "-"]
+        return [label, ref_text,
                 f"{value:.4f}{'' if split == 'test' else ' ' + split} ({ours['pipeline']})",
-                f"{100 * (value - ref):+.1f} points"]
+                against(value, ref)]
 
     out = [line(f"Zalando benchmark: {label}", ref, best(lambda r, f=fam: r["family"] == f))
            for label, fam, ref in ZALANDO]
     for name, ref, split, schedule in SEED_CNNS:
         out.append(line(f"Seed report: {name} ({split}, {schedule})", ref,
                         best(lambda r, n=name: r["pipeline"] == n), split=split))
-    out.append(line("Published small CNNs (Zalando table)", SMALL_CNN_RANGE[0],
-                    best(lambda r: r["family"] == "cnn"),
-                    f"{SMALL_CNN_RANGE[0]:.3f}-{SMALL_CNN_RANGE[1]:.3f}"))
-    out.append(line("Published small CNNs, against our ensemble", SMALL_CNN_RANGE[0],
-                    best(lambda r: r["family"] == "ensemble"),
-                    f"{SMALL_CNN_RANGE[0]:.3f}-{SMALL_CNN_RANGE[1]:.3f}"))
+    out.append(line("Published small CNNs (Zalando table)", SMALL_CNN_RANGE,
+                    best(lambda r: r["family"] == "cnn")))
+    out.append(line("Published small CNNs, against our ensemble", SMALL_CNN_RANGE,
+                    best(lambda r: r["family"] == "ensemble")))
     return out
+
+
+def against(value: float, ref: float | tuple[float, float]) -> str:
+    """Our figure against a published one, or against a published range: within it, or the
+    distance to both of its ends (never to one end only, which reads as a margin)."""
+    if not isinstance(ref, tuple):
+        return f"{100 * (value - ref):+.1f} points"
+    low, high = ref
+    if low <= value <= high:
+        return f"within the range ({low:.3f} to {high:.3f})"
+    ends = (f"{100 * (value - high):+.1f} points from the top, "
+            f"{100 * (value - low):+.1f} from the bottom")
+    return (f"above the range ({ends})" if value > high else f"below the range ({ends})")
 
 
 def confused_pairs(cm: np.ndarray, top: int = 5) -> list[tuple[str, str, int]]:
