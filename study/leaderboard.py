@@ -186,7 +186,9 @@ def add_significance(rows: list[dict[str, Any]], predictions: dict[str, np.ndarr
         row.update(p_value=mcnemar_exact(b, c), b=b, c=c)
         tested.append(row)
     for row, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
-        row.update(p_holm=adjusted, indistinguishable=adjusted >= ALPHA)
+        # the champion was chosen on validation, not as the test maximum: a row can beat it
+        row.update(p_holm=adjusted, indistinguishable=adjusted >= ALPHA,
+                   better=adjusted < ALPHA and row["c"] > row["b"])
     return rows
 
 
@@ -214,7 +216,9 @@ def cell(row: dict[str, Any], key: str) -> str:
         p, adjusted = row.get("p_value"), row.get("p_holm")
         if p is None or p != p:
             return "n/a (test predictions missing)"
-        return (f"{'same' if row.get('indistinguishable') else 'worse'} "
+        verdict = ("same" if row.get("indistinguishable") else
+                   "better" if row.get("better") else "worse")
+        return (f"{verdict} "
                 f"({format_p(p)}, {format_p(adjusted, 'Holm p')})")
     if key in ("fit_seconds", "predict_ms_per_1000"):
         return "-" if value is None or value != value else f"{value:.1f}"

@@ -155,6 +155,32 @@ def test_the_champion_is_chosen_on_validation_not_on_the_test_set():
         "(95% CI 0.8625-0.9657); the test maximum is test_max at 0.9500, an optimistic figure")
 
 
+def test_a_row_better_than_the_champion_on_test_is_called_better_not_worse():
+    """The champion is chosen on validation, so another row can beat it on test: a significant
+    difference in that direction reads "better", never "worse" (the old wording assumed the
+    reference was the test maximum)."""
+    from study.report.texts import verdict
+
+    runs = [run("test_max", 0.95, 0.9, 1.0), run("val_best", 0.60, 0.6, 1.0),
+            run("low", 0.30, 0.3, 1.0)]
+    runs[0]["metrics"]["val_accuracy"], runs[1]["metrics"]["val_accuracy"] = 0.80, 0.90
+    runs[2]["metrics"]["val_accuracy"] = 0.50
+    rows = leaderboard.rank(runs)
+    y = np.zeros(100, dtype=int)
+    preds = {"test_max": y.copy(), "val_best": y.copy(), "low": y.copy()}
+    preds["test_max"][:5] = 1
+    preds["val_best"][:40] = 1
+    preds["low"][:70] = 1
+    leaderboard.add_significance(rows, preds, y)
+    by = {r["pipeline"]: r for r in rows}
+    assert by["val_best"]["selected"] and (by["test_max"]["b"], by["test_max"]["c"]) == (0, 35)
+    assert leaderboard.cell(by["test_max"], "vs_champion").startswith("better (p=")
+    assert leaderboard.cell(by["low"], "vs_champion").startswith("worse (p=")
+    text = verdict(rows)
+    assert "test_max is significantly better on test" in text
+    assert "every other model tested is significantly worse" in text
+
+
 def test_without_the_champions_predictions_nothing_is_called_same():
     """An unreadable prediction file must not turn into 'same (p=1)' for every model."""
     from study.report.texts import verdict

@@ -36,8 +36,6 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         return ("No model has a validation accuracy, so no champion was chosen; the table is "
                 "ordered by test accuracy, whose maximum is an optimistic figure.")
     others = [r for r in rows if r is not champ]
-    same = [r["pipeline"] for r in others if r.get("indistinguishable")]
-    untested = [r["pipeline"] for r in others if r.get("indistinguishable") is None]
     top = rows[0]
     first = (f"**{champ['pipeline']}**, chosen on validation accuracy "
              f"({champ['val_accuracy']:.4f}), scores {champ['test_accuracy']:.4f} on test"
@@ -46,14 +44,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
              + ("; it also has the highest test accuracy" if top is champ else
                 f"; the test maximum is {top['pipeline']} at {top['test_accuracy']:.4f}, an "
                 "optimistic figure (the best of the table's looks at one test set)")
-             + ("; no model could be tested against it (test predictions missing)."
-                if untested and len(untested) == len(others) else
-                f"; {', '.join(same)} {'is' if len(same) == 1 else 'are'} statistically "
-                "indistinguishable from it (exact McNemar, 5%, Holm-adjusted)." if same else
-                "; every other model is significantly worse (exact McNemar, 5%, "
-                "Holm-adjusted)." if not untested else
-                "; every model tested is significantly worse (exact McNemar, 5%, "
-                f"Holm-adjusted); not tested (predictions missing): {', '.join(untested)}."))
+             + _against_champion(others) + ".")
     classical = [r for r in rows if r.get("kind") == "sklearn" and r["family"] != "baseline"]
     near = [r for r in rows if r["test_accuracy"] >= champ["test_accuracy"] - 0.01]
     fastest = min(near, key=lambda r: r["fit_seconds"]) if near else champ
@@ -72,6 +63,34 @@ def verdict(rows: list[dict[str, Any]]) -> str:
         second.append(f"No cheaper model comes within one point of it; it took "
                       f"{champ['fit_seconds']:.0f} s to fit")
     return first + " " + "; ".join(second) + "."
+
+
+def _against_champion(others: list[dict[str, Any]]) -> str:
+    """How the other rows fared against the champion on the test images: the same, better (a
+    validation choice can miss the test maximum), worse, or untested."""
+    def names(rows):
+        return ", ".join(r["pipeline"] for r in rows) + (" is" if len(rows) == 1 else " are")
+
+    tested = [r for r in others if r.get("indistinguishable") is not None]
+    untested = [r for r in others if r.get("indistinguishable") is None]
+    if others and not tested:
+        return "; no model could be tested against it (test predictions missing)"
+    same = [r for r in tested if r["indistinguishable"]]
+    better = [r for r in tested if not r["indistinguishable"] and r.get("better")]
+    worse = [r for r in tested if not r["indistinguishable"] and not r.get("better")]
+    clauses = []
+    if same:
+        clauses.append(f"{names(same)} statistically indistinguishable from it")
+    if better:
+        clauses.append(f"{names(better)} significantly better on test (validation chose "
+                       "otherwise)")
+    if worse:
+        clauses.append("every other model tested is significantly worse" if clauses else
+                       "every model tested is significantly worse" if untested else
+                       "every other model is significantly worse")
+    return ("; " + "; ".join(clauses) + " (exact McNemar, 5%, Holm-adjusted)" if clauses else "") + (
+        f"; not tested (predictions missing): {', '.join(r['pipeline'] for r in untested)}"
+        if untested else "")
 
 
 def references(rows: list[dict[str, Any]]) -> list[list[str]]:
