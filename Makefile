@@ -14,7 +14,7 @@ PIPELINES ?= all
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 
-.PHONY: setup data compare test clean
+.PHONY: setup data compare plan test clean
 
 setup: $(STAMP) data
 
@@ -34,6 +34,12 @@ compare: setup
 	PATH="$(BIN):$$PATH" mlflow run . -e compare --env-manager local \
 		--experiment-name $(EXPERIMENT) -P profile=$(PROFILE) -P pipelines=$(PIPELINES) \
 		-P budget_minutes=$(BUDGET) -P cluster=$(CLUSTER)
+
+# The plan `make compare` would follow (BUDGET=N, or none: the profile's recipe) with its
+# expected minutes on this machine, in seconds; not through `mlflow run`, which creates a run.
+plan: setup
+	MLFLOW_EXPERIMENT_NAME=$(EXPERIMENT) $(BIN)/python -m study compare --plan-only --profile $(PROFILE) --pipelines $(PIPELINES) \
+		--budget-minutes $(BUDGET) --cluster $(CLUSTER)
 
 # Test files side by side, one worker per core (pytest-xdist): most tests wait on processes,
 # servers and stores, so on 2 cores two workers cut the suite from 21.9 to 16.4-18.0 minutes

@@ -162,6 +162,11 @@ def _add_compare(sub, common) -> None:
                           "processes here) or a scheduler address such as tls://HOST:8786, "
                           "whose workers share a tracking server and a PostgreSQL storage "
                           "(default none)")
+    cmp.add_argument("--plan-only", type=_yes_no("plan_only"), nargs="?", const=True,
+                     default=False,
+                     help="print the plan for these arguments (the budget's, or the profile's "
+                          "recipe with its expected minutes on this machine) and exit: nothing "
+                          "is trained or written")
     cmp.add_argument("--cluster-insecure", type=_yes_no("cluster_insecure"), nargs="?",
                      const=True, default=False,
                      help="accept a plain tcp:// scheduler on another machine (no TLS: whoever "

@@ -28,10 +28,13 @@ def check_room(clock: timebudget.Clock, data_seconds: float) -> None:
             f"and the report; give more than {need:.1f} minutes")
 
 
-def estimates(specs, profile: str, parent_id: str) -> tuple[dict[str, Any], float | None]:
+def estimates(specs, profile: str, parent_id: str | None
+              ) -> tuple[dict[str, Any], float | None]:
     """Each pipeline's Estimate: its latest run in this store and profile, else its YAML cost
-    scaled by a probe of this machine's speed (returned, None when not probed), else None."""
-    stored = tracking.pipeline_timings(profile, parent_id)
+    scaled by a probe of this machine's speed (returned, None when not probed), else None.
+    Without a compare run (`parent_id` None: a plan only), the store is read if it exists."""
+    stored = (tracking.pipeline_timings(profile, parent_id) if parent_id
+              else tracking.existing_timings(profile))
     out: dict[str, Any] = {}
     speed = None
     for spec in specs:
@@ -49,21 +52,96 @@ def estimates(specs, profile: str, parent_id: str) -> tuple[dict[str, Any], floa
     return out, speed
 
 
-def plan_text(specs, budgets, found, clock: timebudget.Clock, speed: float | None) -> str:
+def plan_text(specs, budgets, found, clock: timebudget.Clock, speed: float | None,
+              data: str = "spent on the data") -> str:
     """The plan: per pipeline, its share, what it may spend and its estimate; the total."""
     allotments = timebudget.plan(specs, budgets, found, clock)
     shares = {spec.name: spec.share for spec in specs}
     rows = [[a.name, f"{shares[a.name]:g}", a.describe()] for a in allotments]
     expected = sum(a.expected for a in allotments if not a.skipped)
-    probe = (f"; this machine runs at {speed:.2f}x the speed the YAML costs were measured at"
-             if speed else "")
-    head = (f"plan for {clock.seconds / 60:g} minutes ({clock.elapsed():.0f} s spent on the data; "
-            f"{clock.reserve:.0f} s kept for the ensemble and the report{probe}):")
+    head = (f"plan for {clock.seconds / 60:g} minutes ({clock.elapsed():.0f} s {data}; "
+            f"{clock.reserve:.0f} s kept for the ensemble and the report{_probed(speed)}):")
     skipped = [a.name for a in allotments if a.skipped]
     tail = (f"expected: pipelines ~{expected / 60:.1f} min, the whole compare ~"
             f"{(clock.elapsed() + expected + clock.reserve) / 60:.1f} min"
             + (f"; expected to be skipped: {', '.join(skipped)}" if skipped else ""))
     return "\n".join([head, tables.text(["pipeline", "share", "plan"], rows, set()), tail])
+
+
+def _probed(speed: float | None) -> str:
+    return (f"; this machine runs at {speed:.2f}x the speed the YAML costs were measured at"
+            if speed else "")
+
+
+def _recipe(spec, budget) -> str:
+    """What a profile's Budget runs: its trials and a network's epochs (and time cap)."""
+    parts = ([f"<= {budget.n_trials} trials in {budget.timeout:.0f} s"]
+             if spec.tunes(budget) else [])
+    epochs, cap = budget.fit.get("epochs"), budget.fit.get("max_seconds")
+    if epochs:
+        parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
+    return ", ".join(parts) or "one fit"
+
+
+LONG_MINUTES = 30.0  # a forecast past this suggests a time budget
+SUGGESTED_BUDGET = 20  # minutes: the budget the hint offers
+
+
+def forecast_text(specs, profile: str, found, speed: float | None,
+                  data_seconds: float, data: str = "spent on the data") -> str:
+    """The plan of a compare without a time budget: per pipeline, its recipe and expected
+    seconds on this machine (the budget planner's estimates); the total, and a hint to use a
+    budget when it is long."""
+    rows, expected, unknown = [], 0.0, []
+    for spec in specs:
+        budget, est = spec.budget(profile), found.get(spec.name)
+        seconds = est.configured(budget) if est else None
+        if seconds is None:
+            unknown.append(spec.name)
+        else:
+            expected += seconds
+        guess = f"~{seconds:.0f} s ({est.source})" if est else "no estimate"
+        rows.append([spec.name, f"{spec.share:g}", f"{_recipe(spec, budget)}; {guess}"])
+    figures = max((FIGURES_SECONDS.get(s.reducer, 0.0) for s in specs), default=0.0)
+    total = data_seconds + expected + figures + timebudget.RESERVE_SECONDS
+    head = (f"plan without a time budget ({profile} profile as it is; {data_seconds:.0f} s "
+            f"{data}{_probed(speed)}):")
+    tail = (f"expected: pipelines ~{expected / 60:.1f} min, the whole compare ~{total / 60:.1f} "
+            f"min (with {figures + timebudget.RESERVE_SECONDS:.0f} s of figures, ensemble and "
+            "report)" + (f"; not counted, no estimate: {', '.join(unknown)}" if unknown else ""))
+    lines = [head, tables.text(["pipeline", "share", "plan"], rows, set()), tail]
+    if total / 60 > LONG_MINUTES:
+        lines.append(f"expected {total / 60:.0f} min on this machine; `make compare "
+                     f"BUDGET={SUGGESTED_BUDGET}` gives a {SUGGESTED_BUDGET}-minute comparison")
+    return "\n".join(lines)
+
+
+def forecast(todo, profile: str, parent_id: str, data_seconds: float) -> None:
+    """Print (and log as plan.txt) the unbudgeted compare's forecast before any work."""
+    specs = [spec for _, spec in todo]
+    found, speed = estimates(specs, profile, parent_id)
+    text = forecast_text(specs, profile, found, speed, data_seconds)
+    for line in text.splitlines():
+        logger.info(line)
+    tracking.log_text(text + "\n", "plan.txt", run_id=parent_id)
+
+
+DATA_SECONDS = 5.0  # loading and splitting the data, for a plan made without it (~3.3 s here)
+
+
+def plan_only(specs, profile: str, budget_minutes: float | None, parallel: int = 1) -> str:
+    """The plan a compare would print, made without loading the data or writing anything:
+    under a budget the budget's plan (its clock started DATA_SECONDS ago, for the data),
+    else the forecast of the recipe."""
+    found, speed = estimates(specs, profile, None)
+    data = "expected for the data"
+    if budget_minutes is None:
+        return forecast_text(specs, profile, found, speed, DATA_SECONDS, data)
+    clock = start_clock(budget_minutes, parallel)
+    clock.start -= DATA_SECONDS
+    check_room(clock, DATA_SECONDS)
+    budgets = {spec.name: spec.budget(profile) for spec in specs}
+    return plan_text(specs, budgets, found, clock, speed, data)
 
 
 def run(todo, profile: str, clock: timebudget.Clock, parent_id: str,

@@ -94,6 +94,10 @@ def _compare(args) -> int:
     from study import compare, leaderboard, tracking
 
     target = args.cluster and dataclasses.replace(args.cluster, insecure=args.cluster_insecure)
+    if args.plan_only:
+        print(compare.plan(args.profile, args.pipelines, args.data_dir, args.storage,
+                           args.workers, args.parallel, args.budget_minutes, target))
+        return 0
     result = compare.compare(args.profile, args.pipelines, args.seed, args.data_dir, args.storage,
                              args.workers, args.parallel, args.budget_minutes, target)
     print()

@@ -307,6 +307,10 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
         data_digest = data.fingerprint(splits)
         tracking.log_data_inputs(data_digest, splits.rows())
         todo = _not_reused(specs, parent_id, profile, seed, data_digest)
+        if clock is None and parallel == 1 and not target:  # a budget prints its own plan
+            from study import budget_run
+
+            budget_run.forecast(todo, profile.name, parent_id, data_seconds)
         started = time.perf_counter()
         runner = _runner(todo, specs, profile, splits, seed, setup, parent_id, data_digest,
                          parallel, clock, (target, client))
@@ -330,6 +334,24 @@ def compare(profile: config.Profile | str = config.DEFAULT_PROFILE,
     result.seconds = time.perf_counter() - start  # data to written report: what a budget holds
     tracking.log_metrics({"total_seconds": result.seconds}, run_id=parent_id)
     return result
+
+
+def plan(profile: config.Profile | str = config.DEFAULT_PROFILE,
+         pipeline_names: str | None = "all", data_dir: str | None = None,
+         storage: str | None = None, workers: int = 1, parallel: int = 1,
+         budget_minutes: float | None = None, cluster=None) -> str:
+    """The plan `compare` with these arguments would print, checked as it checks them, in
+    seconds: no data loaded, no store, run, study or file written (`--plan-only`)."""
+    from study import budget_run
+    from study import cluster as dask_cluster
+
+    profile = config.profile(profile)
+    target = cluster if isinstance(cluster, dask_cluster.Target) else dask_cluster.parse(cluster)
+    _check_engines(workers, parallel, target, budget_minutes)
+    specs = pipelines.resolve(pipeline_names)
+    data.locate(data_dir, download=False)  # the files are there; reading them is the compare's
+    resolve_storage(storage)
+    return budget_run.plan_only(specs, profile.name, budget_minutes, parallel)
 
 
 def _check_engines(workers: int, parallel: int, target, budget_minutes: float | None) -> None:

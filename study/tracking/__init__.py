@@ -30,8 +30,8 @@ from study.tracking.environment import environment, pinned, pip_requirements
 from study.tracking.queries import (budgeted_compares, download_artifact, failed_runs,
                                     final_run_of, final_runs,
                                     find_compare_run, load_json, load_network, load_npy, load_text,
-                                    load_pyfunc, metric_history, pipeline_timings, ranked,
-                                    tuning_runs)
+                                    load_pyfunc, metric_history, pipeline_timings,
+                                    existing_timings, ranked, tuning_runs)
 from study.tracking.registry import register_champion
 from study.tracking.resume import adopt_finished, mark_stale_runs
 from study.tracking.runs import (TuningLog, compare_run, log_artifacts, log_data_inputs,
@@ -47,7 +47,7 @@ from study.tracking.store import (check_can_write, configure, ensure_experiment,
 __all__ = [
     "PARAM_CHARS", "ROLE", "log_ensemble", "log_ensemble_model", "environment", "pinned", "pip_requirements", "download_artifact", "failed_runs",
     "final_run_of", "final_runs", "find_compare_run", "load_json", "load_network", "load_npy",
-    "load_pyfunc", "metric_history", "pipeline_timings", "ranked", "budgeted_compares",
+    "load_pyfunc", "metric_history", "pipeline_timings", "existing_timings", "ranked", "budgeted_compares",
     "load_text", "tuning_runs", "register_champion", "adopt_finished", "mark_stale_runs",
     "TuningLog", "compare_run", "log_artifacts", "log_data_inputs", "log_evaluation", "log_failure",
     "log_final", "log_metric", "log_metrics", "log_model", "log_params", "log_text", "set_rank",

@@ -4,6 +4,7 @@ metric histories and models. Everything the report, the ensemble stage and predi
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 from study import config
 from study.errors import ConfigError, first_line
 from study.tracking.common import ROLE
+from study.tracking.store import configure, experiment_name
 
 MODEL_NAME = "model"  # the name every final run logs its model under
 
@@ -208,7 +210,34 @@ def pipeline_timings(profile: str, parent_run_id: str) -> dict[str, dict[str, fl
     import mlflow
 
     client = mlflow.MlflowClient()
-    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    return _timings(client, client.get_run(parent_run_id).info.experiment_id, profile)
+
+
+def existing_timings(profile: str) -> dict[str, dict[str, float]]:
+    """pipeline_timings for a plan made before any compare run (`--plan-only`): read from the
+    configured store's experiment if both exist, never creating either (a SQLite store that
+    is not there yet has no history: nothing is opened)."""
+    import mlflow
+
+    uri = config.tracking_uri()
+    if uri.startswith("sqlite:///"):
+        if not Path(uri[len("sqlite:///"):].split("?", 1)[0]).is_file():
+            return {}
+        mlflow.set_tracking_uri(uri)  # configure() would take the first-use lock: a file
+    else:
+        configure()  # a server: one short probe says it is down, and checks the login
+    client = mlflow.MlflowClient()
+    if os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run`: the project run's experiment
+        experiment_id = client.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    else:
+        found = client.get_experiment_by_name(experiment_name())
+        if found is None:
+            return {}
+        experiment_id = found.experiment_id
+    return _timings(client, experiment_id, profile)
+
+
+def _timings(client, experiment_id: str, profile: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for run in client.search_runs(
             [experiment_id], max_results=1000, order_by=["attributes.start_time DESC"],
