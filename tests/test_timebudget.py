@@ -217,14 +217,121 @@ def test_compare_prints_its_plan_before_any_work_and_keeps_its_budget(tmp_path):
     assert parent.data.metrics["total_seconds"] <= 1.05 * 90  # data to written report
     assert "plan.txt" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "limited by" in proc.stdout  # "(time budget)" only where a budget cut a model short
-    # a second budgeted compare in the same store estimates from the first one's runs
+    # a plan made on that store reads the first compare's runs and leaves the store as it was
+    before = _snapshot(tmp_path)
+    only = subprocess.run(
+        [sys.executable, "-m", "study", "compare", "--profile", "smoke", "--pipelines",
+         "dummy,logreg", "--budget-minutes", "1.2", "--plan-only"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert only.returncode == 0, only.stderr[-2000:]
+    planned = [line for line in only.stdout.splitlines() if line.startswith("logreg ")]
+    assert planned and "(store)" in planned[0], only.stdout
+    assert _snapshot(tmp_path) == before
+    # a compare without a budget in the same store: its forecast, from the first one's runs,
+    # comes before the first pipeline
     again = subprocess.run(
         [sys.executable, "-m", "study", "compare", "--profile", "smoke", "--pipelines",
-         "dummy,logreg", "--budget-minutes", "1.2"],
+         "dummy,logreg"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    planned = [line for line in again.stderr.splitlines() if line.startswith("logreg ")]
-    assert planned and "(store)" in planned[0], again.stderr[-2000:]
+    lines = again.stderr.splitlines()
+    plan = next(i for i, line in enumerate(lines) if line.startswith("plan without a time budget"))
+    first = next(i for i, line in enumerate(lines) if line.startswith("=== pipeline"))
+    forecast = lines[plan:first]
+    assert any(line.startswith("expected: pipelines ~") for line in forecast), forecast
+    planned = [line for line in forecast if line.startswith("logreg ")]
+    assert planned and "(store)" in planned[0], forecast
+
+
+def _snapshot(folder) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*")}
+
+
+def _plan_only(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    """`study compare --plan-only ...` with a store, journal and reports in `tmp_path`
+    (none of them there yet), run in it."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+           "OPTUNA_JOURNAL": str(tmp_path / "o.j"), config.REPORTS_ENV: str(tmp_path / "r")}
+    for leaked in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(leaked, None)
+    return subprocess.run([sys.executable, "-m", "study", "compare", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_plan_only_prints_the_recipe_with_its_minutes_and_writes_nothing(tmp_path):
+    """Without a budget: every pipeline of the quick profile with its recipe and expected
+    seconds (the YAML costs scaled by the probe: no store yet), the total, the hint exactly
+    when the total is long; in seconds, and nothing is created (no store, journal, report)."""
+    import re
+    import time
+
+    started = time.monotonic()
+    proc = _plan_only(tmp_path, "--profile", "quick", "--plan-only")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.monotonic() - started < 60  # seconds: no data loaded, nothing trained
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    out = proc.stdout.splitlines()
+    assert out[0].startswith("plan without a time budget (quick profile")
+    rows = {line.split()[0]: line for line in out[3:] if line and not line.startswith("expected")}
+    assert sorted(rows) == sorted(s.name for s in pipelines.resolve("all"))
+    assert "16 epochs" in rows["cnn_modern"] and "(yaml)" in rows["cnn_modern"]
+    assert "<= 4 trials in 90 s" in rows["logreg"]  # its quick recipe, untouched
+    seconds = sum(float(re.search(r"~(\d+) s \(yaml\)", line).group(1)) for line in rows.values())
+    total = next(line for line in out if line.startswith("expected: pipelines ~"))
+    assert float(re.search(r"pipelines ~([\d.]+) min", total).group(1)) == pytest.approx(
+        seconds / 60, abs=0.1)
+    whole = float(re.search(r"the whole compare ~([\d.]+) min", total).group(1))
+    hint = [line for line in out if "`make compare BUDGET=20` gives a 20-minute" in line]
+    assert len(hint) == (1 if whole > 30 else 0)
+
+
+def test_plan_only_under_a_tiny_budget_names_what_it_skips(tmp_path):
+    """The budget's own plan table, as a budgeted compare prints it: a 3-minute quick compare
+    cannot hold the networks, and says which pipelines it would skip."""
+    proc = _plan_only(tmp_path, "--profile", "quick", "--budget-minutes", "3", "--plan-only")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    out = proc.stdout.splitlines()
+    assert out[0].startswith("plan for 3 minutes (5 s expected for the data")
+    skipped = {line.split()[0] for line in out if "skip (budget:" in line}
+    assert "cnn_modern" in skipped
+    tail = next(line for line in out if line.startswith("expected: pipelines"))
+    assert tail.endswith("expected to be skipped: " + ", ".join(
+        name for name in (line.split()[0] for line in out[3:]) if name in skipped))
+
+
+@pytest.mark.parametrize("value", ["maybe", "2"])
+def test_a_bad_plan_only_is_one_line_and_exit_2(tmp_path, value):
+    proc = _plan_only(tmp_path, "--profile", "quick", "--plan-only", value)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"plan_only must be true or false, got '{value}'" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_mlproject_passes_plan_only_to_the_compare():
+    """The compare entry point's command, rendered as `mlflow run` renders it, parses to a
+    plan-only compare with -P plan_only=true and to a compare by default."""
+    import shlex
+
+    import yaml
+
+    from study.arguments import build_parser
+
+    entry = yaml.safe_load((config.PROJECT_ROOT / "MLproject").read_text())[
+        "entry_points"]["compare"]
+    defaults = {k: str(v.get("default")) for k, v in entry["parameters"].items()}
+    assert defaults["plan_only"] == "false"
+
+    def parsed(**given):
+        words = shlex.split(entry["command"].format(**{**defaults, **given}))
+        assert words[:4] == ["python", "-m", "study", "compare"]
+        return build_parser().parse_args(words[3:])
+
+    assert parsed().plan_only is False
+    assert parsed(plan_only="true").plan_only is True
 
 
 @pytest.mark.parametrize("bad", [{"share": 0}, {"share": "big"},
