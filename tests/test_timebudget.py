@@ -23,6 +23,11 @@ class Spec:
     share: float = 1.0
     generalist: str | None = None
     searches: bool = False
+    family: str = ""  # its own family unless named
+    reducer: str = "none"
+
+    def __post_init__(self):
+        self.family = self.family or self.name
 
     def tunes(self, budget) -> bool:
         return self.searches and budget.n_trials > 0
@@ -111,10 +116,12 @@ def test_a_specialist_goes_when_its_generalist_was_skipped():
 
 def test_time_left_over_goes_to_a_skipped_pipeline_at_the_end():
     """The network finished well under its estimate: the estimator skipped on its share runs
-    after the others, in what was left."""
+    after the others, in what was left. (Its family is covered by the cheaper tiny: coverage
+    keeps nothing back for it.)"""
     now = FakeTime()
     clock = Clock(600.0, reserve=45.0, now=now)
-    specs = [Spec("svm", share=0.1), Spec("net", share=10), Spec("tiny")]
+    specs = [Spec("svm", share=0.1, family="linear"), Spec("net", share=10),
+             Spec("tiny", family="linear")]
 
     def quick(spec, allotment):  # everything takes a third of what it was allowed
         now.t += allotment.seconds / 3
@@ -123,6 +130,98 @@ def test_time_left_over_goes_to_a_skipped_pipeline_at_the_end():
     order = [(name, how) for name, how, _ in timebudget.schedule(
         specs, BUDGETS, ESTIMATES, clock, quick, skipped)]
     assert order == [("net", "ran"), ("tiny", "ran"), ("svm", "ran")]
+    assert clock.seconds - clock.elapsed() >= clock.reserve
+
+
+# A study like the default one on a slow host (the issue's figures): every family, one
+# network costing half of everything
+STUDY = {  # name: (family, reducer, share, estimate, budget)
+    "cnn_modern": ("cnn", "none", 6, Estimate(1200.0, 1168.0, epochs=16),
+                   pipelines.Budget("quick", 0, 60.0, fit={"epochs": 16})),
+    "cnn_seed1": ("cnn", "none", 1, Estimate(400.0, 370.0, epochs=20),
+                  pipelines.Budget("quick", 0, 60.0, fit={"epochs": 20})),
+    "dummy": ("baseline", "none", 1, Estimate(3.0, 1.0), pipelines.Budget("quick", 0, 5.0)),
+    "hgb": ("gradient_boosting", "none", 0.7,
+            Estimate(300.0, 100.0, tuning_seconds=190.0, trials=5),
+            pipelines.Budget("quick", 5, 190.0)),
+    "knn": ("knn", "pca", 1, Estimate(12.0, 7.0), pipelines.Budget("quick", 0, 5.0)),
+    "logreg": ("linear", "none", 0.5, Estimate(60.0, 43.0), pipelines.Budget("quick", 0, 5.0)),
+    "mlp_seed": ("mlp", "none", 1, Estimate(60.0, 50.0, epochs=40),
+                 pipelines.Budget("quick", 0, 60.0, fit={"epochs": 40})),
+    "pca_svm": ("svm", "pca", 1.5, Estimate(200.0, 124.0, tuning_seconds=60.0, trials=3),
+                pipelines.Budget("quick", 3, 60.0)),
+    "rf": ("random_forest", "none", 0.7, Estimate(150.0, 90.0, tuning_seconds=50.0, trials=5),
+           pipelines.Budget("quick", 5, 50.0)),
+    "umap_knn": ("knn", "umap", 0.3, Estimate(240.0, 223.0), pipelines.Budget("quick", 0, 5.0)),
+}
+STUDY_SPECS = [Spec(name, share=share, family=family, reducer=reducer, searches=b.n_trials > 0)
+               for name, (family, reducer, share, _, b) in STUDY.items()]
+STUDY_ESTIMATES = {name: row[3] for name, row in STUDY.items()}
+STUDY_BUDGETS = {name: row[4] for name, row in STUDY.items()}
+FAMILIES = {"baseline", "linear", "svm", "random_forest", "knn", "gradient_boosting", "pca",
+            "umap", "mlp", "cnn"}
+
+
+def study_schedule(minutes: float, data_seconds: float = 20.0):
+    """The study's schedule on a fake clock where each pipeline takes what its allotment lets
+    it; {name: (ran or skipped, allotment)} and the clock."""
+    now = FakeTime()
+    clock = Clock(60.0 * minutes, reserve=45.0, now=now)
+    now.t = data_seconds
+    done = {name: (how, a) for name, how, a in timebudget.schedule(
+        STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, clock, spend(now, STUDY_ESTIMATES),
+        skipped)}
+    return done, clock
+
+
+def covered_by(done) -> set[str]:
+    return set().union(*(timebudget.families_of(s) for s in STUDY_SPECS
+                         if done[s.name][0] == "ran"))
+
+
+def test_a_budget_covers_every_family_first_then_gives_the_leader_the_rest():
+    """20 minutes for 44 minutes of recipes: by shares alone the cheap-share families (the
+    UMAP k-NN, the SVM) were skipped; coverage buys each family first, then the network with
+    the largest share gets the most of what is left beyond the least costs."""
+    done, clock = study_schedule(20)
+    assert covered_by(done) == FAMILIES
+    assert [n for n, (how, _) in done.items() if how != "ran"] == []
+    beyond = {n: a.seconds - STUDY_ESTIMATES[n].minimum for n, (_, a) in done.items()}
+    assert max(beyond, key=beyond.get) == "cnn_modern"
+    assert timebudget.MIN_EPOCHS < done["cnn_modern"][1].budget.fit["epochs"] < 16
+    assert clock.seconds - clock.elapsed() >= clock.reserve  # the report's time is intact
+    assert clock.elapsed() >= 0.8 * (clock.seconds - clock.reserve)  # and the rest was used
+
+
+def test_a_budget_too_small_names_what_it_leaves_out_and_the_budget_that_covers_all():
+    """10 minutes cannot buy every family's least cost: the plan says which families it
+    leaves out and the smallest budget that covers them; the budget it names does cover them
+    all and a minute less does not; and the families it covers are the cheapest ones."""
+    from study import budget_run
+
+    def planned(minutes):
+        clock = Clock(60.0 * minutes, reserve=45.0, now=lambda: 20.0, start=0.0)
+        text = budget_run.plan_text(STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, clock, None)
+        allotments = timebudget.plan(STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, clock)
+        ran = {a.name for a in allotments if not a.skipped}
+        return text, set().union(*(timebudget.families_of(s) for s in STUDY_SPECS
+                                   if s.name in ran))
+
+    text, covered = planned(10)
+    missing = sorted(FAMILIES - covered)
+    assert missing, "10 minutes should not cover every family"
+    line = text.splitlines()[-1]
+    assert line.startswith(f"covers {len(covered)} of {len(FAMILIES)} families")
+    assert f"not covered: {', '.join(missing)};" in line
+    needed = int(line.rsplit("is ", 1)[1].split()[0])
+    assert planned(needed)[1] == FAMILIES and "not covered" not in planned(needed)[0]
+    assert planned(needed - 1)[1] != FAMILIES
+    cheapest = {f: min(STUDY_ESTIMATES[s.name].minimum for s in STUDY_SPECS
+                       if f in timebudget.families_of(s)) for f in FAMILIES}
+    assert max(cheapest[f] for f in covered) <= min(cheapest[f] for f in missing)
+    # the fake clock's schedule does what the plan says
+    done, clock = study_schedule(10)
+    assert covered_by(done) == covered
     assert clock.seconds - clock.elapsed() >= clock.reserve
 
 
