@@ -76,12 +76,20 @@ def coverage_line(specs, found, clock: timebudget.Clock, allotments) -> str:
     missing = [f for f in families if f not in covered]
     line = (f"covers {len(families) - len(missing)} of {len(families)} families "
             f"(first each family's cheapest pipeline at its least: no tuning, "
-            f"{timebudget.MIN_EPOCHS} epochs for a network, the cheapest families first; then "
+            f"{timebudget.MIN_EPOCHS} epochs for a network, the cheapest families first, the last "
+            f"on part of the training rows (at least {timebudget.MIN_ROWS:.0%}) when only that "
+            f"fits; then "
             f"the rest in proportion to each one's remaining cost, weighted by its YAML share "
             f"when short)")
+    part = [f"{a.name} ({a.budget.train_fraction:.0%})" for a in allotments
+            if not a.skipped and a.budget.train_fraction]
     if missing:
-        line += (f"; not covered: {', '.join(missing)}; the smallest budget that covers all on "
-                 f"this machine is {timebudget.covering_minutes(specs, found, clock)} min")
+        line += f"; not covered: {', '.join(missing)}"
+    if part:
+        line += f"; on part of the training rows: {', '.join(part)}"
+    if missing or part:
+        line += (f"; the smallest budget that covers all on all their rows on this machine is "
+                 f"{timebudget.covering_minutes(specs, found, clock)} min")
     return line
 
 

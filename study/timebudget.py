@@ -27,6 +27,7 @@ RESERVE_SECONDS = 45.0  # ensemble, registry and report (26-40 s measured on qui
 MIN_EPOCHS = 2  # a network with fewer is not worth its time (its schedule never settles)
 UNKNOWN_COST = 60.0  # seconds assumed for a pipeline with no estimate, when sharing out
 CHEAP = 0.03  # a pipeline costing at most this part of what is left runs whatever its share
+MIN_ROWS = 0.1  # the least part of the training rows a family is covered on (4,800 of 48,000)
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,14 @@ class Estimate:
         """What it would cost run as `budget` says (the estimate may come from a cut run):
         its trials and epochs at the measured rates."""
         tuning = (self.trial_seconds * budget.n_trials if self.trials and budget.n_trials
-                  else self.tuning_seconds)
+                  else 0.0 if self.trials else self.tuning_seconds)
         if self.trials and budget.n_trials:  # Optuna stops at its timeout, one trial in hand
             tuning = min(tuning, budget.timeout + self.trial_seconds)
         fit = self.fit_seconds
         if self.epochs:
             fit = self.epoch_seconds * int(budget.fit.get("epochs", self.epochs))
+        fit *= budget.train_fraction or 1.0
+        if self.epochs:
             fit = min(fit, float(budget.fit.get("max_seconds") or math.inf))
         return self.overhead + tuning + fit
 
@@ -72,6 +75,12 @@ class Estimate:
         if self.epochs:
             return self.overhead + self.epoch_seconds * min(MIN_EPOCHS, self.epochs)
         return self.overhead + self.fit_seconds
+
+
+    def least_on(self, fraction: float) -> float:
+        """Its least cost fitted on `fraction` of the training rows: the fit (and what scales
+        with the rows: tuning is gone) in proportion, scoring and logging whole."""
+        return self.overhead + fraction * (self.minimum - self.overhead)
 
 
 class Clock:
@@ -123,21 +132,36 @@ class Allotment:
         epochs, cap = b.fit.get("epochs"), b.fit.get("max_seconds")
         if epochs:
             parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
+        if b.train_fraction:
+            parts.append(f"{b.train_fraction:.0%} of the training rows")
         guess = f"~{self.expected:.0f} s ({self.estimate.source})" if self.estimate \
             else "no estimate"
         return f"{self.seconds:.0f} s allowed: {', '.join(parts) or 'one fit'}; {guess}"
 
 
-def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool) -> Allotment:
+def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool,
+          subsample: bool = False) -> Allotment:
     """Cut `budget` (the profile's) to `allowance` seconds, or skip the pipeline when even
-    its least cost does not fit. Without an estimate it runs as configured, its tuning
-    capped by the allowance."""
+    its least cost does not fit; with `subsample` (a family's only chance), its least on a
+    stratified part of the training rows (at least MIN_ROWS) before skipping. Without an
+    estimate it runs as configured, its tuning capped by the allowance."""
     if estimate is None:  # tuning gets half of the allowance, a network's fit a cap at it
         fit = dict(budget.fit)
         if "epochs" in fit:
             fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf), allowance)
         return Allotment(spec.name, allowance, dataclasses.replace(
             budget, timeout=max(1.0, min(budget.timeout, allowance / 2)), fit=fit))
+    if estimate.minimum > allowance and subsample and estimate.least_on(MIN_ROWS) <= allowance:
+        fraction = math.floor(100 * (allowance - estimate.overhead)
+                              / (estimate.minimum - estimate.overhead)) / 100
+        fit = dict(budget.fit)
+        if estimate.epochs:  # its shortest useful fit, its schedule sized to it
+            fit["epochs"] = min(MIN_EPOCHS, int(fit.get("epochs", estimate.epochs)))
+            fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf),
+                                     allowance - estimate.overhead)
+        return Allotment(spec.name, allowance, dataclasses.replace(
+            budget, n_trials=0, timeout=1.0, fit=fit, train_fraction=fraction),
+            estimate=estimate)
     if estimate.minimum > allowance:
         return Allotment(spec.name, allowance, skipped=(
             f"budget: needs ~{estimate.minimum:.0f} s at least, {allowance:.0f} s left for it"),
@@ -176,12 +200,15 @@ def least(estimate: Estimate | None) -> float:
 
 @dataclass(frozen=True)
 class Coverage:
-    """The first pass: one pipeline per family, each at its least cost, cheapest first."""
+    """The first pass: one pipeline per family, each at its least cost, cheapest first; when
+    they do not all fit, the next ones on part of the training rows (at least MIN_ROWS)."""
 
     families: tuple[str, ...]  # every family to cover (not yet covered)
     picks: tuple[str, ...]  # the pipelines that cover them, cheapest first
     minimums: tuple[float, ...]  # each pick's least cost, in the same order
     fits: int  # how many of the picks (the first ones) fit in the time given
+    on_part: int = 0  # how many after those fit only on part of the training rows
+    on_part_seconds: tuple[float, ...] = ()  # what is kept back for each of those
 
     @property
     def seconds(self) -> float:
@@ -190,14 +217,17 @@ class Coverage:
 
     @property
     def reserved(self) -> dict[str, float]:
-        """The picks that fit, with the least cost kept back for each."""
-        return dict(zip(self.picks[:self.fits], self.minimums[:self.fits]))
+        """The picks that fit, with the time kept back for each: its least cost, or for those
+        that fit only on part of the rows, all that is left of the time (on MIN_ROWS at least)."""
+        return dict(zip(self.picks[:self.fits + self.on_part],
+                        self.minimums[:self.fits] + self.on_part_seconds))
 
 
 def coverage(specs, estimates: dict[str, Estimate | None], usable: float,
              covered: set[str] = frozenset()) -> Coverage:
     """Each family not in `covered` bought by its cheapest pipeline in `specs` (a specialist
-    needs its generalist, so never covers alone), cheapest first; those that fit in `usable`."""
+    needs its generalist, so never covers alone), cheapest first; those that fit in `usable`,
+    then the next ones on part of the rows."""
     candidates = sorted((s for s in specs if not s.generalist),
                         key=lambda s: least(estimates.get(s.name)))
     families = set().union(*(families_of(s) for s in candidates)) - set(covered)
@@ -211,7 +241,21 @@ def coverage(specs, estimates: dict[str, Estimate | None], usable: float,
     while fits < len(picks) and total + minimums[fits] <= usable:
         total += minimums[fits]
         fits += 1
-    return Coverage(tuple(sorted(families)), tuple(picks), tuple(minimums), fits)
+    # the families left, each on MIN_ROWS of the rows while that fits, cheapest first; then
+    # what is left tops them up toward all their rows, before anyone gets more than its least
+    on_part = [estimates[name].least_on(MIN_ROWS) if estimates.get(name) else UNKNOWN_COST
+               for name in picks[fits:]]
+    n = 0
+    while n < len(on_part) and total + on_part[n] <= usable:
+        total += on_part[n]
+        n += 1
+    kept = on_part[:n]
+    for i in range(n):
+        more = min(usable - total, minimums[fits + i] - kept[i])
+        kept[i] += more
+        total += more
+    return Coverage(tuple(sorted(families)), tuple(picks), tuple(minimums), fits, n,
+                    tuple(kept))
 
 
 def share_of(spec, remaining, estimates: dict[str, Estimate | None], usable: float,
@@ -256,10 +300,11 @@ def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | Non
     skipped: dict[str, Allotment] = {}
     covered: set[str] = set()
     for i, spec in enumerate(specs):
-        reserved = coverage(specs[i:], estimates, clock.usable(), covered).reserved
-        allowance = share_of(spec, specs[i:], estimates, clock.usable(), budgets, reserved)
+        cover = coverage(specs[i:], estimates, clock.usable(), covered)
+        allowance = share_of(spec, specs[i:], estimates, clock.usable(), budgets,
+                             cover.reserved)
         allotment = allot(spec, budgets[spec.name], estimates.get(spec.name), allowance,
-                          spec.tunes(budgets[spec.name]))
+                          spec.tunes(budgets[spec.name]), subsample=spec.name in cover.picks)
         if spec.generalist in skipped and not allotment.skipped:
             allotment = dataclasses.replace(allotment, budget=None, skipped=(
                 f"budget: its generalist {spec.generalist} was skipped"))
@@ -274,7 +319,8 @@ def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | Non
                    key=lambda s: (not families_of(s) - covered, -s.share))
     for spec in later:
         allotment = allot(spec, budgets[spec.name], estimates.get(spec.name), clock.usable(),
-                          spec.tunes(budgets[spec.name]))
+                          spec.tunes(budgets[spec.name]),
+                          subsample=bool(families_of(spec) - covered))
         if not allotment.skipped:
             del skipped[spec.name]
             covered |= families_of(spec)

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 import mlflow
+import numpy as np
 import pytest
 
 from study import config, pipelines, timebudget
@@ -45,10 +46,11 @@ def spend(time_: FakeTime, estimates):
     """A pipeline that takes what its allotment lets it: a network its epochs, the rest all."""
     def run(spec, allotment):
         est, budget = estimates[spec.name], allotment.budget
+        part = budget.train_fraction or 1.0  # a fit on part of the rows takes that part
         if est.epochs:
-            time_.t += est.overhead + est.epoch_seconds * budget.fit["epochs"]
+            time_.t += est.overhead + part * est.epoch_seconds * budget.fit["epochs"]
         else:
-            time_.t += est.overhead + est.fit_seconds + (
+            time_.t += est.overhead + part * est.fit_seconds + (
                 budget.timeout if spec.tunes(budget) else 0.0)
         return (spec.name, "ran", allotment)
 
@@ -79,8 +81,10 @@ def test_a_pipeline_that_cannot_fit_is_skipped_and_the_reserve_is_kept():
     now = FakeTime()
     clock = Clock(600.0, reserve=45.0, now=now)
     now.t = 5.0  # the data
-    specs = [Spec("net", share=4), Spec("svm", share=6, searches=True), Spec("huge"),
-             Spec("net_special", share=2, generalist="net"), Spec("tiny")]
+    # huge's family is covered by tiny: nothing is kept back for it, nor cut to part of the rows
+    specs = [Spec("net", share=4), Spec("svm", share=6, searches=True),
+             Spec("huge", family="tiny"), Spec("net_special", share=2, generalist="net"),
+             Spec("tiny")]
     done = {name: (how, a) for name, how, a in timebudget.schedule(
         specs, BUDGETS, ESTIMATES, clock, spend(now, ESTIMATES), skipped)}
     assert done["huge"][0] == "skipped" and done["huge"][1].skipped.startswith("budget: needs")
@@ -215,7 +219,9 @@ def test_a_budget_too_small_names_what_it_leaves_out_and_the_budget_that_covers_
     assert f"not covered: {', '.join(missing)};" in line
     needed = int(line.rsplit("is ", 1)[1].split()[0])
     assert planned(needed)[1] == FAMILIES and "not covered" not in planned(needed)[0]
-    assert planned(needed - 1)[1] != FAMILIES
+    assert "on part of the training rows:" not in planned(needed)[0]
+    short = planned(needed - 1)  # all on all their rows it does not cover
+    assert short[1] != FAMILIES or "on part of the training rows:" in short[0]
     cheapest = {f: min(STUDY_ESTIMATES[s.name].minimum for s in STUDY_SPECS
                        if f in timebudget.families_of(s)) for f in FAMILIES}
     assert max(cheapest[f] for f in covered) <= min(cheapest[f] for f in missing)
@@ -223,6 +229,57 @@ def test_a_budget_too_small_names_what_it_leaves_out_and_the_budget_that_covers_
     done, clock = study_schedule(10)
     assert covered_by(done) == covered
     assert clock.seconds - clock.elapsed() >= clock.reserve
+
+
+def test_a_family_whose_least_does_not_fit_is_covered_on_part_of_its_rows():
+    """A minute short of covering every family on all their rows: the UMAP k-NN (the dearest
+    family) is fitted on a stratified part of its rows, as much as is left once every other
+    family has its least, and nobody gets more than its least before it."""
+    minutes = timebudget.covering_minutes(STUDY_SPECS, STUDY_ESTIMATES,
+                                          Clock(1.0, reserve=45.0, now=lambda: 20.0, start=0.0))
+    done, clock = study_schedule(minutes - 1)
+    assert covered_by(done) == FAMILIES
+    umap = done["umap_knn"][1].budget.train_fraction
+    assert timebudget.MIN_ROWS <= umap < 1
+    others = [(n, a) for n, (how, a) in done.items() if how == "ran" and n != "umap_knn"]
+    assert all(a.budget.train_fraction is None for _, a in others)
+    assert all(a.expected <= STUDY_ESTIMATES[n].minimum + 1 for n, a in others)
+    assert clock.seconds - clock.elapsed() >= clock.reserve
+    assert clock.elapsed() >= 0.95 * (clock.seconds - clock.reserve)  # the rows used it up
+    from study import budget_run
+
+    text = budget_run.plan_text(STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, Clock(
+        60.0 * (minutes - 1), reserve=45.0, now=lambda: 20.0, start=0.0), None)
+    assert f"on part of the training rows: umap_knn ({umap:.0%})" in text.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_final_fit_on_part_of_the_rows_says_so(tracking_store, real_dir):
+    """A real pipeline run with a time budget's cut to a quarter of its training rows: it is
+    fitted on a stratified quarter (the dataset input says how many rows) and its limited by
+    names the rows."""
+    import dataclasses
+
+    from study import compare, data, tracking, tuning
+
+    spec, profile = pipelines.load("dummy"), config.profile("smoke")
+    cut = dataclasses.replace(spec.budget(profile), n_trials=0, train_fraction=0.25)
+    splits = data.make_splits(data.load(real_dir), profile)
+    part = data.train_part(splits, 0.25, config.SEED)
+    assert len(part.y_train) == len(splits.y_train) // 4
+    counts = np.bincount(part.y_train, minlength=10)
+    assert counts.max() - counts.min() <= 1  # stratified: every class its part
+    tracking.configure()
+    url = tuning.resolve_storage(None)
+    setup = compare.TuningSetup(url, tuning.open_storage(url))
+    with tracking.compare_run(profile.name, config.SEED, [spec.name]) as parent_id:
+        final_id = compare.run_pipeline(spec, profile, splits, config.SEED, setup, parent_id,
+                                        data.fingerprint(splits), cut)
+    final = mlflow.MlflowClient().get_run(final_id)
+    assert final.data.tags["limited_by"].startswith(
+        f"{len(part.y_train):,} of {len(splits.y_train):,} rows (time budget)")
+    rows = {i.dataset.name: {t.key: t.value for t in i.tags} for i in final.inputs.dataset_inputs}
+    assert rows["fashion-mnist-train"]["rows"] == str(len(part.y_train))
 
 
 def test_the_store_estimate_of_a_cut_run_stands_for_the_whole_recipe():
