@@ -87,6 +87,8 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
         spec, recipe, budget, tuned, fit,
         tuning.final_params(spec, recipe, tuned.best_params).get("epochs"),
         (len(splits.y_train), all_rows))
+    if len(splits.y_train) < all_rows:  # what its cost on all the rows is estimated from
+        fit.info["train_fraction"] = len(splits.y_train) / all_rows
     # the one and only look at the test set, timed as every row's prediction is
     proba, predict_seconds = timed_proba(fit.predict_proba, splits.x_test)
     evaluation = evaluate(splits.y_test, proba)

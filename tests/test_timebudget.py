@@ -256,8 +256,9 @@ def test_a_family_whose_least_does_not_fit_is_covered_on_part_of_its_rows():
 @pytest.mark.slow
 def test_a_final_fit_on_part_of_the_rows_says_so(tracking_store, real_dir):
     """A real pipeline run with a time budget's cut to a quarter of its training rows: it is
-    fitted on a stratified quarter (the dataset input says how many rows) and its limited by
-    names the rows."""
+    fitted on a stratified quarter (the dataset input says how many rows), its limited by
+    names the rows, the next budget estimates its fit on all the rows (four times), and its
+    seed repeats fit on the same rows."""
     import dataclasses
 
     from study import compare, data, tracking, tuning
@@ -273,13 +274,26 @@ def test_a_final_fit_on_part_of_the_rows_says_so(tracking_store, real_dir):
     url = tuning.resolve_storage(None)
     setup = compare.TuningSetup(url, tuning.open_storage(url))
     with tracking.compare_run(profile.name, config.SEED, [spec.name]) as parent_id:
-        final_id = compare.run_pipeline(spec, profile, splits, config.SEED, setup, parent_id,
-                                        data.fingerprint(splits), cut)
+        final_id = compare.attempt(spec, profile, splits, config.SEED, setup, parent_id,
+                                   data.fingerprint(splits), cut).run_id
     final = mlflow.MlflowClient().get_run(final_id)
+    m = final.data.metrics
+    timing = tracking.pipeline_timings(profile.name, parent_id)[spec.name]
+    assert timing["fit_seconds"] == pytest.approx(4 * m["fit_seconds"])
+    assert timing["seconds"] == pytest.approx(m["pipeline_seconds"] + 3 * m["fit_seconds"])
     assert final.data.tags["limited_by"].startswith(
         f"{len(part.y_train):,} of {len(splits.y_train):,} rows (time budget)")
     rows = {i.dataset.name: {t.key: t.value for t in i.tags} for i in final.inputs.dataset_inputs}
     assert rows["fashion-mnist-train"]["rows"] == str(len(part.y_train))
+
+    from study import repeats
+
+    summary = repeats.run(parent_id, seeds=2, top=1, data_dir=str(real_dir))
+    client = mlflow.MlflowClient()
+    children = client.search_runs(
+        [mlflow.get_experiment_by_name(config.EXPERIMENT_NAME + tracking.REPEATS_SUFFIX)
+         .experiment_id], f"tags.mlflow.parentRunId = '{summary['run_id']}'")
+    assert [c.data.metrics["train_rows"] for c in children] == [len(part.y_train)] * 2
 
 
 def test_the_store_estimate_of_a_cut_run_stands_for_the_whole_recipe():
