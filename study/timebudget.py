@@ -4,15 +4,17 @@ The clock starts before the data is loaded; time for the ensemble, the registry 
 report is reserved. Coverage comes before accuracy: first every family the selected pipelines
 compare (their `family`, and the pca/umap reductions) is bought once, by its cheapest pipeline
 at its least honest setting (no tuning, a network's shortest useful fit), the cheapest
-families first while they fit (`coverage`). Only the rest of the time is then shared out, each
-pipeline in its turn getting its share of what is left beyond those reserved minimums (in
-proportion to its remaining cost when that covers every pipeline still to run, else to
-`share` (its YAML) x remaining cost). Its tuning timeout and its network's epochs and time cap
-are cut to fit that allowance; one that cannot give a model in it (its estimated least cost
-is larger) is skipped ("skipped: budget"), so its time goes to the pipelines after it; what is
-left at the end goes to the skipped ones that fit then, the largest share first. Estimates come from earlier runs of the pipeline in the store
-(same profile), else from the cost its YAML states for this host kind, scaled by a short
-matrix-multiply probe of this machine. Pure: no MLflow, no Optuna; the clock is injectable.
+families first while they fit, the next ones on a stratified part of their training rows
+(`coverage`). Only the rest of the time is then shared out, each pipeline in its turn getting
+its share of what is left beyond those reserved least costs (in proportion to its remaining
+cost when that covers every pipeline still to run, else to `share` (its YAML) x remaining
+cost). Its tuning timeout and its network's epochs and time cap are cut to fit that
+allowance; one that cannot give a model in it (its estimated least cost is larger) is skipped
+("skipped: budget"), so its time goes to the pipelines after it; what is left at the end goes
+to the skipped ones that fit then, an uncovered family first, then the largest share.
+Estimates come from earlier runs of the pipeline in the store (same profile), else from the
+cost its YAML states for this host kind, scaled by a short matrix-multiply probe of this
+machine. Pure: no MLflow, no Optuna; the clock is injectable.
 """
 
 from __future__ import annotations
