@@ -65,7 +65,34 @@ def plan_text(specs, budgets, found, clock: timebudget.Clock, speed: float | Non
     tail = (f"expected: pipelines ~{expected / 60:.1f} min, the whole compare ~"
             f"{(clock.elapsed() + expected + clock.reserve) / 60:.1f} min"
             + (f"; expected to be skipped: {', '.join(skipped)}" if skipped else ""))
-    return "\n".join([head, tables.text(["pipeline", "share", "plan"], rows, set()), tail])
+    return "\n".join([head, tables.text(["pipeline", "share", "plan"], rows, set()), tail,
+                      coverage_line(specs, found, clock, allotments)])
+
+
+def coverage_line(specs, found, clock: timebudget.Clock, allotments) -> str:
+    """What the plan covers, by which rule; the families it leaves out and the budget that
+    would cover them."""
+    families = timebudget.coverage(specs, found, clock.usable()).families
+    ran = {a.name for a in allotments if not a.skipped}
+    covered = set().union(*(timebudget.families_of(s) for s in specs if s.name in ran))
+    missing = [f for f in families if f not in covered]
+    line = (f"covers {len(families) - len(missing)} of {len(families)} families "
+            f"(first each family's cheapest pipeline at its least: no tuning, "
+            f"{timebudget.MIN_EPOCHS} epochs for a network, the cheapest families first, the last "
+            f"on part of the training rows (at least {timebudget.MIN_ROWS:.0%}) when only that "
+            f"fits; then "
+            f"the rest in proportion to each one's remaining cost, weighted by its YAML share "
+            f"when short)")
+    part = [f"{a.name} ({a.budget.train_fraction:.0%})" for a in allotments
+            if not a.skipped and a.budget.train_fraction]
+    if missing:
+        line += f"; not covered: {', '.join(missing)}"
+    if part:
+        line += f"; on part of the training rows: {', '.join(part)}"
+    if missing or part:
+        line += (f"; the smallest budget that covers all on all their rows on this machine is "
+                 f"{timebudget.covering_minutes(specs, found, clock)} min")
+    return line
 
 
 def _probed(speed: float | None) -> str:

@@ -72,6 +72,9 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
     started = time.time()
     recipe = spec.budget(profile)
     budget = budget or recipe
+    all_rows = len(splits.y_train)
+    if budget.train_fraction:  # a time budget's last resort to cover this family
+        splits = data.train_part(splits, budget.train_fraction, seed)
     tuned = tune_pipeline(spec, budget, splits, seed, setup, parent_run_id)
     params = tuning.final_params(spec, budget, tuned.best_params)
     logger.info(f"[{spec.name}] final fit on {len(splits.y_train)} rows with "
@@ -82,7 +85,10 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
     # against the profile's recipe, not the allotment a time budget cut it to
     fit.info["limited_by"] = evaluation_limits(
         spec, recipe, budget, tuned, fit,
-        tuning.final_params(spec, recipe, tuned.best_params).get("epochs"))
+        tuning.final_params(spec, recipe, tuned.best_params).get("epochs"),
+        (len(splits.y_train), all_rows))
+    if len(splits.y_train) < all_rows:  # what its cost on all the rows is estimated from
+        fit.info["train_fraction"] = len(splits.y_train) / all_rows
     # the one and only look at the test set, timed as every row's prediction is
     proba, predict_seconds = timed_proba(fit.predict_proba, splits.x_test)
     evaluation = evaluate(splits.y_test, proba)

@@ -7,6 +7,7 @@ package ships recompressed files whose .gz bytes differ from the canonical ones.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -249,6 +250,15 @@ def stratified_subsample(idx: np.ndarray, labels: np.ndarray, size: int | None,
 
     keep, _ = train_test_split(idx, train_size=size, random_state=seed, stratify=labels[idx])
     return np.sort(keep)
+
+
+def train_part(splits: Splits, fraction: float, seed: int = config.SEED) -> Splits:
+    """`splits` with a stratified `fraction` of its training rows (a time budget's cut);
+    validation and test untouched."""
+    keep = stratified_subsample(np.arange(len(splits.y_train)), splits.y_train,
+                                max(10, int(fraction * len(splits.y_train))), seed)
+    return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep],
+                               train_idx=splits.train_idx[keep])
 
 
 def make_splits(data: FashionMNIST, profile: config.Profile) -> Splits:

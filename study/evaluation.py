@@ -54,13 +54,17 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
     )
 
 
-def limited_by(spec, recipe, budget, tuned, fit, recipe_epochs: int | None) -> str:
+def limited_by(spec, recipe, budget, tuned, fit, recipe_epochs: int | None,
+               rows: tuple[int, int] | None = None) -> str:
     """What bounded a final model, for the leaderboard, against its profile's recipe
-    (`recipe`, the profile's Budget; `recipe_epochs`, the epochs its final fit asks): trials
+    (`recipe`, the profile's Budget; `recipe_epochs`, the epochs its final fit asks): the
+    training rows when a time budget cut them (`rows`: fitted on, of), trials
     and epochs run of the recipe's, "(time budget)" only when a time budget's cut allotment
     (`budget`) made them fewer, "(tuning timeout)" when the timeout did, failed trials said as
     failed; early stopping, a time cap, an iteration cap that stopped a fit."""
     parts = []
+    if rows and rows[0] < rows[1]:
+        parts.append(f"{rows[0]:,} of {rows[1]:,} rows (time budget)")
     failed = getattr(tuned, "n_failed", 0)
     if spec.tunes(recipe):
         trials = f"{tuned.n_trials}/{recipe.n_trials} trials"

@@ -36,6 +36,8 @@ class Budget:
     tune_val_subsample: int | None = None  # validation rows scoring each trial (None: all)
     fit: dict[str, Any] = field(default_factory=dict)  # fit settings for tuning and final fit
     tune_fit: dict[str, Any] = field(default_factory=dict)  # extra settings while tuning only
+    # the stratified part of the training rows to fit on: only a time budget cuts it (timebudget)
+    train_fraction: float | None = None
 
 
 @dataclass(frozen=True)

@@ -147,10 +147,13 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
     try:
         for row in chosen:
             spec, params = specs[row["pipeline"]], fitted[row["pipeline"]]
+            # on the rows the compare fitted it on (a time budget may have cut them)
+            part = runs[row["run_id"]]["metrics"].get("train_fraction")
+            rows = data.train_part(splits, part, base_seed) if part else splits
             for i, seed in enumerate(seed_list, start=1):
                 # as compare (a specialist folds into the compare's generalist), epochs shown
                 fit, val_proba = final_fit(
-                    spec, params, splits, seed, compare_id,
+                    spec, params, rows, seed, compare_id,
                     progress=f"[repeats] {spec.name} seed {seed}")
                 test_acc = training.accuracy(fit.predict_proba(splits.x_test), splits.y_test)
                 val_acc = training.accuracy(val_proba, splits.y_val)
@@ -161,7 +164,8 @@ def run(compare_run_id: str = "latest", seeds: int = 5, top: int = 3,
                     else {}
                 tracking.log_repeat(parent_id, spec.name, seed, {
                     "test_accuracy": test_acc, "val_accuracy": val_acc,
-                    "fit_seconds": fit.total_seconds, **epochs}, params)
+                    "fit_seconds": fit.total_seconds, "train_rows": len(rows.y_train),
+                    **epochs}, params)
                 logger.info(f"[repeats] {spec.name} seed {seed} ({i}/{seeds}): test "
                             f"{test_acc:.4f} val {val_acc:.4f} ({fit.total_seconds:.0f}s)")
         summary = summarize(results, {r["pipeline"]: r["test_accuracy"] for r in chosen})

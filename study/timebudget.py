@@ -1,14 +1,20 @@
 """A global time budget for a compare: the best it can do in N minutes, on any machine.
 
 The clock starts before the data is loaded; time for the ensemble, the registry and the
-report is reserved. Each pipeline, when its turn comes, gets its share of what is left
-(in proportion to its estimated cost when what is left covers every pipeline still to run,
-else to `share` (its YAML) x cost). Its tuning timeout and its network's epochs and time cap
-are cut to fit that allowance; one that cannot give a model in it (its estimated least cost
-is larger) is skipped ("skipped: budget"), so its time goes to the pipelines after it; what is
-left at the end goes to the skipped ones that fit then, the largest share first. Estimates come from earlier runs of the pipeline in the store
-(same profile), else from the cost its YAML states for this host kind, scaled by a short
-matrix-multiply probe of this machine. Pure: no MLflow, no Optuna; the clock is injectable.
+report is reserved. Coverage comes before accuracy: first every family the selected pipelines
+compare (their `family`, and the pca/umap reductions) is bought once, by its cheapest pipeline
+at its least honest setting (no tuning, a network's shortest useful fit), the cheapest
+families first while they fit, the next ones on a stratified part of their training rows
+(`coverage`). Only the rest of the time is then shared out, each pipeline in its turn getting
+its share of what is left beyond those reserved least costs (in proportion to its remaining
+cost when that covers every pipeline still to run, else to `share` (its YAML) x remaining
+cost). Its tuning timeout and its network's epochs and time cap are cut to fit that
+allowance; one that cannot give a model in it (its estimated least cost is larger) is skipped
+("skipped: budget"), so its time goes to the pipelines after it; what is left at the end goes
+to the skipped ones that fit then, an uncovered family first, then the largest share.
+Estimates come from earlier runs of the pipeline in the store (same profile), else from the
+cost its YAML states for this host kind, scaled by a short matrix-multiply probe of this
+machine. Pure: no MLflow, no Optuna; the clock is injectable.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ RESERVE_SECONDS = 45.0  # ensemble, registry and report (26-40 s measured on qui
 MIN_EPOCHS = 2  # a network with fewer is not worth its time (its schedule never settles)
 UNKNOWN_COST = 60.0  # seconds assumed for a pipeline with no estimate, when sharing out
 CHEAP = 0.03  # a pipeline costing at most this part of what is left runs whatever its share
+MIN_ROWS = 0.1  # the least part of the training rows a family is covered on (4,800 of 48,000)
 
 
 @dataclass(frozen=True)
@@ -53,12 +60,14 @@ class Estimate:
         """What it would cost run as `budget` says (the estimate may come from a cut run):
         its trials and epochs at the measured rates."""
         tuning = (self.trial_seconds * budget.n_trials if self.trials and budget.n_trials
-                  else self.tuning_seconds)
+                  else 0.0 if self.trials else self.tuning_seconds)
         if self.trials and budget.n_trials:  # Optuna stops at its timeout, one trial in hand
             tuning = min(tuning, budget.timeout + self.trial_seconds)
         fit = self.fit_seconds
         if self.epochs:
             fit = self.epoch_seconds * int(budget.fit.get("epochs", self.epochs))
+        fit *= budget.train_fraction or 1.0
+        if self.epochs:
             fit = min(fit, float(budget.fit.get("max_seconds") or math.inf))
         return self.overhead + tuning + fit
 
@@ -68,6 +77,12 @@ class Estimate:
         if self.epochs:
             return self.overhead + self.epoch_seconds * min(MIN_EPOCHS, self.epochs)
         return self.overhead + self.fit_seconds
+
+
+    def least_on(self, fraction: float) -> float:
+        """Its least cost fitted on `fraction` of the training rows: the fit (and what scales
+        with the rows: tuning is gone) in proportion, scoring and logging whole."""
+        return self.overhead + fraction * (self.minimum - self.overhead)
 
 
 class Clock:
@@ -119,21 +134,36 @@ class Allotment:
         epochs, cap = b.fit.get("epochs"), b.fit.get("max_seconds")
         if epochs:
             parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
+        if b.train_fraction:
+            parts.append(f"{b.train_fraction:.0%} of the training rows")
         guess = f"~{self.expected:.0f} s ({self.estimate.source})" if self.estimate \
             else "no estimate"
         return f"{self.seconds:.0f} s allowed: {', '.join(parts) or 'one fit'}; {guess}"
 
 
-def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool) -> Allotment:
+def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool,
+          subsample: bool = False) -> Allotment:
     """Cut `budget` (the profile's) to `allowance` seconds, or skip the pipeline when even
-    its least cost does not fit. Without an estimate it runs as configured, its tuning
-    capped by the allowance."""
+    its least cost does not fit; with `subsample` (a family's only chance), its least on a
+    stratified part of the training rows (at least MIN_ROWS) before skipping. Without an
+    estimate it runs as configured, its tuning capped by the allowance."""
     if estimate is None:  # tuning gets half of the allowance, a network's fit a cap at it
         fit = dict(budget.fit)
         if "epochs" in fit:
             fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf), allowance)
         return Allotment(spec.name, allowance, dataclasses.replace(
             budget, timeout=max(1.0, min(budget.timeout, allowance / 2)), fit=fit))
+    if estimate.minimum > allowance and subsample and estimate.least_on(MIN_ROWS) <= allowance:
+        fraction = math.floor(100 * (allowance - estimate.overhead)
+                              / (estimate.minimum - estimate.overhead)) / 100
+        fit = dict(budget.fit)
+        if estimate.epochs:  # its shortest useful fit, its schedule sized to it
+            fit["epochs"] = min(MIN_EPOCHS, int(fit.get("epochs", estimate.epochs)))
+            fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf),
+                                     allowance - estimate.overhead)
+        return Allotment(spec.name, allowance, dataclasses.replace(
+            budget, n_trials=0, timeout=1.0, fit=fit, train_fraction=fraction),
+            estimate=estimate)
     if estimate.minimum > allowance:
         return Allotment(spec.name, allowance, skipped=(
             f"budget: needs ~{estimate.minimum:.0f} s at least, {allowance:.0f} s left for it"),
@@ -160,56 +190,142 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
         budget, n_trials=n_trials, timeout=max(1.0, timeout), fit=fit), estimate=estimate)
 
 
+def families_of(spec) -> set[str]:
+    """The families a pipeline puts on the leaderboard: its model's, and its reduction's."""
+    return ({spec.family} - {"ensemble"}) | ({spec.reducer} - {"none"})
+
+
+def least(estimate: Estimate | None) -> float:
+    """A pipeline's least cost (UNKNOWN_COST without an estimate: it runs in what it gets)."""
+    return UNKNOWN_COST if estimate is None else estimate.minimum
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The first pass: one pipeline per family, each at its least cost, cheapest first; when
+    they do not all fit, the next ones on part of the training rows (at least MIN_ROWS)."""
+
+    families: tuple[str, ...]  # every family to cover (not yet covered)
+    picks: tuple[str, ...]  # the pipelines that cover them, cheapest first
+    minimums: tuple[float, ...]  # each pick's least cost, in the same order
+    fits: int  # how many of the picks (the first ones) fit in the time given
+    on_part: int = 0  # how many after those fit only on part of the training rows
+    on_part_seconds: tuple[float, ...] = ()  # what is kept back for each of those
+
+    @property
+    def seconds(self) -> float:
+        """What covering every family costs at least."""
+        return sum(self.minimums)
+
+    @property
+    def reserved(self) -> dict[str, float]:
+        """The picks that fit, with the time kept back for each: its least cost, or for those
+        that fit only on part of the rows, all that is left of the time (on MIN_ROWS at least)."""
+        return dict(zip(self.picks[:self.fits + self.on_part],
+                        self.minimums[:self.fits] + self.on_part_seconds))
+
+
+def coverage(specs, estimates: dict[str, Estimate | None], usable: float,
+             covered: set[str] = frozenset()) -> Coverage:
+    """Each family not in `covered` bought by its cheapest pipeline in `specs` (a specialist
+    needs its generalist, so never covers alone), cheapest first; those that fit in `usable`,
+    then the next ones on part of the rows."""
+    candidates = sorted((s for s in specs if not s.generalist),
+                        key=lambda s: least(estimates.get(s.name)))
+    families = set().union(*(families_of(s) for s in candidates)) - set(covered)
+    seen, picks, minimums = set(covered), [], []
+    for spec in candidates:  # the first pipeline to name a family is its cheapest
+        if families_of(spec) - seen:
+            seen |= families_of(spec)
+            picks.append(spec.name)
+            minimums.append(least(estimates.get(spec.name)))
+    fits, total = 0, 0.0
+    while fits < len(picks) and total + minimums[fits] <= usable:
+        total += minimums[fits]
+        fits += 1
+    # the families left, each on MIN_ROWS of the rows while that fits, cheapest first; then
+    # what is left tops them up toward all their rows, before anyone gets more than its least
+    on_part = [estimates[name].least_on(MIN_ROWS) if estimates.get(name) else UNKNOWN_COST
+               for name in picks[fits:]]
+    n = 0
+    while n < len(on_part) and total + on_part[n] <= usable:
+        total += on_part[n]
+        n += 1
+    kept = on_part[:n]
+    for i in range(n):
+        more = min(usable - total, minimums[fits + i] - kept[i])
+        kept[i] += more
+        total += more
+    return Coverage(tuple(sorted(families)), tuple(picks), tuple(minimums), fits, n,
+                    tuple(kept))
+
+
 def share_of(spec, remaining, estimates: dict[str, Estimate | None], usable: float,
-             budgets: dict[str, Any] | None = None) -> float:
-    """`spec`'s allowance out of `usable` seconds, against the pipelines still to run: in
-    proportion to their estimated costs when `usable` covers them all (nobody is cut), else
-    to share x cost, so the YAML's shares decide who keeps most when time is short; a
-    pipeline that costs at most CHEAP of what is left gets its cost whatever its share."""
+             budgets: dict[str, Any] | None = None,
+             reserved: dict[str, float] | None = None) -> float:
+    """`spec`'s allowance out of `usable` seconds, against the pipelines still to run. The
+    `reserved` ones (coverage's picks) first get their least cost; the rest of the time goes
+    in proportion to each one's remaining cost (its cost less what was reserved for it) when
+    it covers them all (nobody is cut), else to share x remaining cost, so the YAML's shares
+    decide who keeps most when time is short; a pipeline that costs at most CHEAP of what is
+    left gets its cost whatever its share."""
+    reserved = reserved or {}
+
     def cost_of(name: str) -> float:
         est = estimates.get(name)
         if est is None:
             return UNKNOWN_COST
         return est.configured(budgets[name]) if budgets else est.seconds
 
-    cost = {s.name: cost_of(s.name) for s in remaining}
+    base = {s.name: reserved.get(s.name, 0.0) for s in remaining}
+    cost = {s.name: max(0.0, cost_of(s.name) - base[s.name]) for s in remaining}
+    usable, floor = max(0.0, usable - sum(base.values())), base[spec.name]
     total = sum(cost.values())
     if total <= 0:
-        return usable
+        return floor + usable
     if usable >= total:
-        return usable * cost[spec.name] / total
+        return floor + usable * cost[spec.name] / total
     weighted = sum(s.share * cost[s.name] for s in remaining)
-    allowance = usable * spec.share * cost[spec.name] / weighted
+    allowance = usable * spec.share * cost[spec.name] / weighted if weighted > 0 else 0.0
     # a cheap pipeline is always worth its few seconds: up to CHEAP of what is left
-    return max(allowance, min(cost[spec.name], CHEAP * usable))
+    return floor + max(allowance, min(cost[spec.name], CHEAP * usable))
 
 
 def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
              clock: Clock, run: Callable[[Any, Allotment], Any],
              skip: Callable[[Any, Allotment], Any]) -> Iterator[Any]:
     """Run the pipelines in order, each with its share of what is left when its turn comes
-    (`run(spec, allotment)`), or `skip(spec, allotment)` it; yields what those return. A
-    specialist whose generalist was skipped is skipped too."""
+    (`run(spec, allotment)`), or `skip(spec, allotment)` it; yields what those return. Before
+    each turn the families not yet on the leaderboard are re-covered from the pipelines still
+    to run (`coverage`, in the time really left), and their picks' least costs are kept back
+    from the shares. A specialist whose generalist was skipped is skipped too."""
     skipped: dict[str, Allotment] = {}
+    covered: set[str] = set()
     for i, spec in enumerate(specs):
-        allowance = share_of(spec, specs[i:], estimates, clock.usable(), budgets)
+        cover = coverage(specs[i:], estimates, clock.usable(), covered)
+        allowance = share_of(spec, specs[i:], estimates, clock.usable(), budgets,
+                             cover.reserved)
         allotment = allot(spec, budgets[spec.name], estimates.get(spec.name), allowance,
-                          spec.tunes(budgets[spec.name]))
+                          spec.tunes(budgets[spec.name]), subsample=spec.name in cover.picks)
         if spec.generalist in skipped and not allotment.skipped:
             allotment = dataclasses.replace(allotment, budget=None, skipped=(
                 f"budget: its generalist {spec.generalist} was skipped"))
         if allotment.skipped:
             skipped[spec.name] = allotment
         else:
+            covered |= families_of(spec)
             yield run(spec, allotment)
-    # What the others left: the skipped ones, the largest share first, each in what is left
+    # What the others left: the skipped ones, a family not yet covered first, then the largest
+    # share first, each in what is left
     later = sorted((s for s in specs if s.name in skipped and not s.generalist),
-                   key=lambda s: -s.share)
+                   key=lambda s: (not families_of(s) - covered, -s.share))
     for spec in later:
         allotment = allot(spec, budgets[spec.name], estimates.get(spec.name), clock.usable(),
-                          spec.tunes(budgets[spec.name]))
+                          spec.tunes(budgets[spec.name]),
+                          subsample=bool(families_of(spec) - covered))
         if not allotment.skipped:
             del skipped[spec.name]
+            covered |= families_of(spec)
             yield run(spec, allotment)
     for spec in specs:
         if spec.name in skipped:
@@ -228,6 +344,13 @@ def plan(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
         return allotment
 
     return list(schedule(specs, budgets, estimates, fake, expect, lambda s, a: a))
+
+
+def covering_minutes(specs, estimates: dict[str, Estimate | None], clock: Clock) -> int:
+    """The smallest budget, in whole minutes, that covers every family on this machine: the
+    time spent so far (the data), the reserve, and every family's least cost."""
+    need = clock.elapsed() + clock.reserve + coverage(specs, estimates, math.inf).seconds
+    return math.ceil(need / 60)
 
 
 def scaled_hint(hint: dict[str, Any] | None, speed: float) -> Estimate | None:

@@ -9,6 +9,7 @@ import sys
 from dataclasses import dataclass
 
 import mlflow
+import numpy as np
 import pytest
 
 from study import config, pipelines, timebudget
@@ -23,6 +24,11 @@ class Spec:
     share: float = 1.0
     generalist: str | None = None
     searches: bool = False
+    family: str = ""  # its own family unless named
+    reducer: str = "none"
+
+    def __post_init__(self):
+        self.family = self.family or self.name
 
     def tunes(self, budget) -> bool:
         return self.searches and budget.n_trials > 0
@@ -40,10 +46,11 @@ def spend(time_: FakeTime, estimates):
     """A pipeline that takes what its allotment lets it: a network its epochs, the rest all."""
     def run(spec, allotment):
         est, budget = estimates[spec.name], allotment.budget
+        part = budget.train_fraction or 1.0  # a fit on part of the rows takes that part
         if est.epochs:
-            time_.t += est.overhead + est.epoch_seconds * budget.fit["epochs"]
+            time_.t += est.overhead + part * est.epoch_seconds * budget.fit["epochs"]
         else:
-            time_.t += est.overhead + est.fit_seconds + (
+            time_.t += est.overhead + part * est.fit_seconds + (
                 budget.timeout if spec.tunes(budget) else 0.0)
         return (spec.name, "ran", allotment)
 
@@ -74,8 +81,10 @@ def test_a_pipeline_that_cannot_fit_is_skipped_and_the_reserve_is_kept():
     now = FakeTime()
     clock = Clock(600.0, reserve=45.0, now=now)
     now.t = 5.0  # the data
-    specs = [Spec("net", share=4), Spec("svm", share=6, searches=True), Spec("huge"),
-             Spec("net_special", share=2, generalist="net"), Spec("tiny")]
+    # huge's family is covered by tiny: nothing is kept back for it, nor cut to part of the rows
+    specs = [Spec("net", share=4), Spec("svm", share=6, searches=True),
+             Spec("huge", family="tiny"), Spec("net_special", share=2, generalist="net"),
+             Spec("tiny")]
     done = {name: (how, a) for name, how, a in timebudget.schedule(
         specs, BUDGETS, ESTIMATES, clock, spend(now, ESTIMATES), skipped)}
     assert done["huge"][0] == "skipped" and done["huge"][1].skipped.startswith("budget: needs")
@@ -111,10 +120,12 @@ def test_a_specialist_goes_when_its_generalist_was_skipped():
 
 def test_time_left_over_goes_to_a_skipped_pipeline_at_the_end():
     """The network finished well under its estimate: the estimator skipped on its share runs
-    after the others, in what was left."""
+    after the others, in what was left. (Its family is covered by the cheaper tiny: coverage
+    keeps nothing back for it.)"""
     now = FakeTime()
     clock = Clock(600.0, reserve=45.0, now=now)
-    specs = [Spec("svm", share=0.1), Spec("net", share=10), Spec("tiny")]
+    specs = [Spec("svm", share=0.1, family="linear"), Spec("net", share=10),
+             Spec("tiny", family="linear")]
 
     def quick(spec, allotment):  # everything takes a third of what it was allowed
         now.t += allotment.seconds / 3
@@ -124,6 +135,165 @@ def test_time_left_over_goes_to_a_skipped_pipeline_at_the_end():
         specs, BUDGETS, ESTIMATES, clock, quick, skipped)]
     assert order == [("net", "ran"), ("tiny", "ran"), ("svm", "ran")]
     assert clock.seconds - clock.elapsed() >= clock.reserve
+
+
+# A study like the default one on a slow host (the issue's figures): every family, one
+# network costing half of everything
+STUDY = {  # name: (family, reducer, share, estimate, budget)
+    "cnn_modern": ("cnn", "none", 6, Estimate(1200.0, 1168.0, epochs=16),
+                   pipelines.Budget("quick", 0, 60.0, fit={"epochs": 16})),
+    "cnn_seed1": ("cnn", "none", 1, Estimate(400.0, 370.0, epochs=20),
+                  pipelines.Budget("quick", 0, 60.0, fit={"epochs": 20})),
+    "dummy": ("baseline", "none", 1, Estimate(3.0, 1.0), pipelines.Budget("quick", 0, 5.0)),
+    "hgb": ("gradient_boosting", "none", 0.7,
+            Estimate(300.0, 100.0, tuning_seconds=190.0, trials=5),
+            pipelines.Budget("quick", 5, 190.0)),
+    "knn": ("knn", "pca", 1, Estimate(12.0, 7.0), pipelines.Budget("quick", 0, 5.0)),
+    "logreg": ("linear", "none", 0.5, Estimate(60.0, 43.0), pipelines.Budget("quick", 0, 5.0)),
+    "mlp_seed": ("mlp", "none", 1, Estimate(60.0, 50.0, epochs=40),
+                 pipelines.Budget("quick", 0, 60.0, fit={"epochs": 40})),
+    "pca_svm": ("svm", "pca", 1.5, Estimate(200.0, 124.0, tuning_seconds=60.0, trials=3),
+                pipelines.Budget("quick", 3, 60.0)),
+    "rf": ("random_forest", "none", 0.7, Estimate(150.0, 90.0, tuning_seconds=50.0, trials=5),
+           pipelines.Budget("quick", 5, 50.0)),
+    "umap_knn": ("knn", "umap", 0.3, Estimate(240.0, 223.0), pipelines.Budget("quick", 0, 5.0)),
+}
+STUDY_SPECS = [Spec(name, share=share, family=family, reducer=reducer, searches=b.n_trials > 0)
+               for name, (family, reducer, share, _, b) in STUDY.items()]
+STUDY_ESTIMATES = {name: row[3] for name, row in STUDY.items()}
+STUDY_BUDGETS = {name: row[4] for name, row in STUDY.items()}
+FAMILIES = {"baseline", "linear", "svm", "random_forest", "knn", "gradient_boosting", "pca",
+            "umap", "mlp", "cnn"}
+
+
+def study_schedule(minutes: float, data_seconds: float = 20.0):
+    """The study's schedule on a fake clock where each pipeline takes what its allotment lets
+    it; {name: (ran or skipped, allotment)} and the clock."""
+    now = FakeTime()
+    clock = Clock(60.0 * minutes, reserve=45.0, now=now)
+    now.t = data_seconds
+    done = {name: (how, a) for name, how, a in timebudget.schedule(
+        STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, clock, spend(now, STUDY_ESTIMATES),
+        skipped)}
+    return done, clock
+
+
+def covered_by(done) -> set[str]:
+    return set().union(*(timebudget.families_of(s) for s in STUDY_SPECS
+                         if done[s.name][0] == "ran"))
+
+
+def test_a_budget_covers_every_family_first_then_gives_the_leader_the_rest():
+    """20 minutes for 44 minutes of recipes: by shares alone the cheap-share families (the
+    UMAP k-NN, the SVM) were skipped; coverage buys each family first, then the network with
+    the largest share gets the most of what is left beyond the least costs."""
+    done, clock = study_schedule(20)
+    assert covered_by(done) == FAMILIES
+    assert [n for n, (how, _) in done.items() if how != "ran"] == []
+    beyond = {n: a.seconds - STUDY_ESTIMATES[n].minimum for n, (_, a) in done.items()}
+    assert max(beyond, key=beyond.get) == "cnn_modern"
+    assert timebudget.MIN_EPOCHS < done["cnn_modern"][1].budget.fit["epochs"] < 16
+    assert clock.seconds - clock.elapsed() >= clock.reserve  # the report's time is intact
+    assert clock.elapsed() >= 0.8 * (clock.seconds - clock.reserve)  # and the rest was used
+
+
+def test_a_budget_too_small_names_what_it_leaves_out_and_the_budget_that_covers_all():
+    """10 minutes cannot buy every family's least cost: the plan says which families it
+    leaves out and the smallest budget that covers them; the budget it names does cover them
+    all and a minute less does not; and the families it covers are the cheapest ones."""
+    from study import budget_run
+
+    def planned(minutes):
+        clock = Clock(60.0 * minutes, reserve=45.0, now=lambda: 20.0, start=0.0)
+        text = budget_run.plan_text(STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, clock, None)
+        allotments = timebudget.plan(STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, clock)
+        ran = {a.name for a in allotments if not a.skipped}
+        return text, set().union(*(timebudget.families_of(s) for s in STUDY_SPECS
+                                   if s.name in ran))
+
+    text, covered = planned(10)
+    missing = sorted(FAMILIES - covered)
+    assert missing, "10 minutes should not cover every family"
+    line = text.splitlines()[-1]
+    assert line.startswith(f"covers {len(covered)} of {len(FAMILIES)} families")
+    assert f"not covered: {', '.join(missing)};" in line
+    needed = int(line.rsplit("is ", 1)[1].split()[0])
+    assert planned(needed)[1] == FAMILIES and "not covered" not in planned(needed)[0]
+    assert "on part of the training rows:" not in planned(needed)[0]
+    short = planned(needed - 1)  # all on all their rows it does not cover
+    assert short[1] != FAMILIES or "on part of the training rows:" in short[0]
+    cheapest = {f: min(STUDY_ESTIMATES[s.name].minimum for s in STUDY_SPECS
+                       if f in timebudget.families_of(s)) for f in FAMILIES}
+    assert max(cheapest[f] for f in covered) <= min(cheapest[f] for f in missing)
+    # the fake clock's schedule does what the plan says
+    done, clock = study_schedule(10)
+    assert covered_by(done) == covered
+    assert clock.seconds - clock.elapsed() >= clock.reserve
+
+
+def test_a_family_whose_least_does_not_fit_is_covered_on_part_of_its_rows():
+    """A minute short of covering every family on all their rows: the UMAP k-NN (the dearest
+    family) is fitted on a stratified part of its rows, as much as is left once every other
+    family has its least, and nobody gets more than its least before it."""
+    minutes = timebudget.covering_minutes(STUDY_SPECS, STUDY_ESTIMATES,
+                                          Clock(1.0, reserve=45.0, now=lambda: 20.0, start=0.0))
+    done, clock = study_schedule(minutes - 1)
+    assert covered_by(done) == FAMILIES
+    umap = done["umap_knn"][1].budget.train_fraction
+    assert timebudget.MIN_ROWS <= umap < 1
+    others = [(n, a) for n, (how, a) in done.items() if how == "ran" and n != "umap_knn"]
+    assert all(a.budget.train_fraction is None for _, a in others)
+    assert all(a.expected <= STUDY_ESTIMATES[n].minimum + 1 for n, a in others)
+    assert clock.seconds - clock.elapsed() >= clock.reserve
+    assert clock.elapsed() >= 0.95 * (clock.seconds - clock.reserve)  # the rows used it up
+    from study import budget_run
+
+    text = budget_run.plan_text(STUDY_SPECS, STUDY_BUDGETS, STUDY_ESTIMATES, Clock(
+        60.0 * (minutes - 1), reserve=45.0, now=lambda: 20.0, start=0.0), None)
+    assert f"on part of the training rows: umap_knn ({umap:.0%})" in text.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_final_fit_on_part_of_the_rows_says_so(tracking_store, real_dir):
+    """A real pipeline run with a time budget's cut to a quarter of its training rows: it is
+    fitted on a stratified quarter (the dataset input says how many rows), its limited by
+    names the rows, the next budget estimates its fit on all the rows (four times), and its
+    seed repeats fit on the same rows."""
+    import dataclasses
+
+    from study import compare, data, tracking, tuning
+
+    spec, profile = pipelines.load("dummy"), config.profile("smoke")
+    cut = dataclasses.replace(spec.budget(profile), n_trials=0, train_fraction=0.25)
+    splits = data.make_splits(data.load(real_dir), profile)
+    part = data.train_part(splits, 0.25, config.SEED)
+    assert len(part.y_train) == len(splits.y_train) // 4
+    counts = np.bincount(part.y_train, minlength=10)
+    assert counts.max() - counts.min() <= 1  # stratified: every class its part
+    tracking.configure()
+    url = tuning.resolve_storage(None)
+    setup = compare.TuningSetup(url, tuning.open_storage(url))
+    with tracking.compare_run(profile.name, config.SEED, [spec.name]) as parent_id:
+        final_id = compare.attempt(spec, profile, splits, config.SEED, setup, parent_id,
+                                   data.fingerprint(splits), cut).run_id
+    final = mlflow.MlflowClient().get_run(final_id)
+    m = final.data.metrics
+    timing = tracking.pipeline_timings(profile.name, parent_id)[spec.name]
+    assert timing["fit_seconds"] == pytest.approx(4 * m["fit_seconds"])
+    assert timing["seconds"] == pytest.approx(m["pipeline_seconds"] + 3 * m["fit_seconds"])
+    assert final.data.tags["limited_by"].startswith(
+        f"{len(part.y_train):,} of {len(splits.y_train):,} rows (time budget)")
+    rows = {i.dataset.name: {t.key: t.value for t in i.tags} for i in final.inputs.dataset_inputs}
+    assert rows["fashion-mnist-train"]["rows"] == str(len(part.y_train))
+
+    from study import repeats
+
+    summary = repeats.run(parent_id, seeds=2, top=1, data_dir=str(real_dir))
+    client = mlflow.MlflowClient()
+    children = client.search_runs(
+        [mlflow.get_experiment_by_name(config.EXPERIMENT_NAME + tracking.REPEATS_SUFFIX)
+         .experiment_id], f"tags.mlflow.parentRunId = '{summary['run_id']}'")
+    assert [c.data.metrics["train_rows"] for c in children] == [len(part.y_train)] * 2
 
 
 def test_the_store_estimate_of_a_cut_run_stands_for_the_whole_recipe():

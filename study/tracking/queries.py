@@ -249,9 +249,11 @@ def _timings(client, experiment_id: str, profile: str) -> dict[str, dict[str, fl
         epochs = m.get("epochs_run")
         if epochs is None and run.data.tags.get("kind") == "keras":
             epochs = len(metric_history(run.info.run_id, "epoch/loss")) or None
-        # its own fit: a specialist's generalist is not in its pipeline's time
-        out[name] = {"seconds": m["pipeline_seconds"],
-                     "fit_seconds": m.get("own_fit_seconds", m["fit_seconds"]),
+        # its own fit: a specialist's generalist is not in its pipeline's time; a fit a time
+        # budget cut to part of the rows, scaled to all of them (in proportion)
+        fit = m.get("own_fit_seconds", m["fit_seconds"])
+        whole = fit / m.get("train_fraction", 1.0)
+        out[name] = {"seconds": m["pipeline_seconds"] + whole - fit, "fit_seconds": whole,
                      "tuning_seconds": m.get("tuning_seconds", 0.0), "epochs": epochs,
                      "trials": m.get("n_trials", 0.0)}
     return out
