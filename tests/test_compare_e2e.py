@@ -36,7 +36,7 @@ def smoke_compare(tmp_path_factory):
          "-P", "pipelines=" + ",".join(["all", *(n for n in pipelines.available()
                                                  if pipelines.load(n).optional)]),
          "--env-manager", "local", "--experiment-name", "e2e"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
     )
     return {"tmp": tmp_path, "uri": uri, "env": env, "proc": proc, "mlflow": mlflow_bin}
 

@@ -192,7 +192,7 @@ def test_sigkilled_compare_resumes_without_retraining(tmp_path, sigkill_at):
     assert sorted(before) == ["dummy", "knn", "logreg"]
 
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                           timeout=900)
+                           timeout=1800)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 interrupted compare run(s) marked KILLED" in again.stderr
     for name, run_id in before.items():
@@ -373,7 +373,7 @@ def test_an_authenticated_server_on_password_postgres_keeps_every_secret(postgre
         if user:
             env.update(MLFLOW_TRACKING_USERNAME=user, MLFLOW_TRACKING_PASSWORD=password)
         proc = subprocess.run(study_cmd(*args), cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=900)
+                              text=True, timeout=1800)
         printed.extend([proc.stdout, proc.stderr])
         return proc
 
@@ -553,7 +553,7 @@ def test_side_by_side_and_on_a_dask_cluster_match_one_at_a_time(mlflow_server, p
                "MLFLOW_EXPERIMENT_NAME": f"fm-{mode}"}
         proc = subprocess.run(study_cmd("compare", "--profile", "smoke", "--pipelines",
                                         "dummy,logreg,pca_svm,knn", "--storage", storage, *extra),
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
         assert proc.returncode == 0, proc.stderr[-3000:]
         parent, results[mode] = _compare_rows(client, f"fm-{mode}")
         assert parent.info.status == "FINISHED"
