@@ -100,16 +100,6 @@ def _probed(speed: float | None) -> str:
             if speed else "")
 
 
-def _recipe(spec, budget) -> str:
-    """What a profile's Budget runs: its trials and a network's epochs (and time cap)."""
-    parts = ([f"<= {budget.n_trials} trials in {budget.timeout:.0f} s"]
-             if spec.tunes(budget) else [])
-    epochs, cap = budget.fit.get("epochs"), budget.fit.get("max_seconds")
-    if epochs:
-        parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
-    return ", ".join(parts) or "one fit"
-
-
 LONG_MINUTES = 30.0  # a forecast past this suggests a time budget
 SUGGESTED_BUDGET = 20  # minutes: the budget the hint offers
 
@@ -128,7 +118,8 @@ def forecast_text(specs, profile: str, found, speed: float | None,
         else:
             expected += seconds
         guess = f"~{seconds:.0f} s ({est.source})" if est else "no estimate"
-        rows.append([spec.name, f"{spec.share:g}", f"{_recipe(spec, budget)}; {guess}"])
+        rows.append([spec.name, f"{spec.share:g}",
+                     f"{timebudget.spends(budget, spec.tunes(budget))}; {guess}"])
     figures = max((FIGURES_SECONDS.get(s.reducer, 0.0) for s in specs), default=0.0)
     total = data_seconds + expected + figures + timebudget.RESERVE_SECONDS
     head = (f"plan without a time budget ({profile} profile as it is; {data_seconds:.0f} s "

@@ -128,17 +128,22 @@ class Allotment:
     def describe(self) -> str:
         if self.skipped:
             return f"skip ({self.skipped})"
-        b, parts = self.budget, []
-        if b.n_trials:
-            parts.append(f"<= {b.n_trials} trials in {b.timeout:.0f} s")
-        epochs, cap = b.fit.get("epochs"), b.fit.get("max_seconds")
-        if epochs:
-            parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
-        if b.train_fraction:
-            parts.append(f"{b.train_fraction:.0%} of the training rows")
         guess = f"~{self.expected:.0f} s ({self.estimate.source})" if self.estimate \
             else "no estimate"
-        return f"{self.seconds:.0f} s allowed: {', '.join(parts) or 'one fit'}; {guess}"
+        return (f"{self.seconds:.0f} s allowed: "
+                f"{spends(self.budget, bool(self.budget.n_trials))}; {guess}")
+
+
+def spends(budget, tunes: bool) -> str:
+    """What a Budget runs, for the plan tables: its trials (when it `tunes`), a network's
+    epochs and time cap, the part of the training rows."""
+    parts = [f"<= {budget.n_trials} trials in {budget.timeout:.0f} s"] if tunes else []
+    epochs, cap = budget.fit.get("epochs"), budget.fit.get("max_seconds")
+    if epochs:
+        parts.append(f"{epochs} epochs" + (f", cap {cap:.0f} s" if cap else ""))
+    if budget.train_fraction:
+        parts.append(f"{budget.train_fraction:.0%} of the training rows")
+    return ", ".join(parts) or "one fit"
 
 
 def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool,
