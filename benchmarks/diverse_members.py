@@ -196,7 +196,7 @@ CANDIDATES = {
                    {"batch_size": 256, "epochs": 16, "patience": 1000, "ema": 0.99,
                     "seed_offset": 30}),
     # measured 2026-11-30 (AVX2 host, stop 30's split): 4,451 s, val 0.9394, test 0.9324; adds
-    # nothing to the shipped optional set's ensemble (README, "Other architectures")
+    # nothing to the shipped optional set's ensemble (docs/research-log.md, 2026-11-29)
     "cnn_attention": (cnn_attention,
                       {"stem": "32-64", "dim": 96, "blocks": 3, "heads": 4,
                        "learning_rate": 2.0e-3, "weight_decay": 0.05, "label_smoothing": 0.1,
@@ -205,7 +205,7 @@ CANDIDATES = {
                        "seed_offset": 40}),
     # on top of cnn_resnet's shipped settings (BASES); measured 2026-11-30: 2,160 s, val
     # 0.9434, test 0.9385, 63% of its errors shared with cnn_resnet's; adds nothing to the
-    # shipped optional set's ensemble (README)
+    # shipped optional set's ensemble (docs/research-log.md)
     "cnn_resnet_mixup": (cnn_resnet_mixup, {"mixup": 0.2}, {"seed_offset": 50}),
 }
 # candidate -> the shipped pipeline whose params and fit settings it starts from

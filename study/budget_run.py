@@ -28,39 +28,122 @@ def check_room(clock: timebudget.Clock, data_seconds: float) -> None:
             f"and the report; give more than {need:.1f} minutes")
 
 
+# Probe-based estimates (study.probes), for a store with no history of a pipeline. A real
+# epoch (training.fit on the quick split) against rows / training rate + validation rows /
+# prediction rate from a probe taken just before it, on this 2-core host under a load of 3.5-4.4
+# (2026-12-03): mlp_seed 3.17 s against 2.88 (1.10), cnn_seed1 39.9 against 48.8 (0.82),
+# cnn_modern with its weight average 81.6 against 55.3 on 12,000 rows (1.48; ~1.3 without the
+# first epoch's tracing). One factor for all, and the weight average's own on top.
+EPOCH_FACTOR = 1.0
+EMA_FACTOR = 1.3  # ema: weights copied every 5 steps, swapped in for each validation pass
+TRIAL_SECONDS = 3.0  # a tuning trial's building and tracing beyond its epochs
+LOG_SECONDS = 6.0  # a final run's logging and model saving (store: ~9 s of a network's
+# pipeline_seconds beyond its fit and tuning, ~1-3 s of it predicting)
+TRAIN_ROWS = round(60_000 * (1 - config.VALIDATION_FRACTION))  # the quick training split
+VAL_ROWS, TEST_ROWS = 60_000 - TRAIN_ROWS, 10_000
+
+
 def estimates(specs, profile: str, parent_id: str | None
-              ) -> tuple[dict[str, Any], float | None]:
-    """Each pipeline's Estimate: its latest run in this store and profile, else its YAML cost
-    scaled by a probe of this machine's speed (returned, None when not probed), else None.
-    Without a compare run (`parent_id` None: a plan only), the store is read if it exists."""
+              ) -> tuple[dict[str, Any], str | None]:
+    """Each pipeline's Estimate: its latest run in this store and profile; else, for a network,
+    one built from a throughput probe of this machine (study.probes, cached per host) and its
+    recipe; else its YAML cost scaled by a matrix-multiply probe; else None.
+    Also what was probed, for the plan's head line (None: nothing). Without a compare run
+    (`parent_id` None: a plan only), the store is read if it exists."""
+    import time
+
+    from study import probes
+
     stored = (tracking.pipeline_timings(profile, parent_id) if parent_id
               else tracking.existing_timings(profile))
     out: dict[str, Any] = {}
-    speed = None
+    speed, fresh, kept, start = None, set(), set(), time.perf_counter()
     for spec in specs:
         if spec.name in stored:
             t = stored[spec.name]
             out[spec.name] = timebudget.Estimate(
                 t["seconds"], t["fit_seconds"], t["tuning_seconds"],
                 int(t["epochs"]) if t["epochs"] else None, int(t["trials"]), "store")
-        elif profile in spec.cost:
+            continue
+        found = None
+        if config.probes_enabled() and is_probed(spec):
+            try:
+                found, hit = probed_estimate(spec, config.profile(profile))
+                (kept if hit else fresh).add(probes.network_key(spec, spec.budget(profile)))
+            except Exception as exc:  # a probe that fails leaves the YAML's cost
+                logger.warning(f"{spec.name}: throughput probe failed ({exc}); its YAML cost "
+                               "is used")
+        if found is None and profile in spec.cost:
             if speed is None:
                 speed = timebudget.probe_speed(config.COST_HOST_GFLOPS)
-            out[spec.name] = timebudget.scaled_hint(spec.cost[profile], speed)
-        else:
-            out[spec.name] = None
-    return out, speed
+            found = timebudget.scaled_hint(spec.cost[profile], speed)
+        out[spec.name] = found
+    notes = []
+    if fresh:
+        notes.append(f"probed {len(fresh)} network architectures in "
+                     f"{time.perf_counter() - start:.0f} s; cached for this host")
+    if kept - fresh:
+        notes.append(f"{len(kept - fresh)} network architectures' probes read from this host's "
+                     "cache")
+    if speed:
+        notes.append(f"the others' YAML costs scaled by {speed:.2f} (a matrix-multiply probe)")
+    return out, "; ".join(notes) or None
 
 
-def plan_text(specs, budgets, found, clock: timebudget.Clock, speed: float | None,
-              data: str = "spent on the data") -> str:
+def is_probed(spec) -> bool:
+    """Whether a throughput probe estimates the pipeline: a Keras network trained on its own
+    (not a specialist or a boosted one). The sklearn one-fit estimators (UMAP too: see
+    study.probes) keep their YAML cost, scaled."""
+    from study.models import get_builder
+
+    if spec.generalist or spec.boost:
+        return False
+    try:
+        return get_builder(spec.model).kind == "keras"
+    except Exception:  # an unknown model fails later, with its own message
+        return False
+
+
+def _rows(profile: config.Profile) -> tuple[int, int]:
+    return (profile.train_subsample or TRAIN_ROWS, profile.val_subsample or VAL_ROWS)
+
+
+def probed_estimate(spec, profile: config.Profile) -> tuple[Any, bool]:
+    """(an Estimate of a network from this machine's probe of its architecture and its recipe:
+    epochs, rows, tuning trials, scoring; whether the probe's figures were cached)."""
+    from study import probes
+
+    budget = spec.budget(profile)
+    rows, val = _rows(profile)
+    tune_rows = min(rows, budget.tune_subsample or rows)
+    tune_val = min(val, budget.tune_val_subsample or val)
+    trials = budget.n_trials if spec.tunes(budget) else 0
+    rates, hit = probes.cached(probes.network_key(spec, budget),
+                               lambda: probes.probe_network(spec, budget))
+    train, predict = rates["train_images_per_second"], rates["predict_images_per_second"]
+    fit_kw = {**spec.fit, **budget.fit}
+    epochs = int(fit_kw.get("epochs", 10))
+    factor = EPOCH_FACTOR * (EMA_FACTOR if fit_kw.get("ema") else 1.0)
+    epoch = factor * (rows / train + val / predict)
+    tune_epochs = int(budget.tune_fit.get("epochs") or epochs)
+    trial = TRIAL_SECONDS + tune_epochs * factor * (tune_rows / train + tune_val / predict)
+    scored = (val + TEST_ROWS) * (2 if spec.tta == "mirror" else 1)
+    # building and tracing, once a fit (a figure cached before it was probed counts 0)
+    fit, overhead = epoch * epochs, LOG_SECONDS + scored / predict + rates.get("setup_seconds", 0.0)
+    tuning = trial * trials
+    return timebudget.Estimate(overhead + fit + tuning, fit, tuning, epochs, trials,
+                               "probe"), hit
+
+
+def plan_text(specs, budgets, found, clock: timebudget.Clock, probed: str | None,
+              data: str = "spent so far: the data and any probes") -> str:
     """The plan: per pipeline, its share, what it may spend and its estimate; the total."""
     allotments = timebudget.plan(specs, budgets, found, clock)
     shares = {spec.name: spec.share for spec in specs}
     rows = [[a.name, f"{shares[a.name]:g}", a.describe()] for a in allotments]
     expected = sum(a.expected for a in allotments if not a.skipped)
     head = (f"plan for {clock.seconds / 60:g} minutes ({clock.elapsed():.0f} s {data}; "
-            f"{clock.reserve:.0f} s kept for the ensemble and the report{_probed(speed)}):")
+            f"{clock.reserve:.0f} s kept for the ensemble and the report{_probed(probed)}):")
     skipped = [a.name for a in allotments if a.skipped]
     tail = (f"expected: pipelines ~{expected / 60:.1f} min, the whole compare ~"
             f"{(clock.elapsed() + expected + clock.reserve) / 60:.1f} min"
@@ -95,16 +178,15 @@ def coverage_line(specs, found, clock: timebudget.Clock, allotments) -> str:
     return line
 
 
-def _probed(speed: float | None) -> str:
-    return (f"; this machine runs at {speed:.2f}x the speed the YAML costs were measured at"
-            if speed else "")
+def _probed(note: str | None) -> str:
+    return f"; {note}" if note else ""
 
 
 LONG_MINUTES = 30.0  # a forecast past this suggests a time budget
 SUGGESTED_BUDGET = 20  # minutes: the budget the hint offers
 
 
-def forecast_text(specs, profile: str, found, speed: float | None,
+def forecast_text(specs, profile: str, found, probed: str | None,
                   data_seconds: float, data: str = "spent on the data") -> str:
     """The plan of a compare without a time budget: per pipeline, its recipe and expected
     seconds on this machine (the budget planner's estimates); the total, and a hint to use a
@@ -123,7 +205,7 @@ def forecast_text(specs, profile: str, found, speed: float | None,
     figures = max((FIGURES_SECONDS.get(s.reducer, 0.0) for s in specs), default=0.0)
     total = data_seconds + expected + figures + timebudget.RESERVE_SECONDS
     head = (f"plan without a time budget ({profile} profile as it is; {data_seconds:.0f} s "
-            f"{data}{_probed(speed)}):")
+            f"{data}{_probed(probed)}):")
     tail = (f"expected: pipelines ~{expected / 60:.1f} min, the whole compare ~{total / 60:.1f} "
             f"min (with {figures + timebudget.RESERVE_SECONDS:.0f} s of figures, ensemble and "
             "report)" + (f"; not counted, no estimate: {', '.join(unknown)}" if unknown else ""))
@@ -137,8 +219,8 @@ def forecast_text(specs, profile: str, found, speed: float | None,
 def forecast(todo, profile: str, parent_id: str, data_seconds: float) -> None:
     """Print (and log as plan.txt) the unbudgeted compare's forecast before any work."""
     specs = [spec for _, spec in todo]
-    found, speed = estimates(specs, profile, parent_id)
-    text = forecast_text(specs, profile, found, speed, data_seconds)
+    found, probed = estimates(specs, profile, parent_id)
+    text = forecast_text(specs, profile, found, probed, data_seconds)
     for line in text.splitlines():
         logger.info(line)
     tracking.log_text(text + "\n", "plan.txt", run_id=parent_id)
@@ -151,15 +233,15 @@ def plan_only(specs, profile: str, budget_minutes: float | None, parallel: int =
     """The plan a compare would print, made without loading the data or writing anything:
     under a budget the budget's plan (its clock started DATA_SECONDS ago, for the data),
     else the forecast of the recipe."""
-    found, speed = estimates(specs, profile, None)
+    found, probed = estimates(specs, profile, None)
     data = "expected for the data"
     if budget_minutes is None:
-        return forecast_text(specs, profile, found, speed, DATA_SECONDS, data)
+        return forecast_text(specs, profile, found, probed, DATA_SECONDS, data)
     clock = start_clock(budget_minutes, parallel)
     clock.start -= DATA_SECONDS
     check_room(clock, DATA_SECONDS)
     budgets = {spec.name: spec.budget(profile) for spec in specs}
-    return plan_text(specs, budgets, found, clock, speed, data)
+    return plan_text(specs, budgets, found, clock, probed, data)
 
 
 def run(todo, profile: str, clock: timebudget.Clock, parent_id: str,
@@ -170,8 +252,8 @@ def run(todo, profile: str, clock: timebudget.Clock, parent_id: str,
     specs = [spec for _, spec in todo]
     labels = {spec.name: label for label, spec in todo}
     budgets = {spec.name: spec.budget(profile) for spec in specs}
-    found, speed = estimates(specs, profile, parent_id)
-    text = plan_text(specs, budgets, found, clock, speed)
+    found, probed = estimates(specs, profile, parent_id)
+    text = plan_text(specs, budgets, found, clock, probed)
     for line in text.splitlines():
         logger.info(line)
     tracking.log_text(text + "\n", "plan.txt", run_id=parent_id)

@@ -64,11 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "pipelines":
             from study import pipelines
 
+            broken = 0
             for name in pipelines.available():
-                spec = pipelines.load(name)
+                try:
+                    spec = pipelines.load(name)
+                except ConfigError as exc:  # reported on its own row: the others still list
+                    broken += 1
+                    print(f"{name:14s} ERROR {exc}")
+                    continue
                 print(f"{name:14s} {spec.family:12s} reducer={spec.reducer:5s} {spec.description}"
                       + (" [optional: not in 'all']" if spec.optional else ""))
-            return 0
+            return 2 if broken else 0
         if args.command == "report":
             return _report(args)
         if args.command == "predict":

@@ -106,7 +106,7 @@ def check_secure(target: Target | None) -> None:
             raise ConfigError(
                 f"{where} is plain TCP to another machine: anyone who reaches that scheduler "
                 "runs code on its workers; start the scheduler with TLS and give its tls:// "
-                "address (README, scale-out), or pass --cluster-insecure on a network you trust")
+                "address (docs/scaling-out.md), or pass --cluster-insecure on a network you trust")
         return
     import dask
 
@@ -117,12 +117,12 @@ def check_secure(target: Target | None) -> None:
             f"{where}: no TLS set up for this client (distributed.comm.tls.{missing[0]} is "
             "unset); set distributed.comm.tls.ca-file, client.cert and client.key in "
             "~/.config/dask/*.yaml or as DASK_DISTRIBUTED__COMM__TLS__CA_FILE, "
-            "..._CLIENT__CERT and ..._CLIENT__KEY (README, scale-out)")
+            "..._CLIENT__CERT and ..._CLIENT__KEY (docs/scaling-out.md)")
     for key in _TLS:
         path = dask.config.get(f"distributed.comm.tls.{key}", None)
         if path and "\n" not in str(path) and not os.path.isfile(path):
             raise ConfigError(f"{where}: distributed.comm.tls.{key} {path} is not a file; "
-                              "give the path of the PEM file (README, scale-out)")
+                              "give the path of the PEM file (docs/scaling-out.md)")
 
 
 def check_shared(target: Target | None, tracking_uri: str, storage_url: str) -> None:
@@ -168,7 +168,7 @@ def connect(target: Target) -> Iterator[Any]:
 
     check_secure(target)
     cluster = None
-    # read by the scheduler and workers started here (remote ones: README, scale-out)
+    # read by the scheduler and workers started here (remote ones: docs/scaling-out.md)
     with dask.config.set({RETRIES: 0, MALLOC: None, **QUIET}):
         if target.is_local:
             threads = max(1, config.threads() // target.local_workers)
@@ -199,7 +199,7 @@ def connect(target: Target) -> Iterator[Any]:
             raise ConfigError(
                 f"the Dask scheduler at {target.address} retries a task whose worker died "
                 f"({RETRIES} = {retries}): a pipeline could train twice; start it with "
-                "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0 (README, scale-out)")
+                "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=0 (docs/scaling-out.md)")
         logger.info(f"Dask cluster {target.address}: dashboard {client.dashboard_link}")
         yield client
     finally:
@@ -261,7 +261,7 @@ def _prepare(task: Task) -> tuple[Any, Any, str, int]:
         if os.environ.get("MALLOC_TRIM_THRESHOLD_"):
             logger.warning(f"worker {address} runs with MALLOC_TRIM_THRESHOLD_="
                            f"{os.environ['MALLOC_TRIM_THRESHOLD_']}: large arrays are mapped "
-                           "and unmapped each time (hgb 1.65x slower); README, scale-out, says "
+                           "and unmapped each time (hgb 1.65x slower); docs/scaling-out.md says "
                            "how to start workers without it")
         os.environ.update({**config.thread_env(threads), "MLFLOW_TRACKING_URI": task.tracking_uri})
         os.environ.pop("MLFLOW_RUN_ID", None)
@@ -337,7 +337,7 @@ def run(client: Any, target: Target, todo: list[tuple[str, Any]], job: Any,
     logger.info(f"{len(todo)} pipeline(s) as tasks on {len(task.shares)} Dask worker(s): "
                 + ", ".join(f"{a} ({n} thread(s))" for a, n in sorted(task.shares.items())))
     # in order, not the longest first: which pipelines share the machine's cores changes each
-    # one's speed more than the order saves (measured: benchmarks/cluster.py, README)
+    # one's speed more than the order saves (measured: benchmarks/cluster.py, docs/scaling-out.md)
     waiting = [(spec.name, _pipeline_task, (task, spec.name, label)) for label, spec in todo]
     if reduced:
         waiting.append(("figures", _figures_task, (task, reduced)))

@@ -66,7 +66,7 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
                  budget=None) -> str:
     """Tune one pipeline, fit its final model, score it on the test set once, log it.
     `budget`: the profile's Budget cut to a time budget's allowance (timebudget.allot)."""
-    from study.evaluation import evaluate, timed_proba
+    from study.evaluation import PLAN_FAILED, evaluate, timed_proba
     from study.evaluation import limited_by as evaluation_limits
 
     started = time.time()
@@ -87,11 +87,20 @@ def run_pipeline(spec, profile: config.Profile, splits: data.Splits, seed: int,
         spec, recipe, budget, tuned, fit,
         tuning.final_params(spec, recipe, tuned.best_params).get("epochs"),
         (len(splits.y_train), all_rows))
+    # a safety net that bound (a time cap, the recipe's tuning timeout): the plan failed
+    stops = [note for note in fit.notes if note.startswith("time limit")]
+    if f"tuning timeout: {PLAN_FAILED}" in fit.info["limited_by"]:
+        stops.append(f"tuning timeout: {tuned.n_trials} of {recipe.n_trials} trials in "
+                     f"{budget.timeout:g} s")
+    if stops:
+        fit.info["stopped_by_time_cap"] = "true"  # a tag: benchmarks count these
+        logger.warning(f"[{spec.name}] {PLAN_FAILED}: {'; '.join(stops)}")
     if len(splits.y_train) < all_rows:  # what its cost on all the rows is estimated from
         fit.info["train_fraction"] = len(splits.y_train) / all_rows
     # the one and only look at the test set, timed as every row's prediction is
     proba, predict_seconds = timed_proba(fit.predict_proba, splits.x_test)
-    evaluation = evaluate(splits.y_test, proba)
+    # the temperature is fitted on the validation probabilities alone (evaluation.calibrate)
+    evaluation = evaluate(splits.y_test, proba, val_proba, splits.y_val)
     with tempfile.TemporaryDirectory() as tmp:
         figures.final_model_figures(spec.name, evaluation, fit.history, Path(tmp))
         run_id = tracking.log_final(
@@ -409,21 +418,23 @@ def _listed(outcomes: list[Outcome], what: str, artifact: str) -> dict[str, str]
 
 def _not_reused(specs, parent_id: str, profile: config.Profile, seed: int,
                 data_digest: str) -> list[tuple[str, Any]]:
-    """(progress label, spec) of the pipelines to run: an interrupted compare's finished
-    models with the same definition, code, data, profile and seed are adopted instead."""
+    """(progress label, spec) of the pipelines to run: the finished models of an earlier
+    compare that was interrupted or ended with failures, with the same definition, code,
+    data, profile and seed, are adopted instead."""
     refused: list[str] = []
     reused = tracking.adopt_finished(parent_id, profile.name, seed, data_digest,
                                      {s.name: s.digest for s in specs}, refused)
     refused = [n for n in refused if n not in reused]
     if refused:
-        logger.info(f"resume: not reusing {', '.join(refused)} of the interrupted compare: the "
+        logger.info(f"resume: not reusing {', '.join(refused)} of an earlier compare: the "
                     "code in study/ changed since (retrained)")
     todo = []
     for i, spec in enumerate(specs, start=1):
         label = f"pipeline {i}/{len(specs)}"
         if spec.name in reused:
-            logger.info(f"=== {label}: {spec.name}: reusing run {reused[spec.name]} of the "
-                        "interrupted compare (same definition, code, data and profile)")
+            # an earlier compare that was interrupted or ended with failed pipelines (resumable)
+            logger.info(f"=== {label}: {spec.name}: reusing run {reused[spec.name]} of an "
+                        "earlier compare (same definition, code, data and profile)")
         else:
             todo.append((label, spec))
     return todo

@@ -82,6 +82,22 @@ def numba_cache_dir() -> Path:
     return Path(os.environ.get("NUMBA_CACHE_DIR") or download_cache_dir() / "numba")
 
 
+PROBE_CACHE_ENV = "STUDY_PROBE_CACHE"  # a folder for the throughput probes' figures instead
+
+
+PROBES_ENV = "STUDY_PROBES"  # "0": no throughput probes (YAML costs scaled by the sgemm probe)
+
+
+def probes_enabled() -> bool:
+    return os.environ.get(PROBES_ENV, "1") != "0"
+
+
+def probe_cache_file() -> Path:
+    """study.probes' figures, per host: a plan probes this machine once, then reads them."""
+    folder = os.environ.get(PROBE_CACHE_ENV) or download_cache_dir() / "probes"
+    return Path(folder) / "probes.json"
+
+
 def import_umap():
     """`import umap` with the numba cache configured first (it is read at numba import)."""
     import warnings

@@ -111,7 +111,8 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
     test_proba = ensemble.combine({c.name: c.test_proba for c in members}, selection.weights)
     from study.evaluation import evaluate
 
-    evaluation = evaluate(y_test, test_proba)  # the one look at the test set
+    # the one look at the test set; its own temperature is fitted on validation alone
+    evaluation = evaluate(y_test, test_proba, val_proba, y_val)
     figures = yardsticks(everyone, kept, [c.name for c in members], y_val)
     best, top = figures["best_member"], figures["best_single_on_test"]
     over_best = evaluation.accuracy - figures["best_member_test_accuracy"]

@@ -1,15 +1,35 @@
 """Scores of one final model on the test set (computed once per final model; its figures
-are drawn by study.figures)."""
+are drawn by study.figures), and its calibration: the temperature fitted on validation and
+NLL, Brier and ECE with intervals before and after it."""
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from study import calibration
 from study.config import CLASS_NAMES, N_CLASSES
+
+BOOTSTRAP_RESAMPLES = 300  # per interval: ~0.5 s for 10,000 test images (calibration.bootstrap)
+BOOTSTRAP_SEED = 2020
+
+
+@dataclass
+class Calibrated:
+    """A final model's temperature (fitted on validation only; 1.0 when it did not lower
+    validation NLL), the unsure threshold on its scaled validation probabilities, and its
+    metrics in the study's naming (`calibration_metrics`)."""
+
+    temperature: float
+    unsure_threshold: float
+    note: str  # which temperature was kept and why, in one line (the run's `calibration` tag)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def carried(self) -> dict[str, float]:
+        """What the logged model carries (serving.log_model's keywords)."""
+        return {"temperature": self.temperature, "unsure_threshold": self.unsure_threshold}
 
 
 @dataclass
@@ -20,10 +40,14 @@ class Evaluation:
     report: dict  # sklearn classification_report(output_dict=True)
     report_text: str
     predictions: np.ndarray
-    proba: np.ndarray
+    proba: np.ndarray  # as the model outputs them, before temperature scaling
+    calibration: Calibrated | None = None  # when validation probabilities were given
 
 
 PREDICT_BATCH = 2048  # test images per call when prediction is timed
+# A time cap or a tuning timeout is a safety net: a recipe (or a time budget's plan) sizes the
+# epochs and trials to end on their own, so one that stopped a model is a failure of the plan.
+PLAN_FAILED = "the plan failed"
 
 
 def timed_proba(predict, images: np.ndarray) -> tuple[np.ndarray, float]:
@@ -37,7 +61,10 @@ def timed_proba(predict, images: np.ndarray) -> tuple[np.ndarray, float]:
     return proba, time.perf_counter() - start
 
 
-def evaluate(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
+def evaluate(y_true: np.ndarray, proba: np.ndarray, val_proba: np.ndarray | None = None,
+             y_val: np.ndarray | None = None) -> Evaluation:
+    """Accuracy, F1 and the confusion matrix on the argmax of `proba` (which no temperature
+    changes), and with validation probabilities the calibration (`calibrate`)."""
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
     pred = proba.argmax(axis=1)
@@ -51,7 +78,57 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray) -> Evaluation:
         report_text=classification_report(y_true, pred, digits=4, **kw),
         predictions=pred,
         proba=proba,
+        calibration=None if val_proba is None else calibrate(val_proba, y_val, proba, y_true),
     )
+
+
+def stopped_by_time_cap(fit) -> bool:
+    """Whether its time cap (max_seconds, study.training) stopped a network's fit early."""
+    return any(note.startswith("time limit") for note in fit.notes)
+
+
+def fitted_temperature(val_proba: np.ndarray, y_val: np.ndarray) -> tuple[float, str]:
+    """The temperature a final model keeps, from validation rows only: the fitted T where it
+    lowers validation NLL, else 1.0; and a line saying which."""
+    fitted = calibration.fit_temperature(val_proba, y_val)
+    before = calibration.nll(val_proba, y_val)
+    after = calibration.nll(calibration.apply_temperature(val_proba, fitted), y_val)
+    if after < before:
+        return fitted, f"temperature {fitted:.4g} (validation NLL {before:.4f} -> {after:.4f})"
+    return 1.0, (f"no temperature (T=1): the fitted T={fitted:.4g} did not lower validation "
+                 f"NLL ({before:.4f} -> {after:.4f})")
+
+
+def scaled(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities as the logged model serves them: with its temperature, unless it is 1."""
+    return proba if temperature == 1.0 else calibration.apply_temperature(proba, temperature)
+
+
+def calibration_metrics(split: str, proba: np.ndarray, y: np.ndarray,
+                        suffix: str = "") -> dict[str, float]:
+    """{split}_{nll,brier,ece}{suffix} with `_lo`/`_hi`, their 95% paired bootstrap interval."""
+    out = {}
+    for name, iv in calibration.bootstrap(proba, y, n=BOOTSTRAP_RESAMPLES,
+                                          seed=BOOTSTRAP_SEED).items():
+        key = f"{split}_{name}{suffix}"
+        out.update({key: iv.value, f"{key}_lo": iv.lo, f"{key}_hi": iv.hi})
+    return out
+
+
+def calibrate(val_proba: np.ndarray, y_val: np.ndarray, test_proba: np.ndarray,
+              y_test: np.ndarray) -> Calibrated:
+    """The temperature (validation only: the test rows are scored with it, never fitted on),
+    the unsure threshold on the scaled validation probabilities, and NLL, Brier and ECE with
+    intervals on validation and test after scaling, and `_unscaled` before."""
+    temperature, note = fitted_temperature(val_proba, y_val)
+    val_scaled, test_scaled = scaled(val_proba, temperature), scaled(test_proba, temperature)
+    metrics = {"temperature": temperature,
+               "unsure_threshold": calibration.unsure_threshold(val_scaled, y_val)}
+    for split, raw, after, y in (("val", val_proba, val_scaled, y_val),
+                                 ("test", test_proba, test_scaled, y_test)):
+        metrics.update(calibration_metrics(split, after, y))
+        metrics.update(calibration_metrics(split, raw, y, "_unscaled"))
+    return Calibrated(temperature, metrics["unsure_threshold"], note, metrics)
 
 
 def limited_by(spec, recipe, budget, tuned, fit, recipe_epochs: int | None,
@@ -60,8 +137,9 @@ def limited_by(spec, recipe, budget, tuned, fit, recipe_epochs: int | None,
     (`recipe`, the profile's Budget; `recipe_epochs`, the epochs its final fit asks): the
     training rows when a time budget cut them (`rows`: fitted on, of), trials
     and epochs run of the recipe's, "(time budget)" only when a time budget's cut allotment
-    (`budget`) made them fewer, "(tuning timeout)" when the timeout did, failed trials said as
-    failed; early stopping, a time cap, an iteration cap that stopped a fit."""
+    (`budget`) made them fewer, failed trials said as failed; early stopping, an iteration cap
+    that stopped a fit; a time cap or the recipe's tuning timeout that stopped one as
+    PLAN_FAILED (epochs and trials decide where it ends)."""
     parts = []
     if rows and rows[0] < rows[1]:
         parts.append(f"{rows[0]:,} of {rows[1]:,} rows (time budget)")
@@ -71,18 +149,16 @@ def limited_by(spec, recipe, budget, tuned, fit, recipe_epochs: int | None,
         # failed trials are not missing ones: only trials never run fell short
         if tuned.n_trials + failed < recipe.n_trials:
             cut = budget.n_trials < recipe.n_trials or budget.timeout < recipe.timeout
-            trials += " (time budget)" if cut else " (tuning timeout)"
+            trials += " (time budget)" if cut else f" (tuning timeout: {PLAN_FAILED})"
         parts.append(trials + (f"; {failed} failed" if failed else ""))
     ran = len(fit.history.get("loss", []))
     if ran and recipe_epochs:
         allowed, wanted = int(budget.fit.get("epochs", recipe_epochs)), int(recipe_epochs)
-        capped = any(note.startswith("time limit") for note in fit.notes)
-        cap_cut = (float(budget.fit.get("max_seconds") or math.inf)
-                   < float(recipe.fit.get("max_seconds") or math.inf))
         why = ""
         if ran < wanted:
-            if capped:
-                why = " (time budget)" if cap_cut else " (time cap)"
+            if stopped_by_time_cap(fit):  # under a time budget too: its planner sized the epochs
+                planned = f", {allowed} planned" if allowed < wanted else ""
+                why = f" (time cap{planned}: {PLAN_FAILED}; the schedule did not finish)"
             elif ran < allowed:
                 why = " (early stopping)"
             else:  # it ran every epoch the budget allowed, fewer than the recipe's

@@ -7,6 +7,8 @@ on Holm-adjusted p-values (one test per model: fourteen raw tests at 5% on a lea
 equals would call some model "worse" by chance one time in two). The reference is fixed before
 the test set is looked at: taking the test maximum instead calls some row of 8 equal models
 "worse" 12% of the time, and its figure is 0.4 points optimistic (tests/test_leaderboard.py).
+Beside accuracy, each row's test ECE and NLL after its temperature scaling, with their paired
+bootstrap intervals (evaluation.calibrate): whether its probabilities can be taken at their word.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ COLUMNS = (
     ("reducer", "reducer"),
     ("test_accuracy", "test acc"),
     ("test_ci", "95% CI"),
+    ("test_ece", "test ECE (95% CI)"),
+    ("test_nll", "test NLL (95% CI)"),
     ("vs_champion", "vs champion (McNemar p, Holm)"),
     ("test_macro_f1", "macro F1"),
     ("val_accuracy", "val acc (selection)"),
@@ -40,8 +44,12 @@ COLUMNS = (
     ("limited_by", "limited by"),
     ("best_params", "best parameters"),
 )
-NUMERIC = {"rank", "test_accuracy", "test_macro_f1", "val_accuracy", "fit_seconds",
-           "predict_ms_per_1000", "n_trials"}
+NUMERIC = {"rank", "test_accuracy", "test_ece", "test_nll", "test_macro_f1", "val_accuracy",
+           "fit_seconds", "predict_ms_per_1000", "n_trials"}
+# Each final run's calibration on test after temperature scaling (evaluation.calibrate), its
+# 95% bootstrap interval, and the figures before scaling: NaN for runs logged before them.
+CALIBRATION = tuple(f"test_{m}{s}" for m in ("ece", "nll", "brier") for s in ("", "_lo", "_hi")
+                    ) + ("test_ece_unscaled", "test_nll_unscaled", "temperature")
 
 
 def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -69,6 +77,7 @@ def rank(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "n_trials": int(m.get("n_trials", 0)),
             "tuning_seconds": m.get("tuning_seconds", float("nan")),
             "pipeline_seconds": m.get("pipeline_seconds", float("nan")),
+            **{key: m.get(key, float("nan")) for key in CALIBRATION},
             "limited_by": run.get("limited_by", "-"),  # runs logged before the tag: "-"
             # an ensemble's "parameters" are its members' weights
             "best_params": {k.split(".", 1)[1]: v for k, v in sorted(params.items())
@@ -210,6 +219,13 @@ def cell(row: dict[str, Any], key: str) -> str:
     if key == "test_ci":
         lo, hi = row.get("ci_low"), row.get("ci_high")
         return "-" if lo is None or lo != lo else f"{lo:.4f}-{hi:.4f}"
+    if key in ("test_ece", "test_nll"):  # "1.2% (0.9-1.5)", "0.312 (0.301-0.325)"
+        lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+        if value is None or value != value or lo is None or lo != lo:
+            return "-"
+        if key == "test_ece":
+            return f"{100 * value:.1f}% ({100 * lo:.1f}-{100 * hi:.1f})"
+        return f"{value:.3f} ({lo:.3f}-{hi:.3f})"
     if key == "vs_champion":
         if row.get("selected"):
             return "champion (best val acc)"
@@ -253,7 +269,7 @@ def render_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     fields = ["rank", "pipeline", "family", "reducer", "test_accuracy", "test_ci_low",
               "test_ci_high", "mcnemar_p_vs_champion", "mcnemar_p_holm",
-              "indistinguishable_from_champion", "champion",
+              "indistinguishable_from_champion", "champion", *CALIBRATION,
               "test_macro_f1", "val_accuracy", "fit_seconds", "predict_ms_per_1000", "n_params",
               "model_bytes", "n_trials", "best_params", "run_id"]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")

@@ -7,8 +7,10 @@ builders live in `study.models`, tuning in `study.tuning`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,14 @@ TTA = ("none", "mirror")  # test-time augmentation a pipeline may try (kept only
 RESERVED = {"ensemble"}  # the compare's own ensemble stage logs a final run under this name
 PARAM_TYPES = ("float", "int", "categorical")
 BUDGET_KEYS = {"n_trials", "timeout", "tune_subsample", "tune_val_subsample", "fit", "tune_fit"}
+SEARCH_KEYS = {"type", "low", "high", "log", "step", "choices"}  # what tuning.suggest reads
+# Every key a pipeline YAML may hold (docs/writing-a-pipeline.md annotates each one)
+TOP_KEYS = {"description", "family", "cover", "reducer", "model", "tta", "optional", "params",
+            "fit", "search", "budget", "specialist", "boost", "share", "cost"}
+# `family:` picks the report's reference rows (texts.py) and the ensemble's exclusions
+# (ensemble.yaml's exclude_families); "ensemble" is the ensemble stage's own, not a pipeline's.
+FAMILIES = ("baseline", "linear", "svm", "random_forest", "knn", "gradient_boosting", "mlp",
+            "cnn")
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class PipelineSpec:
     share: float = 1.0  # its weight when a time budget is shared out (timebudget)
     optional: bool = False  # left out of "all": runs when named
     cost: dict[str, dict[str, Any]] = field(default_factory=dict)  # profile -> measured cost
+    cover: str = ""  # what a time budget covers it as (timebudget.families_of); "": its family
+
+    def __post_init__(self):
+        if not self.cover:
+            object.__setattr__(self, "cover", self.family)
 
     def budget(self, profile: config.Profile | str) -> Budget:
         """What this pipeline may spend in `profile`: resolved once per compare, then passed."""
@@ -73,6 +88,46 @@ class PipelineSpec:
 def available(pipelines_dir: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (pipelines_dir or config.pipelines_dir()).glob("*.yaml")
                   if p.stem not in RESERVED)
+
+
+def _refuse_unknown(path: Path, where: str, keys: Any, valid: set[str] | None) -> None:
+    """One line naming the file, the first unknown key and the nearest valid one."""
+    if valid is None or not isinstance(keys, dict):
+        return
+    unknown = sorted((k for k in keys if k not in valid), key=str)
+    if unknown:
+        near = difflib.get_close_matches(str(unknown[0]), sorted(valid), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} in {where}; {hint}"
+                          f"valid: {', '.join(sorted(valid))}")
+
+
+def _check_names(path: Path, raw: dict) -> None:
+    """Unknown keys at every level, and parameter names the builder (with its reducer and the
+    trainer's fit settings) does not take: refused at load, before any data loads."""
+    from study.models import contract_problem, get_builder, parameter_names
+
+    problem = contract_problem(raw["model"])
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    if get_builder(raw["model"]).kind == "keras" and raw["reducer"] != "none":
+        raise ConfigError(f"{path}: reducer {raw['reducer']} with a Keras builder: a network "
+                          "takes the images themselves; use reducer: none")
+    names = parameter_names(raw["model"], raw["reducer"])
+    where = f"names {raw['model']} (reducer {raw['reducer']}) takes"
+    for section in ("params", "fit", "search"):
+        _refuse_unknown(path, f"{section}: ({where})", raw.get(section) or {}, names)
+    mapping = lambda key: raw.get(key) if isinstance(raw.get(key), dict) else {}  # noqa: E731
+    _refuse_unknown(path, "budget:", mapping("budget"), set(config.PROFILES))
+    for profile, spend in mapping("budget").items():
+        _refuse_unknown(path, f"budget.{profile}", spend, BUDGET_KEYS)
+        for section in ("fit", "tune_fit"):
+            if isinstance(spend, dict):
+                _refuse_unknown(path, f"budget.{profile}.{section} ({where})",
+                                spend.get(section) or {}, names)
+    for param, spec in mapping("search").items():
+        _refuse_unknown(path, f"search.{param}", spec, SEARCH_KEYS)
+    # specialist:, boost: and cost: take exact key sets: their own checks name them all
 
 
 def _check_search(name: str, search: Any) -> dict[str, dict[str, Any]]:
@@ -126,12 +181,20 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    _refuse_unknown(path, "the pipeline", raw, TOP_KEYS)  # `famliy:` is not a missing family
     missing = {"family", "reducer", "model", "budget"} - set(raw)
     if missing:
         raise ConfigError(f"{path}: missing key(s) {', '.join(sorted(missing))}")
     if raw["reducer"] not in REDUCERS:
         raise ConfigError(f"{path}: reducer {raw['reducer']!r} is not one of {', '.join(REDUCERS)}")
-    get_builder(raw["model"])  # raises with the list of valid builders
+    if raw["family"] not in FAMILIES:
+        raise ConfigError(f"{path}: family {raw['family']!r} is not one of {', '.join(FAMILIES)} "
+                          "(it picks the report's reference rows and the ensemble's exclusions)")
+    try:
+        get_builder(raw["model"])
+    except ConfigError as exc:  # the list of valid builders, with the file it came from
+        raise ConfigError(f"{path}: {exc}") from None
+    _check_names(path, raw)
     budgets_raw = raw["budget"] or {}
     lacking = set(config.PROFILES) - set(budgets_raw)
     if lacking:
@@ -146,6 +209,10 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
     generalist, classes = _check_specialist(path, raw, pipelines_dir)
     boost = _check_boost(path, raw, pipelines_dir)
     share, cost = _check_time(path, raw)
+    cover = raw.get("cover", raw["family"])
+    if not isinstance(cover, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", cover):
+        raise ConfigError(f"{path}: cover must be a family name (lower-case letters, digits, "
+                          f"_: what a time budget covers it as; default its family), got {cover!r}")
     canonical = json.dumps(raw, sort_keys=True, default=str)
     if generalist:  # a retrained generalist makes its specialists' models stale too
         canonical += load(generalist, pipelines_dir).digest
@@ -169,6 +236,7 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
         boost=boost,
         share=share,
         cost=cost,
+        cover=cover,
         optional=raw.get("optional") is True,
     )
 

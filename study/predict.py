@@ -184,9 +184,10 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else type(exc).__name__
 
 
-def preprocess(image) -> np.ndarray:
-    """Any PIL image -> (28, 28) uint8, light object on black, as in Fashion-MNIST."""
-    from PIL import Image, ImageFilter
+def _object(image) -> tuple[np.ndarray, float, np.ndarray]:
+    """A PIL image as float grayscale with a light object on a dark background, the
+    background level and the mask of pixels that differ from it (the object, if any)."""
+    from PIL import Image
 
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -199,7 +200,20 @@ def preprocess(image) -> np.ndarray:
     if np.median(border) > 127:
         gray = 255.0 - gray
     background = float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
-    mask = np.abs(gray - background) > TRIM_TOLERANCE * 255
+    return gray, background, np.abs(gray - background) > TRIM_TOLERANCE * 255
+
+
+def foreground_found(image) -> bool:
+    """Whether preprocess finds an object in this PIL image: some pixel differs from the
+    border's colour by more than TRIM_TOLERANCE (else it shrinks the whole frame)."""
+    return bool(_object(image)[2].any())
+
+
+def preprocess(image) -> np.ndarray:
+    """Any PIL image -> (28, 28) uint8, light object on black, as in Fashion-MNIST."""
+    from PIL import Image, ImageFilter
+
+    gray, background, mask = _object(image)
     if mask.any():  # trim to the object's bounding box
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         gray = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from study import config
+from study import calibration, config
 from study.config import CLASS_NAMES
 
 IMAGE_INPUT = "image"  # the input name (JSON key or DataFrame column) for encoded image files
@@ -70,15 +70,24 @@ class RequestError(MlflowException):
 
 
 class Classifier(mlflow.pyfunc.PythonModel):
-    """The weighted mean of its members' class probabilities (one member: that model), for
-    images or pixels, as a DataFrame: `class` (the top class name) and one probability column
-    per class, in CLASS_NAMES order."""
+    """The weighted mean of its members' class probabilities (one member: that model), scaled
+    by its temperature (fitted on validation when it was logged), for images or pixels, as a
+    DataFrame: `class` (the top class name) and one probability column per class, in
+    CLASS_NAMES order. It also carries the confidence under which an answer is unsure."""
 
     # Its inputs (image bytes or tensors of three layouts) cannot be written as type hints.
     _skip_type_hint_validation = True
+    # Models pickled before calibration have neither attribute: they load with these.
+    temperature = 1.0
+    unsure_threshold = 0.0
 
-    def __init__(self, weights: dict[str, float]):
+    def __init__(self, weights: dict[str, float], temperature: float = 1.0,
+                 unsure_threshold: float = 0.0):
         self.weights = dict(weights)  # artifact key -> weight
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+        self.unsure_threshold = float(unsure_threshold)
 
     def load_context(self, context):
         self.members = members_function({key: context.artifacts[key] for key in self.weights},
@@ -91,7 +100,10 @@ class Classifier(mlflow.pyfunc.PythonModel):
         """Small requests wait to be merged; a batch of its own runs at once, on the caller's
         thread, beside the others (measured, 8 clients sending 64 images each to one server
         process: 715 images/s merged, 856 side by side)."""
-        return self.members(x) if len(x) >= ALONE_ROWS else self.merged(x)
+        proba = self.members(x) if len(x) >= ALONE_ROWS else self.merged(x)
+        if self.temperature == 1.0:
+            return proba
+        return calibration.apply_temperature(proba, self.temperature)
 
     def predict(self, context, model_input, params=None):
         try:
@@ -438,10 +450,12 @@ def _check_count(n: int) -> None:
         raise RequestError(f"{n} images in one request; the limit is {MAX_IMAGES}: split it")
 
 
-def log_model(weights: dict[str, float], native_paths: dict[str, str]):
+def log_model(weights: dict[str, float], native_paths: dict[str, str],
+              temperature: float = 1.0, unsure_threshold: float = 0.0):
     """Log a Classifier over native MLflow models (local folders) into the active run as
-    "model"; MLflow copies them in as its artifacts, and the study package ships with it. Its
-    requirements: the members' own, and what decoding images needs."""
+    "model", with its temperature and unsure threshold; MLflow copies the natives in as its
+    artifacts, and the study package ships with it. Its requirements: the members' own, and
+    what decoding images needs."""
     import logging
 
     from study.tracking import pinned
@@ -459,8 +473,10 @@ def log_model(weights: dict[str, float], native_paths: dict[str, str]):
         # add type hints or an input example does not fit inputs of two forms.
         warnings.filterwarnings("ignore", message=".*(type hint|input example|CloudPickle).*")
         return mlflow.pyfunc.log_model(
-            name="model", python_model=Classifier(weights), artifacts=native_paths,
+            name="model", python_model=Classifier(weights, temperature, unsure_threshold),
+            artifacts=native_paths,
             signature=signature(), pip_requirements=sorted(requirements),
             code_paths=[str(config.PACKAGE_DIR)],
             metadata={"inputs": INPUTS_DOC, "outputs": f"'{CLASS_OUTPUT}' (the top class name) "
-                      "and one probability column per class"})
+                      "and one probability column per class",
+                      "temperature": temperature, "unsure_threshold": unsure_threshold})

@@ -2,7 +2,7 @@
 
 The clock starts before the data is loaded; time for the ensemble, the registry and the
 report is reserved. Coverage comes before accuracy: first every family the selected pipelines
-compare (their `family`, and the pca/umap reductions) is bought once, by its cheapest pipeline
+compare (their `cover`, default their `family`, and the pca/umap reductions) is bought once, by its cheapest pipeline
 at its least honest setting (no tuning, a network's shortest useful fit), the cheapest
 families first while they fit, the next ones on a stratified part of their training rows
 (`coverage`). Only the rest of the time is then shared out, each pipeline in its turn getting
@@ -12,9 +12,12 @@ cost). Its tuning timeout and its network's epochs and time cap are cut to fit t
 allowance; one that cannot give a model in it (its estimated least cost is larger) is skipped
 ("skipped: budget"), so its time goes to the pipelines after it; what is left at the end goes
 to the skipped ones that fit then, an uncovered family first, then the largest share.
-Estimates come from earlier runs of the pipeline in the store (same profile), else from the
-cost its YAML states for this host kind, scaled by a short matrix-multiply probe of this
-machine. Pure: no MLflow, no Optuna; the clock is injectable.
+Estimates come from earlier runs of the pipeline in the store (same profile), else from
+throughput probes of this machine (networks: study.probes), else from the cost its YAML
+states, scaled by a short matrix-multiply probe. A network's epochs end inside its allotment
+with a margin; its time cap is only a safety net beyond it. After each pipeline the estimates
+still to come of its kind are corrected by what it really took against its plan (bounded).
+Pure: no MLflow, no Optuna; the clock is injectable.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ MIN_EPOCHS = 2  # a network with fewer is not worth its time (its schedule never
 UNKNOWN_COST = 60.0  # seconds assumed for a pipeline with no estimate, when sharing out
 CHEAP = 0.03  # a pipeline costing at most this part of what is left runs whatever its share
 MIN_ROWS = 0.1  # the least part of the training rows a family is covered on (4,800 of 48,000)
+# A network's epochs are chosen so its schedule ends inside its allotment with this margin on
+# its estimated epoch; its time cap is a safety net SAFETY_CAP times the room, so an estimate a
+# few percent low never stops a network mid-schedule (issue 43: the cap cut cnn_modern's
+# 15-epoch schedule after 10).
+EPOCH_MARGIN = 1.1
+SAFETY_CAP = 1.5
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,8 @@ class Estimate:
     tuning_seconds: float = 0.0
     epochs: int | None = None  # a network's epochs in that fit
     trials: int = 0  # tuning trials in that time
-    source: str = "store"  # "store" (an earlier run) or "yaml" (the stated cost, scaled)
+    source: str = "store"  # "store" (an earlier run), "probe" (a network's throughput probe)
+    # or "yaml" (the stated cost, scaled)
 
     @property
     def overhead(self) -> float:
@@ -78,6 +88,11 @@ class Estimate:
             return self.overhead + self.epoch_seconds * min(MIN_EPOCHS, self.epochs)
         return self.overhead + self.fit_seconds
 
+    def scaled(self, ratio: float) -> "Estimate":
+        """The same pipeline `ratio` times as slow (a correction from what really ran)."""
+        return dataclasses.replace(self, seconds=self.seconds * ratio,
+                                   fit_seconds=self.fit_seconds * ratio,
+                                   tuning_seconds=self.tuning_seconds * ratio)
 
     def least_on(self, fraction: float) -> float:
         """Its least cost fitted on `fraction` of the training rows: the fit (and what scales
@@ -164,8 +179,7 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
         fit = dict(budget.fit)
         if estimate.epochs:  # its shortest useful fit, its schedule sized to it
             fit["epochs"] = min(MIN_EPOCHS, int(fit.get("epochs", estimate.epochs)))
-            fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf),
-                                     allowance - estimate.overhead)
+            fit["max_seconds"] = safety_cap(fit, allowance - estimate.overhead)
         return Allotment(spec.name, allowance, dataclasses.replace(
             budget, n_trials=0, timeout=1.0, fit=fit, train_fraction=fraction),
             estimate=estimate)
@@ -189,15 +203,24 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
         wanted = int(fit.get("epochs", estimate.epochs))
         room = allowance - estimate.overhead - tuning
         fit["epochs"] = max(min(MIN_EPOCHS, wanted),
-                            min(wanted, int(room / estimate.epoch_seconds)))
-        fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf), room)
+                            min(wanted, math.floor(room / (estimate.epoch_seconds
+                                                           * EPOCH_MARGIN))))
+        fit["max_seconds"] = safety_cap(fit, room)
     return Allotment(spec.name, allowance, dataclasses.replace(
         budget, n_trials=n_trials, timeout=max(1.0, timeout), fit=fit), estimate=estimate)
 
 
+def safety_cap(fit: dict[str, Any], room: float) -> float:
+    """A network's time cap under a budget: SAFETY_CAP times the `room` its epochs were
+    chosen for (never above the recipe's own cap): a net for an estimate far off, not the
+    limit that ends its schedule."""
+    return min(float(fit.get("max_seconds") or math.inf), SAFETY_CAP * room)
+
+
 def families_of(spec) -> set[str]:
-    """The families a pipeline puts on the leaderboard: its model's, and its reduction's."""
-    return ({spec.family} - {"ensemble"}) | ({spec.reducer} - {"none"})
+    """The families a pipeline puts on the leaderboard: its model's (its YAML `cover`, default
+    its `family`: the seed's CNNs and the modern CNN are both family cnn), and its reduction's."""
+    return ({spec.cover} - {"ensemble"}) | ({spec.reducer} - {"none"})
 
 
 def least(estimate: Estimate | None) -> float:
@@ -296,6 +319,26 @@ def share_of(spec, remaining, estimates: dict[str, Estimate | None], usable: flo
     return floor + max(allowance, min(cost[spec.name], CHEAP * usable))
 
 
+CORRECTION = (0.5, 2.0)  # the bounds of a re-plan's correction of the estimates to come
+# a pipeline expected to take less corrects nothing: its seconds are mostly fixed costs
+# (logging, scoring) that do not scale with the machine (dummy: 3.6 s against ~1.8 planned)
+MIN_CORRECTING = 20.0
+
+
+def corrected(estimates: dict[str, Estimate | None], ran: str, expected: float,
+              actual: float, done: set[str]) -> dict[str, Estimate | None]:
+    """The estimates after pipeline `ran` took `actual` seconds where its plan expected
+    `expected`: those not yet `done` from the same source (the network probes, or the scaled
+    YAML costs: one machine's error repeats across a kind) scaled by actual/expected, within
+    CORRECTION. Store figures are this machine's own: left alone."""
+    est = estimates.get(ran)
+    if est is None or est.source == "store" or expected < MIN_CORRECTING:
+        return estimates
+    ratio = min(CORRECTION[1], max(CORRECTION[0], actual / expected))
+    return {name: (e.scaled(ratio) if e is not None and e.source == est.source
+                   and name not in done else e) for name, e in estimates.items()}
+
+
 def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
              clock: Clock, run: Callable[[Any, Allotment], Any],
              skip: Callable[[Any, Allotment], Any]) -> Iterator[Any]:
@@ -306,6 +349,18 @@ def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | Non
     from the shares. A specialist whose generalist was skipped is skipped too."""
     skipped: dict[str, Allotment] = {}
     covered: set[str] = set()
+    done: set[str] = set()
+
+    def run_and_correct(spec, allotment: Allotment):
+        """Run it; then re-plan what is left of its kind from what it really took."""
+        nonlocal estimates
+        before = clock.elapsed()
+        result = run(spec, allotment)
+        done.add(spec.name)
+        estimates = corrected(estimates, spec.name, allotment.expected,
+                              clock.elapsed() - before, done)
+        return result
+
     for i, spec in enumerate(specs):
         cover = coverage(specs[i:], estimates, clock.usable(), covered)
         allowance = share_of(spec, specs[i:], estimates, clock.usable(), budgets,
@@ -319,7 +374,7 @@ def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | Non
             skipped[spec.name] = allotment
         else:
             covered |= families_of(spec)
-            yield run(spec, allotment)
+            yield run_and_correct(spec, allotment)
     # What the others left: the skipped ones, a family not yet covered first, then the largest
     # share first, each in what is left
     later = sorted((s for s in specs if s.name in skipped and not s.generalist),
@@ -331,7 +386,7 @@ def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | Non
         if not allotment.skipped:
             del skipped[spec.name]
             covered |= families_of(spec)
-            yield run(spec, allotment)
+            yield run_and_correct(spec, allotment)
     for spec in specs:
         if spec.name in skipped:
             yield skip(spec, skipped[spec.name])

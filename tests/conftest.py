@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,11 @@ import pytest
 from study import config, data
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Compares under test (and their subprocesses) neither probe this host's networks for their
+# forecasts (seconds each, tens under load: tests/test_probes.py probes real ones itself) nor
+# write the user's probe cache.
+os.environ.setdefault(config.PROBES_ENV, "0")
+os.environ.setdefault(config.PROBE_CACHE_ENV, tempfile.mkdtemp(prefix="study-probes-"))
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ def test_resume_reuses_a_killed_compares_model_only_with_the_same_code(tracking_
     second = compare_and_kill()
     err = capsys.readouterr().err
     assert second != first and f"reusing run {first}" not in err
-    assert "not reusing dummy of the interrupted compare: the code in study/ changed" in err
+    assert "not reusing dummy of an earlier compare: the code in study/ changed" in err
     monkeypatch.setattr(config, "code_digest", lambda package=None: real)
     assert cli.main(["compare", "--profile", "smoke", "--pipelines", "dummy"]) == 0
     assert f"dummy: reusing run {first}" in capsys.readouterr().err  # same code as `first`

@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from study import compare, config, ensemble, ensemble_stage, serving, tracking
+from study import calibration, compare, config, ensemble, ensemble_stage, serving, tracking
 from study.errors import ConfigError
 
 
@@ -200,12 +200,15 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     assert np.allclose(logged, ensemble.combine(members, weights), atol=1e-5)
     assert run.data.metrics["test_accuracy"] == pytest.approx(
         ensemble.accuracy(logged, fmnist.y_test))
-    # the pyfunc model: weighted mean of the members' own logged models, on flat or image input
+    # the pyfunc model: weighted mean of the members' own logged models, on flat or image input,
+    # each member before its own temperature (undone: 1/T), the mean with the ensemble's own
     model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
     x = fmnist.x_test[:50].astype(np.float32) / 255
     uris = {n: client.get_run(rows[n]["run_id"]).data.tags["model_uri"] for n in weights}
-    expected = sum(w * serving.probabilities(mlflow.pyfunc.load_model(uris[n]).predict(
-        x.reshape(50, -1))) for n, w in weights.items())
+    expected = calibration.apply_temperature(sum(w * calibration.apply_temperature(
+        serving.probabilities(mlflow.pyfunc.load_model(uris[n]).predict(x.reshape(50, -1))),
+        1 / rows[n]["temperature"]) for n, w in weights.items()),
+        run.data.metrics["temperature"])
     for layout in (x.reshape(50, -1), x[..., None]):  # flat or image pixels, either way
         assert np.allclose(serving.probabilities(model.predict(layout)), expected, atol=1e-5)
     # it holds its members' native models, as MLflow copied them from their logged models
@@ -357,7 +360,9 @@ def test_members_load_their_runs_own_models_not_the_model_uri_tag(tracking_store
     assert result.run_id and "good" in client.get_run(result.run_id).data.params["members"]
     served = serving.probabilities(mlflow.pyfunc.load_model(
         f"runs:/{result.run_id}/model").predict(features("sklearn", tiny.x_test)))
-    scored = tracking.load_npy(result.run_id, "evaluation/test_proba.npy")
+    scored = calibration.apply_temperature(  # logged before the ensemble's temperature
+        tracking.load_npy(result.run_id, "evaluation/test_proba.npy"),
+        client.get_run(result.run_id).data.metrics["temperature"])
     assert np.allclose(served, scored, atol=1e-5)  # the honest members' weighted mean
     assert ensemble.accuracy(served, tiny.y_test) > 0.5  # not mallory's constant class
 

@@ -213,6 +213,35 @@ def test_every_rendering_has_every_column():
     assert len(md.splitlines()) == 4 and html.count("<tr") == 3
 
 
+def test_calibration_with_intervals_stands_beside_accuracy_in_every_rendering():
+    """Test ECE and NLL after scaling, with their bootstrap intervals, in the terminal, Markdown
+    and HTML cells; raw in the CSV with the before-scaling figures and the temperature; "-"
+    for a run logged before calibration."""
+    import csv
+
+    calibrated = run("cal", 0.9, 0.9, 1.0)
+    calibrated["metrics"].update(
+        test_ece=0.0123, test_ece_lo=0.0091, test_ece_hi=0.0154, test_nll=0.3117,
+        test_nll_lo=0.3012, test_nll_hi=0.3245, test_brier=0.15, test_brier_lo=0.14,
+        test_brier_hi=0.16, test_ece_unscaled=0.041, test_nll_unscaled=0.352, temperature=1.4)
+    rows = leaderboard.rank([calibrated, run("old", 0.8, 0.8, 2.0)])
+    leaderboard.add_significance(rows, {}, np.zeros(3, dtype=int))
+    text = leaderboard.render_text(rows)
+    head, _, cal, _ = text.splitlines()
+    assert head.index("test acc") < head.index("test ECE (95% CI)") < head.index(
+        "test NLL (95% CI)") < head.index("macro F1")
+    assert "1.2% (0.9-1.5)" in cal and "0.312 (0.301-0.325)" in cal
+    assert leaderboard.cell(rows[1], "test_ece") == leaderboard.cell(rows[1], "test_nll") == "-"
+    for rendering in (leaderboard.render_markdown(rows), leaderboard.render_html(rows)):
+        assert "1.2% (0.9-1.5)" in rendering and "0.312 (0.301-0.325)" in rendering
+    table = {line["pipeline"]: line for line in
+             csv.DictReader(io.StringIO(leaderboard.render_csv(rows)))}
+    assert float(table["cal"]["test_ece_lo"]) == 0.0091
+    assert float(table["cal"]["test_nll_unscaled"]) == 0.352
+    assert float(table["cal"]["temperature"]) == 1.4
+    assert math.isnan(float(table["old"]["test_ece"]))
+
+
 def test_pareto_front():
     from study.figures import pareto_front
 
@@ -270,21 +299,24 @@ def test_cost_figure_zooms_to_the_competitive_range_and_keeps_labels_apart(tmp_p
 
 def test_limited_by_says_what_bounded_each_model():
     """Trials or the tuning timeout, epochs run or a time cap or early stopping, an iteration
-    cap: what a reader needs to know which rows were cut short."""
+    cap: what a reader needs to know which rows were cut short. A time cap or a tuning timeout
+    that stopped the profile's recipe is a failure of the plan (issue 43)."""
     from study import evaluation, pipelines, training, tuning
 
-    spec = pipelines.load("cnn_seed3")
+    spec = pipelines.load("cnn_seed2")
     budget = spec.budget("quick")
     tuned = tuning.TuneResult("s", {}, 0.9, budget.n_trials, 0, 1.0)
-    capped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 12}, notes=[
-        "time limit: stopped after 12 of 16 epochs (max_seconds 240)"])
-    assert evaluation.limited_by(spec, budget, budget, tuned, capped, 16) == \
-        f"{budget.n_trials}/{budget.n_trials} trials; 12/16 epochs (time cap)"
+    epochs = budget.fit["epochs"]
+    capped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 9}, notes=[
+        f"time limit: stopped after 9 of {epochs} epochs (max_seconds 240)"])
+    assert evaluation.limited_by(spec, budget, budget, tuned, capped, epochs) == (
+        f"{budget.n_trials}/{budget.n_trials} trials; "
+        f"9/{epochs} epochs (time cap: the plan failed; the schedule did not finish)")
     short = tuning.TuneResult("s", {}, 0.9, budget.n_trials - 1, 0, 1.0)
     stopped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 5})
-    assert evaluation.limited_by(spec, budget, budget, short, stopped, 16) == (
-        f"{budget.n_trials - 1}/{budget.n_trials} trials (tuning timeout); "
-        "5/16 epochs (early stopping)")
+    assert evaluation.limited_by(spec, budget, budget, short, stopped, epochs) == (
+        f"{budget.n_trials - 1}/{budget.n_trials} trials (tuning timeout: the plan failed); "
+        f"5/{epochs} epochs (early stopping)")
     fixed = pipelines.load("logreg")
     unconverged = training.FitResult(None, "sklearn", 1.0, notes=[
         "lbfgs failed to converge after 100 iteration(s) (status=1):"])
@@ -302,7 +334,7 @@ def test_limited_by_a_time_budget_counts_against_the_recipe():
 
     from study import evaluation, pipelines, training, tuning
 
-    spec = pipelines.load("cnn_seed3")  # quick: 2 trials in 200 s, 50 epochs capped at 240 s
+    spec = pipelines.load("cnn_seed2")  # quick: 2 trials, 14 epochs
     recipe = spec.budget("quick")
     cut = dataclasses.replace(recipe, timeout=40.0, fit={**recipe.fit, "epochs": 8})
     every = tuning.TuneResult("s", {}, 0.9, recipe.n_trials, 0, 1.0)
@@ -326,12 +358,13 @@ def test_limited_by_a_time_budget_counts_against_the_recipe():
     untuned = tuning.TuneResult("s", {}, None, 0, 0, 0.0)
     assert evaluation.limited_by(spec, recipe, dataclasses.replace(cut, n_trials=0), untuned,
                                  eight, 50) == "0/2 trials (time budget); 8/50 epochs (time budget)"
-    # its time cap cut by the budget stopped the fit
-    capped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 12}, notes=[
-        "time limit: stopped after 12 of 50 epochs (max_seconds 90)"])
-    shorter = dataclasses.replace(recipe, fit={**recipe.fit, "max_seconds": 90.0})
-    assert evaluation.limited_by(spec, recipe, shorter, every, capped, 50) == \
-        "2/2 trials; 12/50 epochs (time budget)"
+    # the budget planned 8 epochs and its time cap stopped them sooner: the plan failed
+    capped = training.FitResult(None, "keras", 1.0, {"loss": [1.0] * 5}, notes=[
+        "time limit: stopped after 5 of 8 epochs (max_seconds 90)"])
+    shorter = dataclasses.replace(cut, fit={**cut.fit, "max_seconds": 90.0})
+    assert evaluation.limited_by(spec, recipe, shorter, every, capped, 50) == (
+        "2/2 trials; 5/50 epochs (time cap, 8 planned: the plan failed; the schedule did not "
+        "finish)")
 
 
 def test_leaderboard_shows_limited_by():
@@ -397,3 +430,48 @@ def test_a_published_range_is_met_within_or_by_the_distance_to_both_ends():
         rows[0]["family"] = "cnn"
         line = {line[0]: line for line in references(rows)}[label]
         assert line[1:] == ["0.934-0.939", f"{acc:.4f} (cnn_modern)", said]
+
+
+@pytest.mark.slow
+def test_a_recipe_stopped_by_its_time_cap_is_a_failed_plan(tracking_store, real_dir, tmp_path,
+                                                            caplog):
+    """Issue 43: a real pipeline run (smoke rows, real store) whose recipe's max_seconds binds
+    (0.5 s on a 400-epoch MLP) says so in "limited by" as a failure of the plan, logs a
+    WARNING naming the pipeline, the epochs run and the cap, and tags its final run
+    stopped_by_time_cap=true; a model nothing stopped gets no such tag."""
+    import mlflow
+    import yaml
+
+    from study import compare, config, data, pipelines, tracking, tuning
+
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    for name in ("mlp_seed", "dummy"):
+        raw = yaml.safe_load((config.pipelines_dir() / f"{name}.yaml").read_text())
+        if name == "mlp_seed":  # a recipe whose cap binds long before its epochs end
+            raw["budget"]["smoke"] = {"n_trials": 0, "timeout": 60, "fit": {
+                "epochs": 400, "patience": 1000, "max_seconds": 0.5}}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    profile = config.profile("smoke")
+    splits = data.make_splits(data.load(real_dir), profile)
+    tracking.configure()
+    url = tuning.resolve_storage(None)
+    setup = compare.TuningSetup(url, tuning.open_storage(url))
+    runs = {}
+    with caplog.at_level("WARNING", logger="study"), \
+            tracking.compare_run(profile.name, config.SEED, ["mlp_seed", "dummy"]) as parent:
+        for name in ("mlp_seed", "dummy"):
+            runs[name] = compare.run_pipeline(pipelines.load(name, folder), profile, splits,
+                                              config.SEED, setup, parent,
+                                              data.fingerprint(splits))
+    client = mlflow.MlflowClient()
+    capped = client.get_run(runs["mlp_seed"]).data
+    ran = int(capped.metrics["epochs_run"])
+    assert ran < 400
+    assert capped.tags["limited_by"] == (
+        f"{ran}/400 epochs (time cap: the plan failed; the schedule did not finish)")
+    assert capped.tags["stopped_by_time_cap"] == "true"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("[mlp_seed] the plan failed: ")
+               and f"stopped after {ran} of 400 epochs (max_seconds 0.5)" in m for m in warned)
+    assert "stopped_by_time_cap" not in client.get_run(runs["dummy"]).data.tags

@@ -46,22 +46,42 @@ def test_final_weights_are_the_best_validation_epochs(tiny):
     assert result.info["precision"] in ("float32", "mixed_bfloat16")
 
 
-def test_time_limit_stops_before_the_epoch_that_would_overrun(monkeypatch):
-    """The next epoch is costed at what the last one took: stop when it would end past the limit."""
+def _time_limit_on(monkeypatch, times: list[float]):
+    """The time-limit callback on a fake clock reading `times` in turn (10 s limit), started;
+    (callback, its model, the epochs it stopped after)."""
     import types
 
-    clock = iter([0.0, 3.0, 5.0, 8.0])  # train begins; epochs end after 3 s, 2 s and 3 s more
+    clock = iter(times)
     monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
     stopped: list[int] = []
     callback = training._time_limit_callback(10.0, stopped)
     model = types.SimpleNamespace(stop_training=False)
     callback.set_model(model)
     callback.on_train_begin()
+    return callback, model, stopped
+
+
+def test_time_limit_stops_before_the_epoch_that_would_overrun(monkeypatch):
+    """The next epoch is costed at what the last one took: stop when it would end past the limit."""
+    # train begins; epochs end after 3 s, 2 s and 3 s more
+    callback, model, stopped = _time_limit_on(monkeypatch, [0.0, 3.0, 5.0, 8.0])
     for epoch in range(3):
         callback.on_epoch_end(epoch)
         # 3 + 3 <= 10 and 5 + 2 <= 10 go on; 8 + 3 > 10 stops after the third epoch
         assert model.stop_training == (epoch == 2)
     assert stopped == [3]
+
+
+def test_time_limit_costs_the_first_epoch_from_its_first_step(monkeypatch):
+    """Tracing is paid once: a first epoch of 7 s whose first step ended at 5 s costs the next
+    one 2 s, so a 10 s limit lets it run (counted whole, 7 + 7 > 10 would have stopped it)."""
+    # train begins; first step; epochs end at 7 s and 9 s
+    callback, model, stopped = _time_limit_on(monkeypatch, [0.0, 5.0, 7.0, 9.0])
+    callback.on_train_batch_end(0)
+    callback.on_epoch_end(0)
+    assert not model.stop_training  # 7 + 2 <= 10
+    callback.on_epoch_end(1)
+    assert model.stop_training and stopped == [2]  # 9 + 2 > 10
 
 
 def test_fit_with_a_time_limit_keeps_its_best_epoch_and_says_why(tiny):

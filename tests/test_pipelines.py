@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +141,23 @@ budget:
     (lambda t: t.replace("low: 0.01", "low: 0"), "low must be > 0"),
     (lambda t: t.replace("type: float", "type: complex"), "needs type one of"),
     (lambda t: t + "  [", "not valid YAML"),
+    (lambda t: t.replace("family: linear", "family: linaer"), "family 'linaer' is not one of"),
+    (lambda t: t.replace("family: linear", "famliy: linear"),
+     r"p.yaml: unknown key 'famliy' in the pipeline; did you mean 'family'\?"),
+    (lambda t: t.replace("smoke: {n_trials", "smoke: {n_trial: 1, n_trials"),
+     r"unknown key 'n_trial' in budget.smoke; did you mean 'n_trials'\?"),
+    (lambda t: t.replace("  smoke:", "  quik: {n_trials: 1, timeout: 10}\n  smoke:"),
+     r"unknown key 'quik' in budget:; did you mean 'quick'\?"),
+    (lambda t: t.replace("high: 1,", "hihg: 1, high: 1,"),
+     r"unknown key 'hihg' in search.C; did you mean 'high'\?"),
+    (lambda t: t.replace("smoke: {n_trials: 1, timeout: 10}", "smoke: {n_trials: 1, timeout: 10, "
+                         "fit: {max_iters: 5}}"),
+     r"unknown key 'max_iters' in budget.smoke.fit .*did you mean 'max_iter'\?"),
+    (lambda t: t.replace("search: {C", "search: {reduce__n_components: {type: int, low: 5, "
+                         "high: 9}, C"), r"unknown key 'reduce__n_components' in search"),
+    (lambda t: t.replace("model: logreg", "model: mlp_seed")
+     .replace("reducer: none", "reducer: pca"),
+     "reducer pca with a Keras builder.*use reducer: none"),
 ])
 def test_bad_pipeline_definitions_are_rejected(tmp_path, edit, message):
     write(tmp_path, "p", GOOD)
@@ -162,8 +182,16 @@ def test_bad_parameter_is_a_config_error(tiny):
         training.fit(spec, {"gamma": 1.0}, tiny.x_train, tiny.y_train)
 
 
+def _reducer(name: str) -> str | None:
+    """Its reducer, None for a broken definition (its own every-pipeline test reports it)."""
+    try:
+        return pipelines.load(name).reducer
+    except ConfigError:
+        return None
+
+
 @pytest.mark.parametrize("name", [n for n in pipelines.available()
-                                  if pipelines.load(n).reducer != "none"])
+                                  if _reducer(n) not in (None, "none")])
 def test_reducer_is_fitted_on_training_rows_only(name, tiny):
     """The reducer sits inside the Pipeline: it sees exactly the rows passed to fit()."""
     spec = pipelines.load(name)
@@ -227,3 +255,192 @@ def test_fit_cache_of_a_killed_process_is_swept(tmp_path):
     assert training.sweep_fit_caches(str(tmp_path)) == [str(dead)]
     assert not dead.exists() and live.exists() and elsewhere.exists() and other.exists()
     assert old_style.exists()
+
+
+# Issue 43: the unbudgeted profiles are fixed recipes. Their time caps and tuning timeouts are
+# safety nets at 3x what the recipe costs on the slowest host of this machine kind: networks
+# measured down to 0.15x of the YAML cost's host (cnn_seed3 in float32 on an AVX2 one), the rest
+# down to ~0.5x.
+SLOWEST = {"keras": 0.15, "sklearn": 0.5}
+MARGIN = 3.0
+TRAIN_ROWS = 48_000
+SIZE_KEYS = ("epochs", "max_iter", "n_estimators")  # what a trial's work scales with
+
+
+def _slowest_estimate(spec):
+    from study.timebudget import scaled_hint
+
+    return scaled_hint(spec.cost.get("quick"), SLOWEST[get_builder(spec.model).kind])
+
+
+def _trial_settings(spec, budget) -> dict:
+    return {**spec.params, **spec.fit, **budget.fit, **budget.tune_fit}
+
+
+def _recipe_trial_seconds(spec, budget) -> float | None:
+    """A trial of `budget` at the slowest rate: the quick cost's trial, scaled by the rows and
+    the epochs/iterations/trees the profile's trials fit; a network that quick does not tune,
+    its final fit's epoch times the trial's epochs on its rows."""
+    estimate = _slowest_estimate(spec)
+    if estimate is None:
+        return None
+    if not estimate.trial_seconds:
+        if not estimate.epochs:
+            return None
+        rows = (budget.tune_subsample or TRAIN_ROWS) / TRAIN_ROWS
+        return estimate.epoch_seconds * float(_trial_settings(spec, budget)["epochs"]) * rows
+    quick = spec.budget("quick")
+    rows = (budget.tune_subsample or TRAIN_ROWS) / (quick.tune_subsample or TRAIN_ROWS)
+    size = [_trial_settings(spec, budget).get(k) for k in SIZE_KEYS]
+    base = [_trial_settings(spec, quick).get(k) for k in SIZE_KEYS]
+    work = np.prod([float(s) / float(b) for s, b in zip(size, base) if s and b])
+    return estimate.trial_seconds * max(1.0, rows) * max(1.0, work)
+
+
+@pytest.mark.parametrize("name", pipelines.available())
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_unbudgeted_recipes_end_on_epochs_and_trials_not_seconds(name, profile):
+    """A network's final fit has its epochs; its max_seconds, if any, is at least 3x the
+    recipe's fit on the slowest host (the YAML cost at 0.15x, scaled to its epochs by
+    Estimate.configured); an Optuna timeout at least 3x its trials there: fails if someone
+    puts a cap back that ends training or tuning by the clock on a slow host."""
+    import dataclasses
+
+    spec = pipelines.load(name)
+    budget = spec.budget(profile)
+    final = tuning.final_params(spec, budget, {})
+    estimate = _slowest_estimate(spec)
+    if get_builder(spec.model).kind == "keras":
+        assert final.get("epochs"), f"{name} {profile}: a network's recipe states its epochs"
+        cap = final.get("max_seconds")
+        if cap is not None:
+            assert estimate is not None and estimate.epochs, f"{name}: no quick cost to check"
+            uncapped = dataclasses.replace(budget, n_trials=0, fit={
+                k: v for k, v in final.items() if k != "max_seconds"})
+            fit = estimate.configured(uncapped) - estimate.overhead - (
+                0.0 if estimate.trials else estimate.tuning_seconds)
+            assert fit == pytest.approx(estimate.epoch_seconds * final["epochs"])
+            assert cap >= MARGIN * fit, (
+                f"{name} {profile}: max_seconds {cap:g} would stop its {final['epochs']} "
+                f"epochs on a 0.15x host (~{fit:.0f} s): at least {MARGIN * fit:.0f}")
+    if spec.tunes(budget) and budget.n_trials > 1:  # one trial: the timeout is checked after it
+        trial = _recipe_trial_seconds(spec, budget)
+        if trial is not None:
+            need = MARGIN * trial * budget.n_trials
+            assert budget.timeout >= need, (
+                f"{name} {profile}: timeout {budget.timeout:g} s would stop its "
+                f"{budget.n_trials} trials on a slow host (~{trial:.0f} s each): at least "
+                f"{need:.0f}")
+
+
+def _compare(tmp_path: Path, yaml_text: str) -> subprocess.CompletedProcess:
+    """`python -m study compare` of one pipeline from a folder of its own, with an empty data
+    folder: a definition that passed the loader would stop on the data instead."""
+    folder, empty = tmp_path / "mine", tmp_path / "empty"
+    folder.mkdir()
+    empty.mkdir()
+    write(folder, "mine", yaml_text)
+    env = {**os.environ, "STUDY_PIPELINES_DIR": str(folder)}
+    return subprocess.run([sys.executable, "-m", "study", "compare", "--profile", "smoke",
+                           "--pipelines", "mine", "--data-dir", str(empty)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("search:", "serach:"),
+     "unknown key 'serach' in the pipeline; did you mean 'search'?"),
+    (lambda t: t.replace("model: logreg", "model: logreg\nparams: {C: 1.0, max_iters: 50}"),
+     "unknown key 'max_iters' in params: (names logreg (reducer none) takes); "
+     "did you mean 'max_iter'?"),
+])
+def test_newcomer_mistakes_are_refused_in_one_line_before_the_data_loads(
+        tmp_path, tracking_store, edit, message, monkeypatch, capsys):
+    from study import cli
+
+    good = tmp_path / "good"
+    good.mkdir()
+    write(good, "mine", GOOD)
+    monkeypatch.setenv("STUDY_PIPELINES_DIR", str(good))
+    assert cli.main(["compare", "--profile", "smoke", "--pipelines", "mine", "--data-dir",
+                     str(good)]) != 0
+    assert "lacks" in capsys.readouterr().err  # the good definition gets as far as the data
+    proc = _compare(tmp_path, edit(GOOD))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert str(tmp_path / "mine" / "mine.yaml") in lines[0]
+
+
+def _cnn_without_precision(learning_rate: float = 1e-3):
+    """A newcomer's Keras builder that forgot the trainer's `precision` argument."""
+    import keras
+
+    from study.models import keras_models
+
+    model = keras.Sequential([keras.Input(shape=(28, 28, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    return keras_models._compile(model, keras.optimizers.Adam(learning_rate=learning_rate))
+
+
+def test_keras_builder_without_the_trainers_arguments_is_refused_before_the_data_loads(
+        tmp_path, tracking_store, monkeypatch, capsys):
+    from study import cli
+    from study.models import Builder
+
+    folder, empty = tmp_path / "mine", tmp_path / "empty"
+    folder.mkdir()
+    empty.mkdir()
+    write(folder, "mine", GOOD.replace("model: logreg", "model: my_cnn")
+          .replace("family: linear", "family: cnn").replace("{C:", "{learning_rate:"))
+    monkeypatch.setenv("STUDY_PIPELINES_DIR", str(folder))
+    monkeypatch.setitem(BUILDERS, "my_cnn", Builder(_cnn_without_precision, "keras"))
+    argv = ["compare", "--profile", "smoke", "--pipelines", "mine", "--data-dir", str(empty)]
+    assert cli.main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(folder / "mine.yaml") in line and "'my_cnn'" in line
+    assert "must accept precision: the trainer passes it" in line
+
+    def with_precision(learning_rate: float = 1e-3, precision: str = "float32"):
+        return _cnn_without_precision(learning_rate)
+
+    monkeypatch.setitem(BUILDERS, "my_cnn", Builder(with_precision, "keras"))
+    assert cli.main(argv) != 0  # accepted now: stopped by the empty data folder instead
+    assert "lacks" in capsys.readouterr().err
+
+
+def test_an_unknown_builder_breaks_only_its_own_pipeline(tmp_path):
+    """`study pipelines` lists the others and this file's tests still collect."""
+    write(tmp_path, "good", GOOD)
+    write(tmp_path, "broken", GOOD.replace("model: logreg", "model: extra_trees"))
+    env = {**os.environ, "STUDY_PIPELINES_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "study", "pipelines"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    rows = dict(line.split(None, 1) for line in proc.stdout.splitlines())
+    assert set(rows) == {"good", "broken"} and rows["good"].startswith("linear")
+    assert rows["broken"].startswith(f"ERROR {tmp_path / 'broken.yaml'}: unknown model builder "
+                                     "'extra_trees'")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", __file__], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "test_pipeline_builds_fits_and_predicts[good]" in proc.stdout
+    assert "test_pipeline_builds_fits_and_predicts[broken]" in proc.stdout
+
+
+DOC = Path(__file__).parent.parent / "docs" / "writing-a-pipeline.md"
+
+
+def test_the_writing_a_pipeline_page_loads_and_annotates_every_key(tmp_path):
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), re.S)
+    assert len(blocks) == 2
+    for i, block in enumerate(blocks):
+        write(tmp_path, f"doc{i}", block)
+    keras_spec, sklearn_spec = (pipelines.load(f"doc{i}", tmp_path) for i in range(2))
+    assert get_builder(keras_spec.model).kind == "keras" and keras_spec.search
+    assert get_builder(sklearn_spec.model).kind == "sklearn" and sklearn_spec.reducer == "pca"
+    # every top-level key the loader accepts, set or (specialist, boost) shown commented
+    annotated = set(re.findall(r"^(?:# )?([a-z_]+):", blocks[0], re.M))
+    assert pipelines.TOP_KEYS <= annotated, pipelines.TOP_KEYS - annotated
+    # and every budget key
+    assert pipelines.BUDGET_KEYS <= set(re.findall(r"([a-z_]+):", blocks[0]))

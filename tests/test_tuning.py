@@ -154,3 +154,22 @@ def test_a_worker_stops_at_its_timeout_and_says_what_it_left_queued(tmp_path, ca
     assert tuning.drain_queue(study, storage, slow, lambda *_: None, timeout=60) == 2
     assert [t.state.name for t in study.get_trials()] == ["COMPLETE"] * 3
     assert "stopped at" not in capsys.readouterr().err
+
+
+def test_progress_counts_trials_against_the_budget_after_failed_ones():
+    """A compare resumed after two failed trials printed "trial 3/2": Optuna's numbers count
+    the failures, the budget does not."""
+    import optuna
+
+    from study.tuning.trials import trial_labels
+
+    study = optuna.create_study(direction="maximize")
+    for _ in range(2):  # the earlier run: both trials failed
+        study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+    label = trial_labels(study, 2, of_budget=True)
+    assert [label(2), label(3), label(4)] == ["trial 1/2", "trial 2/2", "trial #5"]
+    study.tell(study.ask(), 0.5)  # one counted; one queued trial left from an interruption
+    study.enqueue_trial({})
+    label = trial_labels(study, 2, of_budget=True)
+    assert [label(3), label(4)] == ["trial 2/2", "trial #5"]
+    assert trial_labels(study, 2, of_budget=False)(3) == "trial #4"

@@ -65,6 +65,19 @@ class PcaUmap(TransformerMixin, BaseEstimator):
         return self.umap_.transform(np.concatenate([projected, anchor]))[:-1]
 
 
+def reducer_arguments(kind: str) -> set[str] | None:
+    """The parameter names `build_reducer(kind, ...)` takes (a pipeline's `reduce__` names)."""
+    if kind == "none":
+        return set()
+    if kind == "pca":
+        from sklearn.decomposition import PCA
+
+        return set(PCA().get_params())
+    if kind == "umap":
+        return set(PcaUmap().get_params())
+    raise ValueError(f"unknown reducer {kind!r}")
+
+
 def build_reducer(kind: str, **params: Any) -> Any:
     """'none' -> passthrough, 'pca' -> PCA, 'umap' -> PCA then UMAP (imported lazily)."""
     if kind == "none":

@@ -12,7 +12,7 @@ import numpy as np
 
 from study import config, figures, serving
 from study.ensemble import NAME
-from study.evaluation import timed_proba
+from study.evaluation import scaled, timed_proba
 from study.tracking.common import ROLE
 from study.tracking.runs import log_data_inputs, log_evaluation
 
@@ -72,16 +72,21 @@ def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_t
         "best_member_val_accuracy": summary["best_member_val_accuracy"],
         "best_member_test_accuracy": summary["best_member_test_accuracy"],
         "val_gain": selection.val_accuracy - summary["best_member_val_accuracy"],
-        "test_gain": evaluation.accuracy - summary["best_member_test_accuracy"]})
+        "test_gain": evaluation.accuracy - summary["best_member_test_accuracy"],
+        **(evaluation.calibration.metrics if evaluation.calibration else {})})
+    if evaluation.calibration:
+        mlflow.set_tag("calibration", evaluation.calibration.note)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "selection.json").write_text(json.dumps(summary, indent=1))
         mlflow.log_artifact(str(Path(tmp) / "selection.json"), artifact_path="ensemble")
     with tempfile.TemporaryDirectory() as tmp:
         figures.final_model_figures(NAME, evaluation, {}, Path(tmp))
         log_evaluation(NAME, evaluation, val_proba, Path(tmp))
-    info = log_ensemble_model(selection.weights, {c.name: c.model_uri for c in members})
+    info = log_ensemble_model(selection.weights, {c.name: c.model_uri for c in members},
+                              evaluation.calibration)
     mlflow.set_tag("model_uri", info.model_uri)
-    _verify(info.model_uri, evaluation.proba, x_test)
+    temperature = evaluation.calibration.temperature if evaluation.calibration else 1.0
+    _verify(info.model_uri, scaled(evaluation.proba, temperature), x_test)
 
 
 def cost_of(run_ids: list[str]) -> dict[str, float]:
@@ -105,9 +110,13 @@ def cost_of(run_ids: list[str]) -> dict[str, float]:
             "tuning_seconds": sum(m.get("tuning_seconds", 0.0) for m in found.values())}
 
 
-def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str]):
+def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str],
+                       calibrated=None):
     """Log the ensemble into the active run (as "model"): a serving.Classifier over the
-    members' native models, fetched from their logged models by MLflow (not rebuilt)."""
+    members' native models, fetched from their logged models by MLflow (not rebuilt), with
+    the ensemble's own temperature and unsure threshold (`calibrated`, an
+    evaluation.Calibrated; none: T=1), applied to the weighted mean of the uncalibrated
+    members."""
     from mlflow.artifacts import download_artifacts
 
     keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}
@@ -115,13 +124,15 @@ def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str]):
         natives = {keys[n]: serving.native_model_path(
             download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / keys[n])))
             for n, uri in model_uris.items()}
-        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives)
+        scaling = calibrated.carried() if calibrated else {}
+        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives, **scaling)
 
 
 def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:
     """Load the logged ensemble back: its predictions (VERIFY_ROWS test images through the
     pyfunc, every test image through its Classifier) must match the probabilities that were
-    scored, so serving is the model on the leaderboard. The second is timed as every final
+    scored (`test_proba`, scaled by its temperature), so serving is the model on the
+    leaderboard. The second is timed as every final
     model's prediction is (evaluation.timed_proba)."""
     from study import data
 

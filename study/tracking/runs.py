@@ -142,9 +142,11 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
                            **{f"best.{k}": param_str(v) for k, v in tune.best_params.items()}})
         mlflow.log_metrics(_final_metrics(tune, fit, evaluation, val_accuracy, predict_seconds,
                                           n_params, model_bytes))
+        if evaluation.calibration is not None:
+            mlflow.set_tag("calibration", evaluation.calibration.note)
         _log_fit_details(run.info.run_id, fit)
         log_evaluation(spec.name, evaluation, val_proba, figures_dir)
-        info = log_model(fit, spec.reducer, x_example)
+        info = log_model(fit, spec.reducer, x_example, evaluation.calibration)
         mlflow.set_tag("model_uri", info.model_uri)
         return run.info.run_id
 
@@ -165,6 +167,8 @@ def _final_metrics(tune, fit, evaluation, val_accuracy: float, predict_seconds: 
         "n_trials": tune.n_trials,
         "tuning_seconds": tune.seconds,
     }
+    if evaluation.calibration is not None:  # temperature, NLL/Brier/ECE before and after
+        metrics.update(evaluation.calibration.metrics)
     if tune.best_value is not None:
         metrics["best_trial_val_accuracy"] = tune.best_value
     if fit.best_epoch is not None:
@@ -194,10 +198,12 @@ def _log_fit_details(run_id: str, fit) -> None:
             mlflow.set_tag(key, str(value))
 
 
-def log_model(fit, reducer: str, x_example: np.ndarray):
+def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None):
     """The final model, as the active run's "model": a serving.Classifier (images or pixels
     in, probabilities and the class name out) around the native Keras or sklearn model, which
-    is kept inside it with its own flavor and tensor signature (artifacts/network)."""
+    is kept inside it with its own flavor and tensor signature (artifacts/network). The
+    Classifier applies `calibrated`'s temperature (an evaluation.Calibrated; none: T=1) and
+    carries its unsure threshold; the native model inside stays uncalibrated."""
     from mlflow.models import infer_signature
 
     from study import serving
@@ -228,7 +234,8 @@ def log_model(fit, reducer: str, x_example: np.ndarray):
                                       pip_requirements=reqs, serialization_format="cloudpickle",
                                       code_paths=[str(config.PACKAGE_DIR)],
                                       pyfunc_predict_fn="predict_proba")
-        return serving.log_model({serving.NETWORK: 1.0}, {serving.NETWORK: native})
+        scaling = calibrated.carried() if calibrated else {}
+        return serving.log_model({serving.NETWORK: 1.0}, {serving.NETWORK: native}, **scaling)
 
 
 def log_data_inputs(data_digest: str, rows: dict[str, int]) -> None:
@@ -249,8 +256,10 @@ def log_data_inputs(data_digest: str, rows: dict[str, int]) -> None:
 def log_evaluation(name: str, evaluation, val_proba: np.ndarray, folder: Path) -> None:
     """A final model's scores under evaluation/ of the active run: per-class report, test
     predictions and the validation and test class probabilities (float32, ~0.9 MB a model),
-    from which the ensemble is chosen and rebuilt without retraining anything. The files
-    already in `folder` (its figures) go along."""
+    from which the ensemble is chosen and rebuilt without retraining anything. They are the
+    probabilities before temperature scaling (what the ensemble combines); the logged model
+    serves them scaled by the run's `temperature` metric. The files already in `folder` (its
+    figures) go along."""
     import mlflow
 
     (folder / "classification_report.txt").write_text(evaluation.report_text)

@@ -28,7 +28,7 @@ def run_trials(study, storage, spec: PipelineSpec, budget: Budget, splits: Split
     """Run n_trials trials of the study in this process (fewer if the timeout strikes), or
     with n_trials None pop queued trials until the queue is empty (a parallel worker).
     Progress says "trial 3/5" against the budget, or "trial #3" for a worker's explicit share."""
-    label = lambda number: _trial_label(number, budget.n_trials, of_budget)  # noqa: E731
+    label = trial_labels(study, budget.n_trials, of_budget)
     history: list[dict[str, Any]] = []
     objective = _objective(spec, {**spec.params, **spec.fit, **budget.fit, **budget.tune_fit},
                            _tuning_rows(budget, splits, seed), seed, label)
@@ -133,8 +133,26 @@ def keras_pruning_callback(trial):
     return Pruning()
 
 
-def _trial_label(number: int, budget: int, of_budget: bool) -> str:
-    return f"trial {number + 1}/{budget}" if of_budget else f"trial #{number + 1}"
+def trial_labels(study, budget: int, of_budget: bool) -> Callable[[int], str]:
+    """Trial number -> "trial 3/5": its place among the trials the budget counts (finished
+    ones, then the queued, then new ones), not Optuna's number, which failed trials of an
+    earlier run also took (they made a resumed compare print "trial 3/2")."""
+    import optuna
+
+    done = len(study.get_trials(deepcopy=False, states=tuple(
+        getattr(optuna.trial.TrialState, s) for s in FINISHED)))
+    waiting = sorted(t.number for t in study.get_trials(
+        deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    first_new = len(study.get_trials(deepcopy=False))
+
+    def label(number: int) -> str:
+        place = done + 1 + (waiting.index(number) if number in waiting
+                            else len(waiting) + number - first_new)
+        if of_budget and done < place <= budget:
+            return f"trial {place}/{budget}"
+        return f"trial #{number + 1}"
+
+    return label
 
 
 def _fmt(value: Any) -> str:
