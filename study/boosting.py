@@ -49,7 +49,7 @@ def _half_worker() -> None:
     """One TensorFlow thread per out-of-fold fit (set before TF starts): the count changes
     TF's rounding, and the measured member's rows came from fits with one thread each."""
     os.environ["STUDY_TF_THREADS"] = "1"
-    from study.cli import configure_logging
+    from study.logs import configure_logging
 
     configure_logging()
 

@@ -1,7 +1,7 @@
 """A compare under a time budget (`--budget-minutes`): each pipeline's estimate, the plan
 printed before any work, then the pipelines one at a time with their allotments and the
 clock on every pipeline's first line. The arithmetic is timebudget's (pure, tested with a
-fake clock); this module wires it to the store and to compare's `attempt`."""
+fake clock); this module wires it to the store and to `attempts.attempt`."""
 
 from __future__ import annotations
 
@@ -293,7 +293,7 @@ def pipelines_within(clock: timebudget.Clock, todo, specs, profile: config.Profi
                      seed: int, setup, parent_id: str, data_digest: str) -> Iterator[Any]:
     """The pipelines one at a time, each with its part of the time budget; then the
     reduction figures if they still fit."""
-    from study.compare import Outcome, attempt, attempt_reduction_figures
+    from study.attempts import Outcome, attempt, attempt_reduction_figures
 
     tracking.log_metrics({"budget_minutes": clock.seconds / 60}, run_id=parent_id)
     yield from run(

@@ -250,8 +250,8 @@ _ready: dict[tuple, Any] = {}  # per worker process: the splits and storage of a
 def _prepare(task: Task) -> tuple[Any, Any, str, int]:
     """In a worker: this compare's splits and tuning setup, made once per worker process;
     the worker's address and threads. The data is loaded and checked here, not shipped."""
-    from study.cli import configure_logging
-    from study.compare import TuningSetup
+    from study.logs import configure_logging
+    from study.attempts import TuningSetup
 
     address = _address()
     threads = task.shares.get(address) or config.threads()
@@ -290,7 +290,7 @@ def _pipeline_task(task: Task, name: str, label: str) -> Any:
     is returned then, not a second model trained."""
     from threadpoolctl import threadpool_limits
 
-    from study.compare import Outcome, attempt
+    from study.attempts import Outcome, attempt
 
     splits, setup, address, threads = _prepare(task)
     spec, job = pipelines.load(name), task.job
@@ -315,7 +315,7 @@ def _figures_task(task: Task, names: list[str]) -> Any:
     """The reduction figures on a worker, as one more task beside the pipelines."""
     from threadpoolctl import threadpool_limits
 
-    from study.compare import attempt_reduction_figures
+    from study.attempts import attempt_reduction_figures
 
     splits, _, address, threads = _prepare(task)
     with threadpool_limits(threads):
@@ -378,7 +378,7 @@ def _outcome(name: str, future: Any) -> Any:
     failure of that pipeline."""
     from distributed.scheduler import KilledWorker
 
-    from study.compare import Outcome, failed_outcome
+    from study.attempts import Outcome, failed_outcome
 
     try:
         return future.result()

@@ -127,7 +127,8 @@ def run(parent_id: str, profile: str, y_val: np.ndarray, y_test: np.ndarray,
         "selection_seconds": selection_seconds,
     }
     run_id = tracking.log_ensemble(parent_id, profile, data_digest, members, selection, summary,
-                                   evaluation, val_proba, y_val, x_test, started)
+                                   evaluation, val_proba, y_val, x_test, started,
+                                   log_classifier=serving.log_model)
     mix = ", ".join(f"{n} {w:.2f}" for n, w in selection.weights.items())
     message = (f"ensemble: {mix} -> val {selection.val_accuracy:.4f} "
                f"(best member {best} {figures['best_member_val_accuracy']:.4f}), test "

@@ -3,7 +3,7 @@ in, class probabilities and the top class name out.
 
 A request carries either encoded image files (PNG, JPEG, WebP, ...; base64 text in JSON) under
 the input name `image`, or pixels in [0, 1] as (n, 28, 28, 1), (n, 28, 28) or (n, 784)
-tensors. Images get `study predict`'s preprocessing (study.predict: one implementation). The
+tensors. Images get `study predict`'s preprocessing (study.images: one implementation). The
 model holds one or more members (a single network or estimator, or an ensemble's weighted
 members), each a native MLflow model (keras or sklearn flavor) stored as an artifact of this
 one, and calls them directly on the whole batch: the Keras networks through one traced
@@ -26,10 +26,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from study import calibration, config
+from study import calibration, config, images
 from study.config import CLASS_NAMES
+from study.images import IMAGE_INPUT
+from study.tracking import native_model_path, pinned
 
-IMAGE_INPUT = "image"  # the input name (JSON key or DataFrame column) for encoded image files
 CLASS_OUTPUT = "class"  # the output column with the top class name; one column per class follows
 MAX_IMAGES = 1024  # per request: a bigger batch is refused, not queued for minutes
 MAX_IMAGE_BYTES = 10 * 2**20  # per encoded image
@@ -44,7 +45,6 @@ MAX_BODY_BYTES = MAX_REQUEST_BYTES * 4 // 3 + 2**20
 MAX_JSON_ITEMS = 2 * MAX_IMAGES * 784
 ALONE_ROWS = 32  # requests of this many images are a batch of their own, not merged
 RANGE_TOLERANCE = 1e-3  # pixels a little outside [0, 1] from rounding in a client's JSON
-NETWORK = "network"  # the artifact key of a single model's native model
 INPUTS_DOC = (f"'{IMAGE_INPUT}': encoded image files (PNG, JPEG, WebP, GIF, BMP, TIFF; base64 "
               "text in JSON), preprocessed as `study predict` does; or pixels in [0, 1] shaped "
               f"(n, 28, 28, 1), (n, 28, 28) or (n, 784). At most {MAX_IMAGES} images and "
@@ -306,13 +306,6 @@ def _graph(networks):
     return weighted
 
 
-def native_model_path(path: str | Path) -> str:
-    """The native (keras or sklearn) MLflow model inside a logged Classifier, or `path`
-    itself when it is one already (models logged before the Classifier)."""
-    inner = Path(path) / "artifacts" / NETWORK
-    return str(inner) if (inner / "MLmodel").is_file() else str(path)
-
-
 def frame(proba: np.ndarray):
     """Probabilities -> the served DataFrame: top class name, then one column per class."""
     import pandas as pd
@@ -320,14 +313,6 @@ def frame(proba: np.ndarray):
     out = pd.DataFrame(proba.astype(np.float32), columns=list(CLASS_NAMES))
     out.insert(0, CLASS_OUTPUT, np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(axis=1)])
     return out
-
-
-def probabilities(output: Any) -> np.ndarray:
-    """A model's output as an (n, 10) array: the Classifier's DataFrame, or the bare array of
-    a native model logged before it."""
-    if hasattr(output, "columns") and CLASS_NAMES[0] in output.columns:
-        return output[list(CLASS_NAMES)].to_numpy(dtype=np.float64)
-    return np.asarray(output, dtype=np.float64)
 
 
 def signature():
@@ -342,9 +327,9 @@ def signature():
 
 def pixels(model_input: Any) -> np.ndarray:
     """What a request carries -> (n, 28, 28) float32 pixels in [0, 1], or RequestError."""
-    images = _encoded_images(model_input)
-    if images is not None:
-        return _decode_all(images)
+    encoded = _encoded_images(model_input)
+    if encoded is not None:
+        return _decode_all(encoded)
     try:
         x = np.asarray(model_input, dtype=np.float32)
     except (TypeError, ValueError):
@@ -392,14 +377,12 @@ def _encoded_images(model_input: Any) -> list | None:
     return None
 
 
-def _decode_all(images: list) -> np.ndarray:
-    from study import predict
-
-    if not images:
+def _decode_all(encoded: list) -> np.ndarray:
+    if not encoded:
         raise RequestError("empty request: send at least one image")
-    _check_count(len(images))
+    _check_count(len(encoded))
     raw, total = [], 0
-    for i, item in enumerate(images):
+    for i, item in enumerate(encoded):
         raw.append(_bytes(i, item))
         total += len(raw[-1])
         if total > MAX_REQUEST_BYTES:
@@ -410,18 +393,18 @@ def _decode_all(images: list) -> np.ndarray:
     opened, pixels_total = [], 0
     for i, data in enumerate(raw):
         try:
-            opened.append(predict.open_image(data, MAX_IMAGE_BYTES))
-        except predict.ImageError as exc:
+            opened.append(images.open_image(data, MAX_IMAGE_BYTES))
+        except images.ImageError as exc:
             raise RequestError(f"image {i}: {exc}") from None
-        pixels_total += predict.decoded_pixels(opened[-1])
+        pixels_total += images.decoded_pixels(opened[-1])
         if pixels_total > MAX_REQUEST_PIXELS:
             raise RequestError(f"images 0-{i} decode to over {MAX_REQUEST_PIXELS:,} pixels "
                                "together (the limit per request): send fewer or smaller images")
     out = np.empty((len(raw), 28, 28), dtype=np.float32)
     for i, image in enumerate(opened):
         try:
-            out[i] = predict.preprocess(predict.load(image)) / np.float32(255)
-        except predict.ImageError as exc:
+            out[i] = images.preprocess(images.load(image)) / np.float32(255)
+        except images.ImageError as exc:
             raise RequestError(f"image {i}: {exc}") from None
         opened[i] = None  # its decoded pixels go now, not at the end of the request
     return out
@@ -457,8 +440,6 @@ def log_model(weights: dict[str, float], native_paths: dict[str, str],
     artifacts, and the study package ships with it. Its requirements: the members' own, and
     what decoding images needs."""
     import logging
-
-    from study.tracking import pinned
 
     requirements = set(pinned(["mlflow", "numpy", "pandas", "pillow", "cloudpickle"]))
     for path in native_paths.values():

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from study import config, data, pipelines, tracking, tuning
-from study.compare import (Outcome, TuningSetup, attempt, attempt_reduction_figures,
-                           failed_outcome)
+from study.attempts import (Outcome, TuningSetup, attempt, attempt_reduction_figures,
+                            failed_outcome)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _worker: dict[str, Any] = {}  # per pipeline worker process: its job, data and s
 
 def _start_worker(job: Job) -> None:
     """Initializer of a pipeline worker: the same data, splits and stores as its compare."""
-    from study.cli import configure_logging
+    from study.logs import configure_logging
 
     configure_logging()  # the level its compare passed in the environment
     tuning.exit_with_parent()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study import (calibration, compare, config, data, ensemble_stage, evaluation, pipelines,
-                   predict, serving, tracking, tuning)
+from study import (attempts, calibration, config, data, ensemble_stage, evaluation, images,
+                   pipelines, predict, serving, tracking, tuning)
 
 SPLITS, METRICS = ("val", "test"), ("nll", "brier", "ece")
 
@@ -24,10 +24,10 @@ def _final(name: str, tiny, parent: str) -> str:
     """One pipeline as a compare runs it (one trial, then the final fit, test and logging)."""
     spec = pipelines.load(name)
     budget = dataclasses.replace(spec.budget("smoke"), n_trials=1)
-    setup = compare.TuningSetup("", tuning.storage.open_storage(
+    setup = attempts.TuningSetup("", tuning.storage.open_storage(
         str(Path.cwd() / "optuna.journal")))
-    return compare.run_pipeline(spec, config.profile("smoke"), tiny, 2020, setup, parent, "",
-                                budget=budget)
+    return attempts.run_pipeline(spec, config.profile("smoke"), tiny, 2020, setup, parent, "",
+                                 budget=budget)
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_every_final_model_is_calibrated_on_validation_and_serves_it(finals, tin
         assert m["test_accuracy"] == pytest.approx(np.mean(predictions == tiny.y_test))
 
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
-        served = serving.probabilities(model.predict(data.as_image(tiny.x_test)))
+        served = images.probabilities(model.predict(data.as_image(tiny.x_test)))
         assert np.abs(served - scaled).max() < 1e-4, name
         assert np.abs(served - test).max() > 1e-3, name  # the temperature is applied
         assert np.array_equal(served.argmax(1), test.argmax(1)), name
@@ -127,20 +127,20 @@ def test_a_model_logged_before_calibration_loads_with_no_temperature(tracking_st
 
     flat = data.as_flat(tiny.x_train)
     estimator = LogisticRegression(max_iter=300).fit(flat, tiny.y_train)
-    old = serving.Classifier({serving.NETWORK: 1.0})
+    old = serving.Classifier({tracking.NETWORK: 1.0})
     del old.temperature, old.unsure_threshold  # the state an old pickle holds
     assert set(pickle.loads(pickle.dumps(old)).__dict__) == {"weights"}
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
-        native = str(Path(tmp) / serving.NETWORK)
+        native = str(Path(tmp) / tracking.NETWORK)
         mlflow.sklearn.save_model(estimator, native, pyfunc_predict_fn="predict_proba",
                                   serialization_format="cloudpickle")
         uri = mlflow.pyfunc.log_model(name="model", python_model=old,
-                                      artifacts={serving.NETWORK: native},
+                                      artifacts={tracking.NETWORK: native},
                                       code_paths=[str(config.PACKAGE_DIR)]).model_uri
     model = mlflow.pyfunc.load_model(uri)
     assert model.unwrap_python_model().temperature == 1.0
     assert model.unwrap_python_model().unsure_threshold == 0.0
-    served = serving.probabilities(model.predict(data.as_image(tiny.x_test)))
+    served = images.probabilities(model.predict(data.as_image(tiny.x_test)))
     assert np.abs(served - estimator.predict_proba(data.as_flat(tiny.x_test))).max() < 1e-6
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from study import cli, config
+from study import cli, config, logs
 
 
 def test_quiet_verbose_and_the_environment_set_the_level(capsys, monkeypatch):
@@ -29,7 +29,7 @@ def test_quiet_verbose_and_the_environment_set_the_level(capsys, monkeypatch):
     cli.configure_logging()
     progress.info("hidden by the environment")
     assert capsys.readouterr().err == ""
-    ours = [h for h in logging.getLogger("study").handlers if isinstance(h, cli._Stderr)]
+    ours = [h for h in logging.getLogger("study").handlers if isinstance(h, logs._Stderr)]
     assert len(ours) == 1  # set up again, not stacked (pytest may add capture handlers)
 
 

@@ -14,7 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from study import config, data, evaluation, pipelines, serving, tracking
+from study import config, data, evaluation, images, pipelines, serving, tracking
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
                 # probabilities score the better of the two figures on the validation labels
                 model = mlflow.pyfunc.load_model(child.data.tags["model_uri"])
                 x = fmnist.x_test[:16, :, :, None].astype(np.float32) / 255
-                both = [serving.probabilities(model.predict(v)) for v in (x, x[:, :, ::-1])]
+                both = [images.probabilities(model.predict(v)) for v in (x, x[:, :, ::-1])]
                 assert np.allclose(*both, atol=1e-5) == kept, child.data.tags["pipeline"]
                 val = tracking.load_npy(child.info.run_id, "evaluation/val_proba.npy")
                 assert np.mean(val.argmax(axis=1) == smoke_val) == pytest.approx(
@@ -110,7 +110,7 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
     assert run_of["cnn_upper"].data.tags["generalist_run_id"] == run_of["cnn_modern"].info.run_id
     for name in ("cnn_seed1", "cnn_modern", "cnn_upper"):  # cnn_modern: a custom loss
         model = mlflow.pyfunc.load_model(run_of[name].data.tags["model_uri"])
-        proba = serving.probabilities(
+        proba = images.probabilities(
             model.predict(fmnist.x_test[:8, :, :, None].astype(np.float32) / 255))
         assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-4)
         scored = tracking.load_npy(run_of[name].info.run_id, "evaluation/test_proba.npy")
@@ -120,7 +120,7 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
     logreg = next(c for c in children if c.data.tags["pipeline"] == "logreg")
     model = mlflow.pyfunc.load_model(logreg.data.tags["model_uri"])
     answer = model.predict(fmnist.x_test[:8].reshape(8, -1).astype(np.float32) / 255)
-    proba = serving.probabilities(answer)
+    proba = images.probabilities(answer)
     assert list(answer[serving.CLASS_OUTPUT]) == [config.CLASS_NAMES[i] for i in proba.argmax(1)]
     assert proba.shape == (8, 10) and np.allclose(proba.sum(axis=1), 1, atol=1e-6)
 

@@ -15,7 +15,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from study import calibration, compare, config, ensemble, ensemble_stage, serving, tracking
+from study import (calibration, compare, config, ensemble, ensemble_stage, images, serving,
+                   tracking)
 from study.errors import ConfigError
 
 
@@ -206,11 +207,11 @@ def test_compare_builds_the_ensemble_from_validation_and_serves_the_weighted_mea
     x = fmnist.x_test[:50].astype(np.float32) / 255
     uris = {n: client.get_run(rows[n]["run_id"]).data.tags["model_uri"] for n in weights}
     expected = calibration.apply_temperature(sum(w * calibration.apply_temperature(
-        serving.probabilities(mlflow.pyfunc.load_model(uris[n]).predict(x.reshape(50, -1))),
+        images.probabilities(mlflow.pyfunc.load_model(uris[n]).predict(x.reshape(50, -1))),
         1 / rows[n]["temperature"]) for n, w in weights.items()),
         run.data.metrics["temperature"])
     for layout in (x.reshape(50, -1), x[..., None]):  # flat or image pixels, either way
-        assert np.allclose(serving.probabilities(model.predict(layout)), expected, atol=1e-5)
+        assert np.allclose(images.probabilities(model.predict(layout)), expected, atol=1e-5)
     # it holds its members' native models, as MLflow copied them from their logged models
     held = Path(model._model_impl.context.artifacts[f"member_0_{next(iter(weights))}"])
     assert (held / "MLmodel").is_file() and "sklearn" in (held / "MLmodel").read_text()
@@ -291,7 +292,8 @@ def test_ensemble_weights_never_see_the_test_labels_and_its_yardstick_is_every_f
         tags = {"role": "final", "pipeline": name, "family": family, "mlflow.parentRunId": parent}
         with mlflow.start_run(run_name=name, tags=tags) as run, \
                 tempfile.TemporaryDirectory() as tmp:
-            mlflow.set_tag("model_uri", tracking.log_model(fit, "-", tiny.x_val[:5]).model_uri)
+            mlflow.set_tag("model_uri", tracking.log_model(
+                fit, "-", tiny.x_val[:5], log_classifier=serving.log_model).model_uri)
             scored = evaluate(tiny.y_test, fit.predict_proba(tiny.x_test))
             mlflow.log_metric("test_accuracy", scored.accuracy)
             tracking.log_evaluation(name, scored, fit.predict_proba(tiny.x_val), Path(tmp))
@@ -344,7 +346,8 @@ def test_members_load_their_runs_own_models_not_the_model_uri_tag(tracking_store
         fit = FitResult(model.fit(flat, tiny.y_train), "sklearn", 0.0)
         with mlflow.start_run(run_name=name, tags={"role": "final", "pipeline": name,
                                                    "family": "linear", **tags}) as run:
-            mlflow.set_tag("model_uri", tracking.log_model(fit, "-", tiny.x_val[:5]).model_uri)
+            mlflow.set_tag("model_uri", tracking.log_model(
+                fit, "-", tiny.x_val[:5], log_classifier=serving.log_model).model_uri)
             for split, x in (("val", tiny.x_val), ("test", tiny.x_test)):
                 np.save(f"{split}_proba.npy", fit.predict_proba(x))
                 mlflow.log_artifact(f"{split}_proba.npy", "evaluation")
@@ -358,7 +361,7 @@ def test_members_load_their_runs_own_models_not_the_model_uri_tag(tracking_store
 
     result = ensemble_stage.run(parent, "smoke", tiny.y_val, tiny.y_test, tiny.x_test, "")
     assert result.run_id and "good" in client.get_run(result.run_id).data.params["members"]
-    served = serving.probabilities(mlflow.pyfunc.load_model(
+    served = images.probabilities(mlflow.pyfunc.load_model(
         f"runs:/{result.run_id}/model").predict(features("sklearn", tiny.x_test)))
     scored = calibration.apply_temperature(  # logged before the ensemble's temperature
         tracking.load_npy(result.run_id, "evaluation/test_proba.npy"),
@@ -492,7 +495,7 @@ def test_the_ensembles_cost_counts_each_model_underneath_once_and_times_every_te
         with mlflow.start_run(run_name=name, tags={
                 "role": "final", "pipeline": name, "family": "linear",
                 "mlflow.parentRunId": parent}):
-            tracking.log_model(fit, "-", tiny.x_val[:5])
+            tracking.log_model(fit, "-", tiny.x_val[:5], log_classifier=serving.log_model)
             mlflow.log_metrics({"fit_seconds": c * 100, "own_fit_seconds": c * 100})
             for split, x in (("val", tiny.x_val), ("test", fmnist.x_test)):
                 np.save(f"{split}_proba.npy", fit.predict_proba(x))

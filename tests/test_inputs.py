@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study import data, predict
+from study import data, images
 from study.inputs import neighbour_variation, unlike_training
 
 
@@ -17,8 +17,8 @@ def _as_photo(image: Image.Image) -> tuple[np.ndarray, bool]:
     """A PIL image saved as PNG and read back the way `study predict` reads a file."""
     buf = io.BytesIO()
     image.save(buf, "PNG")
-    opened = predict.load(predict.open_image(buf.getvalue()))
-    return predict.preprocess(opened), predict.foreground_found(opened)
+    opened = images.load(images.open_image(buf.getvalue()))
+    return images.preprocess(opened), images.foreground_found(opened)
 
 
 @pytest.mark.parametrize("image, reason", [

@@ -442,7 +442,7 @@ def test_a_recipe_stopped_by_its_time_cap_is_a_failed_plan(tracking_store, real_
     import mlflow
     import yaml
 
-    from study import compare, config, data, pipelines, tracking, tuning
+    from study import attempts, config, data, pipelines, tracking, tuning
 
     folder = tmp_path / "pipelines"
     folder.mkdir()
@@ -456,14 +456,14 @@ def test_a_recipe_stopped_by_its_time_cap_is_a_failed_plan(tracking_store, real_
     splits = data.make_splits(data.load(real_dir), profile)
     tracking.configure()
     url = tuning.resolve_storage(None)
-    setup = compare.TuningSetup(url, tuning.open_storage(url))
+    setup = attempts.TuningSetup(url, tuning.open_storage(url))
     runs = {}
     with caplog.at_level("WARNING", logger="study"), \
             tracking.compare_run(profile.name, config.SEED, ["mlp_seed", "dummy"]) as parent:
         for name in ("mlp_seed", "dummy"):
-            runs[name] = compare.run_pipeline(pipelines.load(name, folder), profile, splits,
-                                              config.SEED, setup, parent,
-                                              data.fingerprint(splits))
+            runs[name] = attempts.run_pipeline(pipelines.load(name, folder), profile, splits,
+                                               config.SEED, setup, parent,
+                                               data.fingerprint(splits))
     client = mlflow.MlflowClient()
     capped = client.get_run(runs["mlp_seed"]).data
     ran = int(capped.metrics["epochs_run"])

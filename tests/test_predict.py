@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from study import config, data, predict, serving
+from study import config, data, images, predict, serving, tracking
 
 
 def _log_served(estimator, x: np.ndarray):
@@ -25,10 +25,10 @@ def _log_served(estimator, x: np.ndarray):
     from mlflow.models import infer_signature
 
     with tempfile.TemporaryDirectory() as tmp:
-        native = str(Path(tmp) / serving.NETWORK)
+        native = str(Path(tmp) / tracking.NETWORK)
         mlflow.sklearn.save_model(estimator, native, pyfunc_predict_fn="predict_proba",
                                   signature=infer_signature(x[:5], estimator.predict_proba(x[:5])))
-        return serving.log_model({serving.NETWORK: 1.0}, {serving.NETWORK: native}).model_uri
+        return serving.log_model({tracking.NETWORK: 1.0}, {tracking.NETWORK: native}).model_uri
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,6 @@ def ensemble_model(model, fmnist):
     (weight 0.7) and a k-NN (0.3), logged into the same store."""
     from sklearn.neighbors import KNeighborsClassifier
 
-    from study import tracking
-
     rows = data.stratified_subsample(np.arange(60000), fmnist.y_train, 3000, seed=7)
     x = data.as_flat(fmnist.x_train[rows])
     knn = KNeighborsClassifier(5).fit(x, fmnist.y_train[rows])
@@ -66,7 +64,8 @@ def ensemble_model(model, fmnist):
         knn_uri = _log_served(knn, x)
     with mlflow.start_run():
         info = tracking.log_ensemble_model({"logreg": 0.7, "knn": 0.3},
-                                        {"logreg": model["uri"], "knn": knn_uri})
+                                        {"logreg": model["uri"], "knn": knn_uri},
+                                        log_classifier=serving.log_model)
     return {"pyfunc": mlflow.pyfunc.load_model(info.model_uri), "uri": info.model_uri,
             "store": model["store"], "members": {"logreg": model["estimator"], "knn": knn},
             "weights": {"logreg": 0.7, "knn": 0.3}}
@@ -101,8 +100,8 @@ def test_the_served_model_takes_image_files_and_pixels_alike(model, fmnist, tmp_
         photo(fmnist.x_test[i], 90 + 30 * i, (0.2, 0.5, 0.9)).save(paths[-1])
     local = predict.classify([str(p) for p in paths], model=model["pyfunc"], top=10)
     served = model["pyfunc"]
-    answers = [served.predict({serving.IMAGE_INPUT: np.asarray([_b64(p) for p in paths])}),
-               served.predict(pd.DataFrame({serving.IMAGE_INPUT: [_b64(p) for p in paths]})),
+    answers = [served.predict({images.IMAGE_INPUT: np.asarray([_b64(p) for p in paths])}),
+               served.predict(pd.DataFrame({images.IMAGE_INPUT: [_b64(p) for p in paths]})),
                served.predict([p.read_bytes() for p in paths])]
     for answer in answers:
         assert list(answer.columns) == [serving.CLASS_OUTPUT, *config.CLASS_NAMES]
@@ -110,7 +109,7 @@ def test_the_served_model_takes_image_files_and_pixels_alike(model, fmnist, tmp_
             assert row[serving.CLASS_OUTPUT] == result.top[0][0]
             assert all(abs(row[c] - p) < 1e-6 for c, p in result.top)
     x = fmnist.x_test[:5].astype(np.float32) / 255
-    layouts = [serving.probabilities(served.predict(v))
+    layouts = [images.probabilities(served.predict(v))
                for v in (x, x[..., None], x.reshape(5, -1), pd.DataFrame(x.reshape(5, -1)))]
     assert all(np.array_equal(layouts[0], other) for other in layouts[1:])
     assert np.allclose(layouts[0], model["estimator"].predict_proba(x.reshape(5, -1)), atol=1e-6)
@@ -150,29 +149,29 @@ def _bad_requests(png: bytes) -> dict[str, tuple[object, str]]:
     good = np.full((2, 28, 28, 1), 0.5, dtype=np.float32)
     nan = good.copy()
     nan[1, 3, 4, 0] = np.nan
-    images = lambda *items: {serving.IMAGE_INPUT: np.asarray(items, dtype=object)}  # noqa: E731
+    encoded = lambda *items: {images.IMAGE_INPUT: np.asarray(items, dtype=object)}  # noqa: E731
     return {
         "empty batch": (np.zeros((0, 28, 28, 1)), "empty request"),
-        "empty image list": ({serving.IMAGE_INPUT: np.asarray([], dtype=object)}, "empty"),
+        "empty image list": ({images.IMAGE_INPUT: np.asarray([], dtype=object)}, "empty"),
         "wrong shape": (np.zeros((2, 27, 28)), "expected (n, 28, 28, 1)"),
         "NaN": (nan, "image 1: pixels must be finite"),
         "0-255 pixels": (good * 255, "divide 0-255 pixels by 255"),
         "ragged rows": ([[0.1, 0.2], [0.3]], "rectangular array of numbers"),
         "unknown input": ({"photo": np.asarray(["x"])}, "unknown input ['photo']"),
-        "not base64": (images("abc!!!"), "image 0: not base64"),
-        "not an image": (images(base64.b64encode(b"hello").decode()), "image 0: not an image"),
-        "truncated": (images(base64.b64encode(png[:len(png) // 2]).decode()), "truncated"),
-        "decompression bomb": (images(base64.b64encode(_bomb_bytes(50_000, 50_000)).decode()),
+        "not base64": (encoded("abc!!!"), "image 0: not base64"),
+        "not an image": (encoded(base64.b64encode(b"hello").decode()), "image 0: not an image"),
+        "truncated": (encoded(base64.b64encode(png[:len(png) // 2]).decode()), "truncated"),
+        "decompression bomb": (encoded(base64.b64encode(_bomb_bytes(50_000, 50_000)).decode()),
                                "decompression bomb"),
         "too many images": (np.zeros((serving.MAX_IMAGES + 1, 784)), "the limit is"),
         "decoded pixels over the request limit": (
-            images(*[base64.b64encode(_hostile().blank_png(6324, 6324)).decode()] * 2),
+            encoded(*[base64.b64encode(_hostile().blank_png(6324, 6324)).decode()] * 2),
             "images 0-1 decode to over 64,000,000 pixels"),
-        "1 x 40,000,000": (images(base64.b64encode(_hostile().blank_png(1, 40_000_000)).decode()),
+        "1 x 40,000,000": (encoded(base64.b64encode(_hostile().blank_png(1, 40_000_000)).decode()),
                            "narrower than 1:50"),
         "a format outside the list": ([_png_in(Image.new("RGB", (30, 30)), "PPM")],
                                       "accepted format"),
-        "odd structure": ({serving.IMAGE_INPUT: [["abc"], 3]}, "image 0: expected base64 text"),
+        "odd structure": ({images.IMAGE_INPUT: [["abc"], 3]}, "image 0: expected base64 text"),
         "image over the size limit": ([png + b"\0" * (serving.MAX_IMAGE_BYTES + 1)],
                                       "the limit is"),
     }
@@ -200,15 +199,15 @@ def test_decoding_work_is_bounded_by_pixels_and_odd_modes_decode_right(fmnist):
     huge = Image.fromarray(255 - fmnist.x_test[0]).resize((6000, 6000))
     for raw in (_hostile().blank_png(6324, 6324), _png_in(huge, "JPEG", quality=90)):
         started = time.process_time()
-        small = predict.preprocess(predict.decode(raw))
+        small = images.preprocess(images.decode(raw))
         assert time.process_time() - started < 0.6 and small.shape == (28, 28)
     eight = Image.fromarray(255 - fmnist.x_test[3]).resize((90, 90))
     sixteen = Image.fromarray(np.asarray(eight, dtype=np.uint16) * 257)  # mode I;16
-    assert np.array_equal(predict.preprocess(predict.decode(_png_in(sixteen))),
-                          predict.preprocess(eight))
+    assert np.array_equal(images.preprocess(images.decode(_png_in(sixteen))),
+                          images.preprocess(eight))
     photo_ = photo(fmnist.x_test[5], 600, (0.2, 0.5, 0.9))
-    assert np.array_equal(predict.preprocess(predict.decode(_png_in(photo_))),
-                          predict.preprocess(photo_))
+    assert np.array_equal(images.preprocess(images.decode(_png_in(photo_))),
+                          images.preprocess(photo_))
 
 
 def test_bad_requests_are_refused_in_one_line_with_http_400(model, fmnist, tmp_path):
@@ -254,7 +253,7 @@ def test_real_photos_get_the_prediction_of_their_28x28_original(model, fmnist, t
     results = predict.classify(paths, model=model["pyfunc"], top=3,
                                save_preprocessed=str(tmp_path / "seen"))
     assert all(r.error is None and len(r.top) == 3 for r in results)
-    original = serving.probabilities(model["pyfunc"].predict(data.as_flat(originals))).argmax(1)
+    original = images.probabilities(model["pyfunc"].predict(data.as_flat(originals))).argmax(1)
     photos = [config.CLASS_NAMES.index(r.top[0][0]) for r in results]
     agree = int(np.sum(np.asarray(photos) == original))
     assert agree >= 95, f"{agree}/100 photos classified like their originals"
@@ -268,13 +267,13 @@ def test_real_photos_get_the_prediction_of_their_28x28_original(model, fmnist, t
 def test_light_background_is_inverted_and_object_cropped():
     image = np.full((300, 200), 250, dtype=np.uint8)  # white photo, tall dark object off-centre
     image[40:240, 120:170] = 20
-    out = predict.preprocess(Image.fromarray(image))
+    out = images.preprocess(Image.fromarray(image))
     assert out.shape == (28, 28)
     assert out[:, 14].max() == 255 and out[14, 0] == 0  # object light, centred; sides black
     assert (out > 128).any(axis=1).sum() >= 27  # the long edge spans the frame, like the dataset
     transparent = Image.new("RGBA", (80, 80), (0, 0, 0, 0))
     transparent.paste((30, 30, 30, 255), (20, 10, 60, 70))
-    assert predict.preprocess(transparent)[14, 14] == 255  # transparency counts as background
+    assert images.preprocess(transparent)[14, 14] == 255  # transparency counts as background
 
 
 def _bomb_png(path: Path, width: int, height: int) -> None:
@@ -379,7 +378,7 @@ def _post(url: str, body: bytes) -> tuple[int, str]:
 
 
 def _post_body(paths: list[Path]) -> bytes:
-    return json.dumps({"inputs": {serving.IMAGE_INPUT: [_b64(p) for p in paths]}}).encode()
+    return json.dumps({"inputs": {images.IMAGE_INPUT: [_b64(p) for p in paths]}}).encode()
 
 
 def _curl_photo(url: str, path: Path) -> tuple[int, str]:

@@ -10,7 +10,7 @@ import shutil
 import mlflow
 import pytest
 
-from study import (cli, compare, config, data, pipelines, repeats, report, tracking, training,
+from study import (attempts, cli, config, data, pipelines, repeats, report, tracking, training,
                    tuning)
 from study.errors import ConfigError
 
@@ -107,11 +107,11 @@ def test_a_budget_cut_compare_is_repeated_with_its_cut_epochs(tracking_store, re
     splits = data.make_splits(data.load(real_dir), profile)
     tracking.configure()
     url = tuning.resolve_storage(None)
-    setup = compare.TuningSetup(url, tuning.open_storage(url))
+    setup = attempts.TuningSetup(url, tuning.open_storage(url))
     with tracking.compare_run(profile.name, config.SEED, [spec.name]) as parent_id:
         tracking.log_metrics({"budget_minutes": 1.0})
-        final_id = compare.run_pipeline(spec, profile, splits, config.SEED, setup, parent_id,
-                                        data.fingerprint(splits), cut)
+        final_id = attempts.run_pipeline(spec, profile, splits, config.SEED, setup, parent_id,
+                                         data.fingerprint(splits), cut)
     final = mlflow.MlflowClient().get_run(final_id)
     assert final.data.params["epochs"] == "1" and final.data.metrics["epochs_run"] == 1
 

@@ -149,14 +149,14 @@ def test_a_generalist_must_be_an_image_model(tmp_path):
 def test_a_specialist_without_its_generalists_model_fails_in_one_line(tiny, tracking_store):
     """Its generalist failed (or was left out): the specialist says so and how to retry,
     before training anything."""
-    from study import compare, tracking
+    from study import attempts, tracking
 
     spec = pipelines.load("cnn_upper")
     with tracking.compare_run("smoke", 1, ["cnn_modern", "cnn_upper"]) as parent_id:
         with pytest.raises(ConfigError, match="cnn_upper folds into cnn_modern, which has no "
                            "final model in this compare"):
-            compare.final_fit(spec, tuning.final_params(spec, spec.budget("smoke"), {}), tiny,
-                              1, parent_id)
+            attempts.final_fit(spec, tuning.final_params(spec, spec.budget("smoke"), {}), tiny,
+                               1, parent_id)
 
 
 def test_a_specialists_fit_seconds_include_its_generalists(tiny, tracking_store):
@@ -165,7 +165,7 @@ def test_a_specialists_fit_seconds_include_its_generalists(tiny, tracking_store)
     its own); before, it was its own network's time only."""
     import mlflow
 
-    from study import compare, tracking
+    from study import attempts, serving, tracking
     from study.evaluation import evaluate
     from study.tracking.runs import _final_metrics
 
@@ -176,10 +176,11 @@ def test_a_specialists_fit_seconds_include_its_generalists(tiny, tracking_store)
     with tracking.compare_run("smoke", 1, [spec.generalist, spec.name]) as parent_id:
         with mlflow.start_run(run_name=spec.generalist, nested=True, tags={
                 "role": "final", "pipeline": spec.generalist}):
-            tracking.log_model(general, "none", tiny.x_val[:5])
+            tracking.log_model(general, "none", tiny.x_val[:5],
+                               log_classifier=serving.log_model)
             mlflow.log_metric("fit_seconds", 123.0)
-        fit, _ = compare.final_fit(spec, tuning.final_params(spec, spec.budget("smoke"), {}),
-                                   tiny, 1, parent_id)
+        fit, _ = attempts.final_fit(spec, tuning.final_params(spec, spec.budget("smoke"), {}),
+                                    tiny, 1, parent_id)
     metrics = _final_metrics(tuning.TuneResult("s", {}, None, 0, 0, 0.0), fit,
                              evaluate(tiny.y_test, fit.predict_proba(tiny.x_test)), 0.5, 0.1,
                              1, 1)

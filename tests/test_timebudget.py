@@ -269,7 +269,7 @@ def test_a_final_fit_on_part_of_the_rows_says_so(tracking_store, real_dir):
     seed repeats fit on the same rows."""
     import dataclasses
 
-    from study import compare, data, tracking, tuning
+    from study import attempts, data, tracking, tuning
 
     spec, profile = pipelines.load("dummy"), config.profile("smoke")
     cut = dataclasses.replace(spec.budget(profile), n_trials=0, train_fraction=0.25)
@@ -280,10 +280,10 @@ def test_a_final_fit_on_part_of_the_rows_says_so(tracking_store, real_dir):
     assert counts.max() - counts.min() <= 1  # stratified: every class its part
     tracking.configure()
     url = tuning.resolve_storage(None)
-    setup = compare.TuningSetup(url, tuning.open_storage(url))
+    setup = attempts.TuningSetup(url, tuning.open_storage(url))
     with tracking.compare_run(profile.name, config.SEED, [spec.name]) as parent_id:
-        final_id = compare.attempt(spec, profile, splits, config.SEED, setup, parent_id,
-                                   data.fingerprint(splits), cut).run_id
+        final_id = attempts.attempt(spec, profile, splits, config.SEED, setup, parent_id,
+                                    data.fingerprint(splits), cut).run_id
     final = mlflow.MlflowClient().get_run(final_id)
     m = final.data.metrics
     timing = tracking.pipeline_timings(profile.name, parent_id)[spec.name]

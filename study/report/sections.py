@@ -338,7 +338,7 @@ def repeats_section(ctx: Context) -> Section | None:
     """Seed repeats of the compare's top models, when they have been run."""
     if ctx.repeats is None:
         return None
-    from study import repeats
+    from study import spread
 
     run, summary = ctx.repeats
     section = Section("Seed repeats (training variance)")
@@ -348,9 +348,9 @@ def repeats_section(ctx: Context) -> Section | None:
                  f"test set once; "
                  f"{summary['seconds'] / 60:.1f} min). The leaderboard's intervals cover "
                  "the sampling of the test images; this is the spread from training. "
-                 "These refits never change the leaderboard. " + repeats.verdict(summary))
+                 "These refits never change the leaderboard. " + spread.verdict(summary))
     section.table(["model", "in the compare", "mean +/- std", "range", "per seed"],
-                  repeats.table_rows(summary))
+                  spread.table_rows(summary))
     for note in summary.get("notes", []):
         section.para(f"Note: {note}.")
     return section

@@ -1,6 +1,7 @@
 """Everything MLflow, one module per reason to change; the rest of the package imports only
 this facade (`from study import tracking`). The one other module that imports mlflow is
-serving: the pyfunc model class every final run logs, which MLflow loads on its own.
+serving: the pyfunc model class every final run logs, which MLflow loads on its own. Tracking
+never imports serving: the writers of final runs are handed serving.log_model (`log_classifier`).
 
 Layout of one compare invocation:
   experiment E (default "fashion-mnist", or the one `mlflow run` chose)
@@ -21,10 +22,10 @@ Modules:
   resume       mark dead compares, adopt their finished models
   side_runs    the MLP ablation and seed repeats
   environment  versions, CPU, commit; pinned requirements of logged models
-  common       the role tag, param and timestamp formats
+  common       the role tag, param and timestamp formats, the logged model's layout
 """
 
-from study.tracking.common import PARAM_CHARS, ROLE
+from study.tracking.common import NETWORK, PARAM_CHARS, ROLE, native_model_path
 from study.tracking.ensemble_run import log_ensemble, log_ensemble_model
 from study.tracking.environment import environment, pinned, pip_requirements
 from study.tracking.queries import (budgeted_compares, download_artifact, failed_runs,
@@ -45,7 +46,7 @@ from study.tracking.store import (check_can_write, configure, ensure_experiment,
                                   tuning_experiment_id, ui_command)
 
 __all__ = [
-    "PARAM_CHARS", "ROLE", "log_ensemble", "log_ensemble_model", "environment", "pinned", "pip_requirements", "download_artifact", "failed_runs",
+    "NETWORK", "PARAM_CHARS", "ROLE", "native_model_path", "log_ensemble", "log_ensemble_model", "environment", "pinned", "pip_requirements", "download_artifact", "failed_runs",
     "final_run_of", "final_runs", "find_compare_run", "load_json", "load_network", "load_npy",
     "load_pyfunc", "metric_history", "pipeline_timings", "existing_timings", "ranked", "budgeted_compares",
     "load_text", "tuning_runs", "register_champion", "adopt_finished", "mark_stale_runs",

@@ -10,18 +10,20 @@ from pathlib import Path
 
 import numpy as np
 
-from study import config, figures, serving
+from study import config, figures
 from study.ensemble import NAME
 from study.evaluation import scaled, timed_proba
-from study.tracking.common import ROLE
+from study.images import probabilities
+from study.tracking.common import ROLE, native_model_path
 from study.tracking.runs import log_data_inputs, log_evaluation
 
 VERIFY_ROWS = 1000  # test images predicted again through the pyfunc interface, as a check
 
 
 def log_ensemble(parent_id, profile, data_digest, members, selection, summary, evaluation,
-                 val_proba, y_val, x_test, started) -> str:
-    """The ensemble's final run, a child of the compare run, spanning the stage's work."""
+                 val_proba, y_val, x_test, started, *, log_classifier) -> str:
+    """The ensemble's final run, a child of the compare run, spanning the stage's work; its
+    model logged by `log_classifier` (serving.log_model)."""
     import hashlib
 
     import mlflow
@@ -44,14 +46,16 @@ def log_ensemble(parent_id, profile, data_digest, members, selection, summary, e
             # it chose on validation rows and was scored on the test set
             log_data_inputs(data_digest, {"validation": len(y_val),
                                                    "test": len(x_test)})
-            _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test)
+            _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test,
+                          log_classifier)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     return run_id
 
 
-def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test) -> None:
+def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_test,
+                  log_classifier) -> None:
     """Params, metrics, the selection record, evaluation artifacts and the checked model."""
     import mlflow
 
@@ -83,7 +87,7 @@ def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_t
         figures.final_model_figures(NAME, evaluation, {}, Path(tmp))
         log_evaluation(NAME, evaluation, val_proba, Path(tmp))
     info = log_ensemble_model(selection.weights, {c.name: c.model_uri for c in members},
-                              evaluation.calibration)
+                              evaluation.calibration, log_classifier=log_classifier)
     mlflow.set_tag("model_uri", info.model_uri)
     temperature = evaluation.calibration.temperature if evaluation.calibration else 1.0
     _verify(info.model_uri, scaled(evaluation.proba, temperature), x_test)
@@ -111,21 +115,21 @@ def cost_of(run_ids: list[str]) -> dict[str, float]:
 
 
 def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str],
-                       calibrated=None):
+                       calibrated=None, *, log_classifier):
     """Log the ensemble into the active run (as "model"): a serving.Classifier over the
     members' native models, fetched from their logged models by MLflow (not rebuilt), with
     the ensemble's own temperature and unsure threshold (`calibrated`, an
     evaluation.Calibrated; none: T=1), applied to the weighted mean of the uncalibrated
-    members."""
+    members; logged by `log_classifier` (serving.log_model)."""
     from mlflow.artifacts import download_artifacts
 
     keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}
     with tempfile.TemporaryDirectory() as tmp:
-        natives = {keys[n]: serving.native_model_path(
+        natives = {keys[n]: native_model_path(
             download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / keys[n])))
             for n, uri in model_uris.items()}
         scaling = calibrated.carried() if calibrated else {}
-        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives, **scaling)
+        return log_classifier({keys[n]: w for n, w in weights.items()}, natives, **scaling)
 
 
 def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:
@@ -139,7 +143,7 @@ def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(model_uri)  # (loading traces the networks' graph)
-    served = serving.probabilities(model.predict(data.as_image(x_test[:VERIFY_ROWS])))
+    served = probabilities(model.predict(data.as_image(x_test[:VERIFY_ROWS])))
     classifier = model.unwrap_python_model()  # (n, 28, 28) pixels in, as the pyfunc feeds it
     every, seconds = timed_proba(
         lambda images: classifier.predict_proba(data.as_image(images)[..., 0]), x_test)

@@ -13,7 +13,7 @@ import numpy as np
 
 from study import config
 from study.errors import ConfigError, first_line
-from study.tracking.common import ROLE
+from study.tracking.common import ROLE, native_model_path
 from study.tracking.store import configure, experiment_name
 
 MODEL_NAME = "model"  # the name every final run logs its model under
@@ -193,13 +193,11 @@ def load_network(run_id: str):
     was kept), loaded from MLflow as it was logged, not retrained."""
     from mlflow import keras as mlflow_keras
 
-    from study import serving
-
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifact(run_id, "model", tmp)
         if local is None:
             raise ConfigError(f"run {run_id} has no logged model; rerun its pipeline")
-        native = serving.native_model_path(local)
+        native = native_model_path(local)
         return mlflow_keras.load_model(native)
 
 

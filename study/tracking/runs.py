@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from study import config, processes
-from study.tracking.common import ROLE, now_ms, param, param_str
+from study.tracking.common import NETWORK, ROLE, now_ms, param, param_str
 from study.tracking.environment import environment, pip_requirements
 from study.tracking.store import ensure_experiment, experiment_name, tuning_experiment_id
 
@@ -112,12 +112,14 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
               val_accuracy: float, val_proba: np.ndarray, predict_seconds: float,
               n_params: int, model_bytes: int, x_example: np.ndarray, figures_dir: Path,
               data_digest: str = "", parent_run_id: str | None = None,
-              started: float | None = None, data_rows: dict[str, int] | None = None) -> str:
+              started: float | None = None, data_rows: dict[str, int] | None = None,
+              log_classifier) -> str:
     """The pipeline's final model as a child of the compare run (the active one, or
     parent_run_id from a pipeline worker process); returns its run id. The run starts at
     `started` (epoch seconds: when the pipeline's tuning began), so MLflow's Duration column
     is the pipeline's, and records its data splits as dataset inputs (`data_rows`). The
-    figures already drawn in `figures_dir` go under evaluation/ with the scores."""
+    figures already drawn in `figures_dir` go under evaluation/ with the scores; the model
+    through `log_classifier` (serving.log_model: tracking does not know how models are served)."""
     import mlflow
 
     tags = {ROLE: "final", "pipeline": spec.name, "family": spec.family, "reducer": spec.reducer,
@@ -146,7 +148,8 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
             mlflow.set_tag("calibration", evaluation.calibration.note)
         _log_fit_details(run.info.run_id, fit)
         log_evaluation(spec.name, evaluation, val_proba, figures_dir)
-        info = log_model(fit, spec.reducer, x_example, evaluation.calibration)
+        info = log_model(fit, spec.reducer, x_example, evaluation.calibration,
+                         log_classifier=log_classifier)
         mlflow.set_tag("model_uri", info.model_uri)
         return run.info.run_id
 
@@ -198,22 +201,22 @@ def _log_fit_details(run_id: str, fit) -> None:
             mlflow.set_tag(key, str(value))
 
 
-def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None):
+def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None, *, log_classifier):
     """The final model, as the active run's "model": a serving.Classifier (images or pixels
     in, probabilities and the class name out) around the native Keras or sklearn model, which
     is kept inside it with its own flavor and tensor signature (artifacts/network). The
     Classifier applies `calibrated`'s temperature (an evaluation.Calibrated; none: T=1) and
-    carries its unsure threshold; the native model inside stays uncalibrated."""
+    carries its unsure threshold; the native model inside stays uncalibrated. The Classifier
+    is logged by `log_classifier` (serving.log_model), handed in by the caller."""
     from mlflow.models import infer_signature
 
-    from study import serving
     from study.training import features
 
     signature = infer_signature(features(fit.kind, x_example),
                                 fit.predict_proba(x_example).astype(np.float32))
     reqs = pip_requirements(fit.kind, reducer)
     with tempfile.TemporaryDirectory() as tmp:
-        native = str(Path(tmp) / serving.NETWORK)
+        native = str(Path(tmp) / NETWORK)
         if fit.kind == "keras":
             import mlflow.keras
 
@@ -235,7 +238,7 @@ def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None):
                                       code_paths=[str(config.PACKAGE_DIR)],
                                       pyfunc_predict_fn="predict_proba")
         scaling = calibrated.carried() if calibrated else {}
-        return serving.log_model({serving.NETWORK: 1.0}, {serving.NETWORK: native}, **scaling)
+        return log_classifier({NETWORK: 1.0}, {NETWORK: native}, **scaling)
 
 
 def log_data_inputs(data_digest: str, rows: dict[str, int]) -> None:
