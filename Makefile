@@ -45,7 +45,10 @@ plan: setup
 # servers and stores, so on 2 cores two workers cut the suite from 21.9 to 16.4-18.0 minutes
 # (an AVX2-only host). A file stays on one worker, so a module's shared fixture (the end-to-end
 # smoke compare) is built once. `pytest tests/x.py` alone still runs in one process.
+# First the layers (pyproject.toml's [tool.importlinter]): an import up a layer or a cycle
+# fails the suite in seconds, before any test runs.
 test: setup
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 clean:

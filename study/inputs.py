@@ -2,7 +2,7 @@
 on it can be flagged as uncertain (the flag informs; nothing is refused). Pure numpy.
 
 Thresholds measured on the 10,000 Fashion-MNIST test images, both as stored ("raw") and after
-study.predict.preprocess of each saved as an image ("pre"), and on uniform random noise
+study.images.preprocess of each saved as an image ("pre"), and on uniform random noise
 photos of 28x28 to 1000x700 pixels (grey and colour) after preprocess:
 - pixel standard deviation: real >= 18.1 (raw) / 19.3 (pre); blank photos preprocess to 0;
 - standard deviation inside the bounding box of non-zero pixels: real >= 18.2 / 19.4; noise
@@ -47,7 +47,7 @@ def _object_std(x: np.ndarray) -> float:
 
 def unlike_training(image: np.ndarray, foreground: bool = True) -> str | None:
     """Why this (28, 28) uint8 image is unlike Fashion-MNIST, in words, or None. `foreground`
-    is False when preprocessing found no object in the photo (study.predict.foreground_found)."""
+    is False when preprocessing found no object in the photo (study.images.foreground_found)."""
     x = np.asarray(image, dtype=np.float64)
     if x.shape != (28, 28):
         raise ValueError(f"expected a 28x28 image, got shape {x.shape}")
