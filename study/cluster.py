@@ -290,7 +290,7 @@ def _pipeline_task(task: Task, name: str, label: str) -> Any:
     is returned then, not a second model trained."""
     from threadpoolctl import threadpool_limits
 
-    from study.attempts import Outcome, attempt
+    from study.attempts import Outcome
 
     splits, setup, address, threads = _prepare(task)
     spec, job = pipelines.load(name), task.job
@@ -303,8 +303,8 @@ def _pipeline_task(task: Task, name: str, label: str) -> Any:
     logger.info(f"=== {label}: {spec.name} ({spec.description or spec.model}) on worker "
                 f"{address} in process {os.getpid()}, {threads} thread(s)")
     with threadpool_limits(threads):  # BLAS and OpenMP were loaded before the task came
-        outcome = attempt(spec, job.profile, splits, job.seed, setup, job.parent_run_id,
-                          job.data_digest)
+        outcome = job.attempt(spec, job.profile, splits, job.seed, setup, job.parent_run_id,
+                              job.data_digest)
     outcome.where = address
     if outcome.run_id:  # the MLflow UI shows where each model was trained
         tracking.set_tags(outcome.run_id, {"dask_worker": address})
@@ -315,12 +315,10 @@ def _figures_task(task: Task, names: list[str]) -> Any:
     """The reduction figures on a worker, as one more task beside the pipelines."""
     from threadpoolctl import threadpool_limits
 
-    from study.attempts import attempt_reduction_figures
-
     splits, _, address, threads = _prepare(task)
     with threadpool_limits(threads):
-        outcome = attempt_reduction_figures(pipelines.resolve(names), splits, task.job.seed,
-                                            task.job.parent_run_id)
+        outcome = task.job.figures(pipelines.resolve(names), splits, task.job.seed,
+                                   task.job.parent_run_id)
     outcome.where = address
     return outcome
 

@@ -220,7 +220,7 @@ def _runner(todo, specs, profile: config.Profile, splits: data.Splits, seed: int
         from study import cluster, side_by_side
 
         job = side_by_side.Job(profile, seed, setup.data_dir, setup.storage_url, setup.workers,
-                               parent_id, data_digest)
+                               parent_id, data_digest, attempt, attempt_reduction_figures)
         if target:
             return side_by_side.in_waves(
                 todo, specs, lambda now, reduced: cluster.run(client, target, now, job, reduced))

@@ -1,5 +1,6 @@
 """Pipelines side by side: a compare's pipelines `parallel` at a time in worker processes,
-each with its share of the cores and the same data, splits and stores as its compare."""
+each with its share of the cores and the same data, splits and stores as its compare. The
+work itself is the Job's (`attempt`, `figures`: handed in, attempts' functions)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from study import config, data, pipelines, tracking, tuning
-from study.attempts import (Outcome, TuningSetup, attempt, attempt_reduction_figures,
-                            failed_outcome)
+from study.attempts import Outcome, TuningSetup, failed_outcome
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,10 @@ class Job:
     workers: int
     parent_run_id: str
     data_digest: str
+    # what a worker runs, handed in by the compare (attempts.attempt and
+    # attempts.attempt_reduction_figures: importable functions, so they pickle by name)
+    attempt: Callable[..., Outcome]
+    figures: Callable[..., Outcome]
 
 
 _worker: dict[str, Any] = {}  # per pipeline worker process: its job, data and storage
@@ -53,15 +57,15 @@ def _work(name: str, label: str) -> Outcome:
     job, spec = _worker["job"], pipelines.load(name)
     logger.info(f"=== {label}: {spec.name} ({spec.description or spec.model}) in process "
                 f"{os.getpid()}")
-    return attempt(spec, job.profile, _worker["splits"], job.seed, _worker["setup"],
-                   job.parent_run_id, job.data_digest)
+    return job.attempt(spec, job.profile, _worker["splits"], job.seed, _worker["setup"],
+                       job.parent_run_id, job.data_digest)
 
 
 def _work_reduction_figures(names: list[str]) -> Outcome:
     """The reduction figures in a worker process, as one more task beside the pipelines."""
     job = _worker["job"]
-    return attempt_reduction_figures(pipelines.resolve(names), _worker["splits"], job.seed,
-                                     job.parent_run_id)
+    return job.figures(pipelines.resolve(names), _worker["splits"], job.seed,
+                       job.parent_run_id)
 
 
 @contextmanager

@@ -177,10 +177,11 @@ def test_a_worker_refuses_other_data_or_other_code(tracking_store, real_dir, tmp
                                                    in_worker):
     """What a worker checks before its first pipeline: the compare's data digest (computed
     from the files it loads itself) and the study's code; each mismatch is one clear line."""
-    from study import config, side_by_side
+    from study import attempts, config, side_by_side
 
     job = side_by_side.Job(config.profile("smoke"), config.SEED, str(real_dir),
-                           str(tmp_path / "o.journal"), 1, "parent-run", "0" * 16)
+                           str(tmp_path / "o.journal"), 1, "parent-run", "0" * 16,
+                           attempts.attempt, attempts.attempt_reduction_figures)
     with pytest.raises(ConfigError, match=r"has other Fashion-MNIST files than the compare "
                                           r"\(data digest \w+, expected 0{16}\); give every"):
         cluster._prepare(cluster.Task(job, tracking_store, config.code_digest(), {}))
@@ -220,13 +221,14 @@ def test_a_task_dask_runs_again_returns_its_run_instead_of_training_twice(tracki
     cause of test_scale_out's killed-worker test failing once under load: its rerun adopted
     another run of a pipeline that had finished): the second run of the task returns the
     first one's run."""
-    from study import config, data, side_by_side, tracking
+    from study import attempts, config, data, side_by_side, tracking
 
     profile = config.profile("smoke")
     digest = data.fingerprint(data.make_splits(data.load(real_dir), profile))
     with tracking.compare_run(profile.name, config.SEED, ["logreg"]) as parent_id:
         job = side_by_side.Job(profile, config.SEED, str(real_dir),
-                               str(tmp_path / "o.journal"), 1, parent_id, digest)
+                               str(tmp_path / "o.journal"), 1, parent_id, digest,
+                               attempts.attempt, attempts.attempt_reduction_figures)
         task = cluster.Task(job, tracking_store, config.code_digest(), {})
         first = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
         again = cluster._pipeline_task(task, "logreg", "pipeline 1/1")
