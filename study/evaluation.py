@@ -42,6 +42,8 @@ class Evaluation:
     predictions: np.ndarray
     proba: np.ndarray  # as the model outputs them, before temperature scaling
     calibration: Calibrated | None = None  # when validation probabilities were given
+    # the test reliability diagram's bins before and after the temperature (reliability_record)
+    reliability: dict | None = None
 
 
 PREDICT_BATCH = 2048  # test images per call when prediction is timed
@@ -68,6 +70,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, val_proba: np.ndarray | None
     from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 
     pred = proba.argmax(axis=1)
+    calibrated = None if val_proba is None else calibrate(val_proba, y_val, proba, y_true)
     labels = list(range(N_CLASSES))
     kw = dict(labels=labels, target_names=list(CLASS_NAMES), zero_division=0)
     return Evaluation(
@@ -78,7 +81,9 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, val_proba: np.ndarray | None
         report_text=classification_report(y_true, pred, digits=4, **kw),
         predictions=pred,
         proba=proba,
-        calibration=None if val_proba is None else calibrate(val_proba, y_val, proba, y_true),
+        calibration=calibrated,
+        reliability=None if calibrated is None else reliability_record(
+            proba, y_true, calibrated.temperature),
     )
 
 
@@ -137,6 +142,23 @@ def calibrate(val_proba: np.ndarray, y_val: np.ndarray, test_proba: np.ndarray,
         metrics.update(calibration_metrics(split, after, y))
         metrics.update(calibration_metrics(split, raw, y, "_unscaled"))
     return Calibrated(temperature, metrics["unsure_threshold"], note, metrics)
+
+
+def reliability_record(proba: np.ndarray, y: np.ndarray, temperature: float,
+                       split: str = "test") -> dict:
+    """The reliability diagram's numbers, before and after the temperature: per confidence
+    bin (calibration.BINS, equal width) its edges, image count, mean top probability and
+    accuracy (None when empty), and the ECE; JSON-ready (each final run's
+    evaluation/reliability.json, which the report reads)."""
+    def side(p: np.ndarray) -> dict:
+        bins = [{"lower": b.lower, "upper": b.upper, "count": b.count,
+                 "confidence": None if b.count == 0 else b.confidence,
+                 "accuracy": None if b.count == 0 else b.accuracy}
+                for b in calibration.reliability(p, y)]
+        return {"ece": calibration.ece(p, y), "bins": bins}
+
+    return {"split": split, "images": int(len(y)), "temperature": float(temperature),
+            "before": side(proba), "after": side(scaled(proba, temperature))}
 
 
 def limited_by(spec, recipe, budget, tuned, fit, recipe_epochs: int | None,

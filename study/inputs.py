@@ -60,3 +60,30 @@ def unlike_training(image: np.ndarray, foreground: bool = True) -> str | None:
     if neighbour_variation(x) > NOISE_VARIATION:
         return "random noise"
     return None
+
+
+def uncertain(image: np.ndarray, top_probability: float, threshold: float,
+              foreground: bool = True) -> str | None:
+    """Why an answer on this preprocessed (28, 28) image should not be taken at its word, in
+    words, or None: the image is unlike the training data (`unlike_training`), or the top
+    probability is below the model's unsure threshold (chosen on validation: below it,
+    validation accuracy fell under 50%). `study predict` and the served model both call
+    this, so they flag the same answers."""
+    reason = unlike_training(image, foreground)
+    if reason is None and top_probability < threshold:
+        reason = f"top probability {top_probability:.2f} below the model's {threshold:.2f}"
+    return reason
+
+
+def uncertain_all(images: np.ndarray, proba: np.ndarray, threshold: float,
+                  foreground=None) -> list[str | None]:
+    """`uncertain` for each of a batch: (n, 28, 28) pixels, uint8 or in [0, 1] (rounded to
+    0-255 as study.predict's preprocessing makes them), their (n, classes) probabilities and
+    whether preprocessing found an object in each (None: all did, e.g. pixels sent as such)."""
+    x = np.asarray(images)
+    if x.dtype != np.uint8:
+        x = np.round(np.clip(x.astype(np.float64), 0.0, 1.0) * 255).astype(np.uint8)
+    x = x.reshape(len(x), 28, 28)
+    found = [True] * len(x) if foreground is None else list(foreground)
+    top = np.asarray(proba).max(axis=1)
+    return [uncertain(image, float(p), threshold, bool(f)) for image, p, f in zip(x, top, found)]

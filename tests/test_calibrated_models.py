@@ -76,6 +76,23 @@ def test_every_final_model_is_calibrated_on_validation_and_serves_it(finals, tin
                                                        rel=1e-4)
         assert m["unsure_threshold"] == pytest.approx(calibration.unsure_threshold(
             calibration.apply_temperature(val, t), tiny.y_val), abs=1e-4)
+        # the reliability diagram and its numbers: the logged test probabilities' bins
+        # before and after the kept temperature
+        shown = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+        assert {"evaluation/reliability.png", "evaluation/reliability.json"} <= shown, name
+        record = tracking.load_json(run_id, "evaluation/reliability.json")
+        assert record["temperature"] == pytest.approx(t) and record["images"] == len(test)
+        for side, proba in (("before", test), ("after", scaled)):
+            bins = calibration.reliability(proba, tiny.y_test)
+            assert [b["count"] for b in record[side]["bins"]] == [b.count for b in bins]
+            assert sum(b.count for b in bins) == len(test)
+            for logged, b in zip(record[side]["bins"], bins):
+                if b.count:
+                    assert logged["accuracy"] == pytest.approx(b.accuracy, abs=1e-9)
+                    assert logged["confidence"] == pytest.approx(b.confidence, abs=1e-4)
+            assert record[side]["ece"] == pytest.approx(calibration.ece(proba, tiny.y_test),
+                                                        abs=1e-4)
+        assert record["after"]["ece"] == pytest.approx(m["test_ece"], abs=1e-4)
         # accuracy as before: on the argmax, which scaling leaves alone
         predictions = tracking.load_npy(run_id, "evaluation/test_predictions.npy")
         assert np.array_equal(scaled.argmax(1), test.argmax(1))
