@@ -39,7 +39,7 @@ def final_model_figures(name: str, evaluation, history: dict[str, list[float]],
         plot_learning_curves(history, f"{name}: learning curves", folder / "learning_curves.png")
     plot_confusion(evaluation.confusion, f"{name}: test confusion matrix",
                    folder / "confusion_matrix.png")
-    if getattr(evaluation, "reliability", None):
+    if evaluation.reliability:
         plot_reliability({name: evaluation.reliability}, folder / "reliability.png")
 
 

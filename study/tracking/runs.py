@@ -268,7 +268,7 @@ def log_evaluation(name: str, evaluation, val_proba: np.ndarray, folder: Path) -
     np.save(folder / "test_predictions.npy", evaluation.predictions.astype(np.int8))
     np.save(folder / "test_proba.npy", evaluation.proba.astype(np.float32))
     np.save(folder / "val_proba.npy", np.asarray(val_proba, dtype=np.float32))
-    if getattr(evaluation, "reliability", None):  # the reliability diagram's numbers
+    if evaluation.reliability:  # the reliability diagram's numbers
         (folder / "reliability.json").write_text(json.dumps(evaluation.reliability, indent=1))
     mlflow.log_artifacts(str(folder), artifact_path="evaluation")
 
