@@ -50,7 +50,8 @@ def test_the_calibration_section_shows_the_logged_figures(compared, request):
                f"{100 * m['test_ece_unscaled_hi']:.2f})"
         nll = f"{m['test_nll']:.3f} ({m['test_nll_lo']:.3f}-{m['test_nll_hi']:.3f})"
         assert ece in line and ece0 in line and nll in line, (name, line)
-        assert f"| {m['unsure_threshold']:.3f} |" in line
+        threshold = m["unsure_threshold"]
+        assert (f"| {threshold:.3f} |" if threshold > 0 else "| 0 (never unsure) |") in line
         t = m["temperature"]
         assert (f"| {t:.3g} |" if t != 1.0 else "| 1 (none kept) |") in line
         # a kept temperature lowered validation NLL and did not raise validation ECE
@@ -103,11 +104,11 @@ def test_the_calibration_verdict_follows_the_figures():
     assert "cnn, is scaled by T=1.8: its test ECE goes from 4.50% to 1.20%" in text
     assert "from 0.310 to 0.250 (lower after scaling)" in text and "within the study's 1.5% aim" in text
     assert "lowered test ECE for 2 of the 2 models that kept a temperature" in text
-    assert "1 kept T=1" in text and "the best calibrated on test is cnn (1.20% ECE)" in text
+    assert "1 kept T=1 (knn): on validation the fitted temperature" in text and "the best calibrated on test is cnn (1.20% ECE)" in text
     kept_none = [_entry("knn", True, 1.0, 0.019, 0.019, 0.9, 0.9)]
     text = calibration_verdict(kept_none)
     assert "knn, keeps no temperature (the fitted T=5 raised ECE" in text
-    assert "No model kept a temperature; 1 kept T=1" in text
+    assert "No model kept a temperature; 1 kept T=1 (knn)" in text
     assert "above the study's 1.5% aim" in calibration_verdict(
         [_entry("cnn", True, 1.8, 0.03, 0.045, 0.25, 0.31)])
     rows = calibration_rows(scaled)

@@ -167,7 +167,8 @@ def calibration_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
                     _interval(m, "test_nll_unscaled"), _interval(m, "test_nll"),
                     _interval(m, "test_brier_unscaled"), _interval(m, "test_brier"),
                     _interval(m, "test_ece_unscaled", True), _interval(m, "test_ece", True),
-                    f"{m['unsure_threshold']:.3f}" if "unsure_threshold" in m else "-"])
+                    "-" if "unsure_threshold" not in m else f"{m['unsure_threshold']:.3f}"
+                    if m["unsure_threshold"] > 0 else "0 (never unsure)"])
     return out
 
 
@@ -194,7 +195,7 @@ def calibration_verdict(entries: list[dict[str, Any]]) -> str:
                  f"{100 * m['test_ece_lo']:.2f}-{100 * m['test_ece_hi']:.2f}%) and test NLL "
                  f"{nll:.3f}")
     scaled = [e for e in entries if e["metrics"].get("temperature", 1.0) != 1.0]
-    kept_one = len(entries) - len(scaled)
+    kept_one = [e["pipeline"] for e in entries if e not in scaled]
     better = [e for e in scaled
               if e["metrics"]["test_ece"] < e["metrics"].get("test_ece_unscaled", float("inf"))]
     best = min(entries, key=lambda e: e["metrics"]["test_ece"])
@@ -206,8 +207,9 @@ def calibration_verdict(entries: list[dict[str, Any]]) -> str:
                   if changes else f"{len(scaled)} models kept a temperature")
     else:
         second = "No model kept a temperature"
-    second += (f"; {kept_one} kept T=1, where the fit on validation would not lower its "
-               f"log loss without raising its ECE" if kept_one else "")
+    second += (f"; {len(kept_one)} kept T=1 ({', '.join(kept_one)}): on validation the fitted "
+               "temperature did not lower log loss, or lowered it only by raising ECE"
+               if kept_one else "")
     second += (f"; the best calibrated on test is {best['pipeline']} "
                f"({100 * best['metrics']['test_ece']:.2f}% ECE)")
     return first + ". " + second + "."
