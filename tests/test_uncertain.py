@@ -163,3 +163,19 @@ def test_the_reason_comes_first_from_the_image_then_from_the_threshold():
     batch = np.stack([shirt, shirt, blank]) / np.float32(255)
     assert inputs.uncertain_all(batch, proba, 0.6) == [
         "top probability 0.55 below the model's 0.60", None, "blank image"]
+
+
+def test_a_batch_is_flagged_as_its_images_one_by_one(fmnist):
+    """The served model flags a whole request at once: the same reasons as one image at a
+    time, each image's object box its own (real test images, noise, blank and faint ones)."""
+    rng = np.random.default_rng(4)
+    faint = np.zeros((20, 28, 28), np.uint8)
+    faint[:, 4:24, 4:24] = 60 + rng.integers(0, 8, (20, 20, 20))
+    batch = np.concatenate([fmnist.x_test[:300], rng.integers(0, 256, (20, 28, 28), np.uint8),
+                            np.zeros((3, 28, 28), np.uint8), faint])
+    rng.shuffle(batch)
+    found = rng.random(len(batch)) < 0.9
+    together = inputs.unlike_training_all(batch, found)
+    assert together == [inputs.unlike_training(x, bool(f)) for x, f in zip(batch, found)]
+    assert {"blank image", "random noise", "nearly uniform image",
+            "no foreground found after preprocessing", None} == set(together)
