@@ -39,6 +39,43 @@ def final_model_figures(name: str, evaluation, history: dict[str, list[float]],
         plot_learning_curves(history, f"{name}: learning curves", folder / "learning_curves.png")
     plot_confusion(evaluation.confusion, f"{name}: test confusion matrix",
                    folder / "confusion_matrix.png")
+    if evaluation.reliability:
+        plot_reliability({name: evaluation.reliability}, folder / "reliability.png")
+
+
+def plot_reliability(records: dict[str, dict], path: Path) -> Path:
+    """Reliability diagrams, one row per model, before and after its temperature: accuracy
+    against mean confidence per equal-width bin (bars on the bin, a dot at its mean
+    confidence), each bin's image count above it; the diagonal is perfect calibration.
+    `records` are evaluation.reliability_record's (the numbers of evaluation/reliability.json)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(records), 2, figsize=(10, 3.6 * len(records)), squeeze=False)
+    for row, (name, record) in zip(axes, records.items()):
+        for ax, side in zip(row, ("before", "after")):
+            bins = [b for b in record[side]["bins"] if b["count"]]
+            width = record[side]["bins"][0]["upper"] - record[side]["bins"][0]["lower"]
+            lows = [b["lower"] for b in bins]
+            accs = [b["accuracy"] for b in bins]
+            ax.bar(lows, accs, width=width, align="edge", color="tab:blue", alpha=0.55,
+                   edgecolor="tab:blue", label="accuracy")
+            ax.plot([b["confidence"] for b in bins], accs, "o", color="crimson", ms=3,
+                    label="mean confidence")
+            ax.plot([0, 1], [0, 1], "--", color="0.4", lw=1, label="perfect calibration")
+            for b in bins:
+                ax.text(b["lower"] + width / 2, min(b["accuracy"], 1.0) + 0.02, f"{b['count']:,}",
+                        ha="center", va="bottom", fontsize=6, rotation=90)
+            t = record["temperature"]
+            what = ("as the model outputs them" if side == "before" else
+                    f"after T={t:.3g}" if t != 1.0 else "no temperature kept (T=1)")
+            ax.set_title(f"{name}: {record.get('split', 'test')}, {what}; "
+                         f"ECE {100 * record[side]['ece']:.2f}%", fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.2)
+            ax.set_xlabel("confidence (top probability)")
+            ax.set_ylabel("accuracy")
+            ax.grid(alpha=0.3)
+        row[0].legend(loc="upper left", fontsize=7)
+    return save(fig, path, dpi=80)
 
 
 def plot_confusion(cm: np.ndarray, title: str, path: Path) -> Path:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from study import inputs
 from study.config import CHAMPION_ALIAS, CLASS_NAMES, REGISTERED_MODEL
 from study.errors import ConfigError
-from study.images import IMAGE_INPUT, ImageError, load_image, preprocess, probabilities
+from study.images import (IMAGE_INPUT, ImageError, foreground_found, load_image, preprocess,
+                          probabilities)
 
 DEFAULT_MODEL_URI = f"models:/{REGISTERED_MODEL}@{CHAMPION_ALIAS}"
 
@@ -26,6 +28,13 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     preprocessed: str | None = None
+    # why the answer is not to be taken at its word (study.inputs.uncertain), None when it is
+    uncertain: str | None = None
+
+    @property
+    def probability(self) -> float | None:
+        """The top class's probability (None for a file that could not be classified)."""
+        return self.top[0][1] if self.top else None
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -75,19 +84,31 @@ def prepared(paths: list[str]) -> list[tuple[Path, np.ndarray | ImageError]]:
     return out
 
 
+def unsure_threshold(model) -> float:
+    """The confidence under which the model's answers are flagged uncertain, as logged with
+    it (0.0 for a model logged before the study chose one)."""
+    meta = getattr(model.metadata, "metadata", None) or {}
+    return float(meta.get("unsure_threshold", 0.0))
+
+
 def classify(paths: list[str], model_uri: str = DEFAULT_MODEL_URI, top: int = 3,
              save_preprocessed: str | None = None, model=None) -> list[Prediction]:
-    """Top-k classes per file; a bad file gets its error and the others are still classified."""
+    """Top-k classes per file, each answer flagged when uncertain (`inputs.uncertain`: the
+    image unlike the training data, or its top probability under the model's unsure
+    threshold); a bad file gets its error and the others are still classified."""
     results: list[Prediction] = []
-    good: list[tuple[Prediction, np.ndarray]] = []
+    good: list[tuple[Prediction, np.ndarray, bool]] = []
     out_dir = Path(save_preprocessed) if save_preprocessed else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    for path, small in prepared(paths):
+    for path in expand(paths):
         pred = Prediction(str(path))
         results.append(pred)
-        if isinstance(small, ImageError):
-            pred.error = str(small)
+        try:
+            image = load_image(path)
+            small, found = preprocess(image), foreground_found(image)
+        except ImageError as exc:
+            pred.error = str(exc)
             continue
         if out_dir:
             from PIL import Image
@@ -95,13 +116,16 @@ def classify(paths: list[str], model_uri: str = DEFAULT_MODEL_URI, top: int = 3,
             target = out_dir / f"{path.stem}_28x28.png"
             Image.fromarray(small).save(target)
             pred.preprocessed = str(target)
-        good.append((pred, small))
+        good.append((pred, small, found))
     if good:
         model = model if model is not None else load_model(model_uri)
-        proba = probabilities(model.predict(model_input(model, np.stack([g[1] for g in good]))))
-        for (pred, _), p in zip(good, proba):
+        images = np.stack([g[1] for g in good])
+        proba = probabilities(model.predict(model_input(model, images)))
+        why = inputs.uncertain_all(images, proba, unsure_threshold(model), [g[2] for g in good])
+        for (pred, _, _), p, reason in zip(good, proba, why):
             order = np.argsort(-p)[:top]
             pred.top = [(CLASS_NAMES[i], float(p[i])) for i in order]
+            pred.uncertain = reason
     return results
 
 
@@ -129,7 +153,9 @@ def request_body(paths: list[str], model_uri: str = DEFAULT_MODEL_URI) -> str:
 def render(results: list[Prediction], as_json: bool = False) -> str:
     if as_json:
         return json.dumps([{"path": r.path, "error": r.error, "preprocessed": r.preprocessed,
-                            "top": [{"class": c, "probability": round(p, 6)} for c, p in r.top]}
+                            "top": [{"class": c, "probability": round(p, 6)} for c, p in r.top],
+                            "top_probability": None if r.probability is None
+                            else round(r.probability, 6), "uncertain": r.uncertain}
                            for r in results], indent=1)
     width = max([len(r.path) for r in results] + [4])
     lines = [f"{'file':{width}s}  top classes (probability)"]
@@ -137,6 +163,7 @@ def render(results: list[Prediction], as_json: bool = False) -> str:
         if r.error:
             lines.append(f"{r.path:{width}s}  ERROR: {r.error}")
         else:
-            lines.append(f"{r.path:{width}s}  " + "  ".join(f"{c} {p:.3f}" for c, p in r.top))
+            lines.append(f"{r.path:{width}s}  " + "  ".join(f"{c} {p:.3f}" for c, p in r.top)
+                         + (f"  uncertain: {r.uncertain}" if r.uncertain else ""))
     return "\n".join(lines)
 

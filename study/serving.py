@@ -26,12 +26,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-from study import calibration, config, images
+from study import calibration, config, images, inputs
 from study.config import CLASS_NAMES
 from study.images import IMAGE_INPUT
 from study.tracking import native_model_path, pinned
 
 CLASS_OUTPUT = "class"  # the output column with the top class name; one column per class follows
+TOP_OUTPUT = "top_probability"  # after the class columns: the top class's probability
+# and why the answer is uncertain, in words (None when it is not): study.inputs.uncertain
+UNCERTAIN_OUTPUT = "uncertain"
 MAX_IMAGES = 1024  # per request: a bigger batch is refused, not queued for minutes
 MAX_IMAGE_BYTES = 10 * 2**20  # per encoded image
 MAX_REQUEST_BYTES = 64 * 2**20  # encoded images of one request, together
@@ -72,8 +75,10 @@ class RequestError(MlflowException):
 class Classifier(mlflow.pyfunc.PythonModel):
     """The weighted mean of its members' class probabilities (one member: that model), scaled
     by its temperature (fitted on validation when it was logged), for images or pixels, as a
-    DataFrame: `class` (the top class name) and one probability column per class, in
-    CLASS_NAMES order. It also carries the confidence under which an answer is unsure."""
+    DataFrame: `class` (the top class name), one probability column per class, in
+    CLASS_NAMES order, `top_probability` and `uncertain`: why the answer is not to be taken
+    at its word (the input unlike the training data, or the top probability under the
+    model's unsure threshold), None when it is. Nothing is refused for being uncertain."""
 
     # Its inputs (image bytes or tensors of three layouts) cannot be written as type hints.
     _skip_type_hint_validation = True
@@ -107,13 +112,14 @@ class Classifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         try:
-            x = pixels(model_input)
+            x, found = request_images(model_input)
         except RequestError:
             raise
         except Exception as exc:  # an odd structure numpy chokes on: a 400, not a traceback
             raise RequestError(f"unreadable request ({type(exc).__name__}); send encoded images "
                                f"under '{IMAGE_INPUT}' or a pixel tensor") from None
-        return frame(self.predict_proba(x))
+        proba = self.predict_proba(x)
+        return frame(proba, inputs.uncertain_all(x, proba, self.unsure_threshold, found))
 
 
 def _guard_json_parsing() -> None:
@@ -306,12 +312,16 @@ def _graph(networks):
     return weighted
 
 
-def frame(proba: np.ndarray):
-    """Probabilities -> the served DataFrame: top class name, then one column per class."""
+def frame(proba: np.ndarray, uncertain: list[str | None] | None = None):
+    """Probabilities -> the served DataFrame: top class name, one column per class, the top
+    probability and why the answer is uncertain (None: it is not, or nobody said)."""
     import pandas as pd
 
     out = pd.DataFrame(proba.astype(np.float32), columns=list(CLASS_NAMES))
     out.insert(0, CLASS_OUTPUT, np.asarray(CLASS_NAMES, dtype=object)[proba.argmax(axis=1)])
+    out[TOP_OUTPUT] = proba.max(axis=1).astype(np.float32)
+    out[UNCERTAIN_OUTPUT] = pd.Series([None] * len(proba) if uncertain is None else uncertain,
+                                      dtype=object)
     return out
 
 
@@ -322,14 +332,25 @@ def signature():
     from mlflow.types import ColSpec, Schema
 
     return ModelSignature(outputs=Schema([ColSpec("string", CLASS_OUTPUT)]
-                                         + [ColSpec("float", name) for name in CLASS_NAMES]))
+                                         + [ColSpec("float", name) for name in CLASS_NAMES]
+                                         + [ColSpec("float", TOP_OUTPUT),
+                                            ColSpec("string", UNCERTAIN_OUTPUT, required=False)]))
+
+
+def request_images(model_input: Any) -> tuple[np.ndarray, list[bool] | None]:
+    """`pixels`, and for encoded images whether preprocessing found an object in each
+    (None for pixels sent as such): what `inputs.uncertain` needs besides the pixels."""
+    encoded = _encoded_images(model_input)
+    if encoded is not None:
+        return _decode_all(encoded)
+    return pixels(model_input), None
 
 
 def pixels(model_input: Any) -> np.ndarray:
     """What a request carries -> (n, 28, 28) float32 pixels in [0, 1], or RequestError."""
     encoded = _encoded_images(model_input)
     if encoded is not None:
-        return _decode_all(encoded)
+        return _decode_all(encoded)[0]
     try:
         x = np.asarray(model_input, dtype=np.float32)
     except (TypeError, ValueError):
@@ -377,7 +398,9 @@ def _encoded_images(model_input: Any) -> list | None:
     return None
 
 
-def _decode_all(encoded: list) -> np.ndarray:
+def _decode_all(encoded: list) -> tuple[np.ndarray, list[bool]]:
+    """Encoded images -> their preprocessed pixels in [0, 1], and whether preprocessing found
+    an object in each (images.foreground_found)."""
     if not encoded:
         raise RequestError("empty request: send at least one image")
     _check_count(len(encoded))
@@ -400,14 +423,16 @@ def _decode_all(encoded: list) -> np.ndarray:
         if pixels_total > MAX_REQUEST_PIXELS:
             raise RequestError(f"images 0-{i} decode to over {MAX_REQUEST_PIXELS:,} pixels "
                                "together (the limit per request): send fewer or smaller images")
-    out = np.empty((len(raw), 28, 28), dtype=np.float32)
+    out, found = np.empty((len(raw), 28, 28), dtype=np.float32), []
     for i, image in enumerate(opened):
         try:
-            out[i] = images.preprocess(images.load(image)) / np.float32(255)
+            image = images.load(image)
+            out[i] = images.preprocess(image) / np.float32(255)
+            found.append(images.foreground_found(image))
         except images.ImageError as exc:
             raise RequestError(f"image {i}: {exc}") from None
-        opened[i] = None  # its decoded pixels go now, not at the end of the request
-    return out
+        opened[i] = image = None  # its decoded pixels go now, not at the end of the request
+    return out, found
 
 
 def _bytes(i: int, item: Any) -> bytes:
@@ -458,6 +483,7 @@ def log_model(weights: dict[str, float], native_paths: dict[str, str],
             artifacts=native_paths,
             signature=signature(), pip_requirements=sorted(requirements),
             code_paths=[str(config.PACKAGE_DIR)],
-            metadata={"inputs": INPUTS_DOC, "outputs": f"'{CLASS_OUTPUT}' (the top class name) "
-                      "and one probability column per class",
+            metadata={"inputs": INPUTS_DOC, "outputs": f"'{CLASS_OUTPUT}' (the top class name), "
+                      f"one probability column per class, '{TOP_OUTPUT}' and "
+                      f"'{UNCERTAIN_OUTPUT}' (why the answer is uncertain, in words, or null)",
                       "temperature": temperature, "unsure_threshold": unsure_threshold})

@@ -76,6 +76,23 @@ def test_every_final_model_is_calibrated_on_validation_and_serves_it(finals, tin
                                                        rel=1e-4)
         assert m["unsure_threshold"] == pytest.approx(calibration.unsure_threshold(
             calibration.apply_temperature(val, t), tiny.y_val), abs=1e-4)
+        # the reliability diagram and its numbers: the logged test probabilities' bins
+        # before and after the kept temperature
+        shown = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+        assert {"evaluation/reliability.png", "evaluation/reliability.json"} <= shown, name
+        record = tracking.load_json(run_id, "evaluation/reliability.json")
+        assert record["temperature"] == pytest.approx(t) and record["images"] == len(test)
+        for side, proba in (("before", test), ("after", scaled)):
+            bins = calibration.reliability(proba, tiny.y_test)
+            assert [b["count"] for b in record[side]["bins"]] == [b.count for b in bins]
+            assert sum(b.count for b in bins) == len(test)
+            for logged, b in zip(record[side]["bins"], bins):
+                if b.count:
+                    assert logged["accuracy"] == pytest.approx(b.accuracy, abs=1e-9)
+                    assert logged["confidence"] == pytest.approx(b.confidence, abs=1e-4)
+            assert record[side]["ece"] == pytest.approx(calibration.ece(proba, tiny.y_test),
+                                                        abs=1e-4)
+        assert record["after"]["ece"] == pytest.approx(m["test_ece"], abs=1e-4)
         # accuracy as before: on the argmax, which scaling leaves alone
         predictions = tracking.load_npy(run_id, "evaluation/test_predictions.npy")
         assert np.array_equal(scaled.argmax(1), test.argmax(1))
@@ -159,3 +176,52 @@ def test_a_temperature_that_does_not_lower_validation_nll_is_not_kept():
     flat = np.full((50, 10), 0.1)
     t, note = evaluation.fitted_temperature(flat, np.arange(50) % 10)
     assert t == 1.0 and note.startswith("no temperature (T=1)")
+
+
+def _knn_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of five neighbours' votes (levels 0.6, 0.8, 1.0), about as right as
+    they say (accuracy min(level, 0.96)): a wrong "1.0" leaves the true class at 0."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 10, n)
+    top = rng.choice([0.6, 0.8, 1.0], size=n, p=[0.1, 0.2, 0.7])
+    right = rng.random(n) < np.minimum(top, 0.96)
+    other = (y + rng.integers(1, 10, n)) % 10
+    proba = np.zeros((n, 10))
+    proba[np.arange(n), np.where(right, y, other)] = top
+    proba[np.arange(n), np.where(right, other, y)] += 1 - top  # the minority votes
+    return proba, y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_knn_like_model_keeps_no_temperature_that_raises_validation_ece(seed):
+    """k-NN-like probabilities: the NLL fit softens them (T ~ 5, as k-NN's measured T=5) and
+    lowers validation NLL, but raises validation ECE, so T=1 is kept and the note says why."""
+    proba, y = _knn_like(3000, seed)
+    fitted = calibration.fit_temperature(proba, y)
+    softened = calibration.apply_temperature(proba, fitted)
+    assert fitted > 3
+    assert calibration.nll(softened, y) < calibration.nll(proba, y)
+    assert calibration.ece(softened, y) > calibration.ece(proba, y)
+    t, note = evaluation.fitted_temperature(proba, y)
+    assert t == 1.0
+    assert note.startswith(f"no temperature (T=1): the fitted T={fitted:.4g} raised ECE")
+    # and the run logs it so: temperature 1, the figures unchanged by scaling
+    cal = evaluation.calibrate(proba, y, proba[:500], y[:500])
+    assert cal.temperature == 1.0 and cal.note == note
+    assert cal.metrics["val_ece"] == cal.metrics["val_ece_unscaled"]
+
+
+def test_a_network_like_model_keeps_its_temperature():
+    """An overconfident network (logits 2.5x those of the labels' true distribution): the
+    fitted T (~2.5) lowers validation NLL and ECE, and is kept."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(3000, 10)) * 2
+    truth = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(10, p=p) for p in truth])
+    over = np.exp(2.5 * logits)
+    over /= over.sum(1, keepdims=True)
+    t, note = evaluation.fitted_temperature(over, y)
+    assert 2.0 < t < 3.0 and note.startswith(f"temperature {t:.4g} (validation NLL")
+    scaled = calibration.apply_temperature(over, t)
+    assert calibration.ece(scaled, y) < calibration.ece(over, y) / 3
+    assert np.array_equal(scaled.argmax(1), over.argmax(1))

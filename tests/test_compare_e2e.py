@@ -84,7 +84,8 @@ def test_mlflow_run_compare_smoke(smoke_compare, fmnist):
             assert child.data.tags["code_digest"] == config.code_digest()
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "evaluation")}
         assert {"evaluation/confusion_matrix.png", "evaluation/classification_report.txt",
-                "evaluation/val_proba.npy", "evaluation/test_proba.npy"} <= artifacts
+                "evaluation/val_proba.npy", "evaluation/test_proba.npy",
+                "evaluation/reliability.png", "evaluation/reliability.json"} <= artifacts
         if child.data.tags["kind"] == "keras":  # mirror TTA tried; the decision and both figures
             # a specialist decides on its group's validation rows (within_group_ figures)
             within = "within_group_" if "generalist" in child.data.tags else ""
@@ -158,7 +159,7 @@ def _sections_and_images(markdown: str) -> None:
     for image in ("accuracy_vs_fit_time.png", "accuracy_vs_predict_time.png", "per_class_f1.png",
                   "champion_confusion.png", "champion_misclassified.png",
                   "pca_explained_variance.png", "pca_map.png", "umap_map.png",
-                  "learning_curves.png", "tuning_history.png"):
+                  "learning_curves.png", "tuning_history.png", "calibration_reliability.png"):
         assert f"]({image})" in markdown, image
     assert "not available" not in markdown
 

@@ -104,9 +104,11 @@ def test_the_served_model_takes_image_files_and_pixels_alike(model, fmnist, tmp_
                served.predict(pd.DataFrame({images.IMAGE_INPUT: [_b64(p) for p in paths]})),
                served.predict([p.read_bytes() for p in paths])]
     for answer in answers:
-        assert list(answer.columns) == [serving.CLASS_OUTPUT, *config.CLASS_NAMES]
+        assert list(answer.columns) == [serving.CLASS_OUTPUT, *config.CLASS_NAMES,
+                                        serving.TOP_OUTPUT, serving.UNCERTAIN_OUTPUT]
         for row, result in zip(answer.to_dict("records"), local):
             assert row[serving.CLASS_OUTPUT] == result.top[0][0]
+            assert row[serving.UNCERTAIN_OUTPUT] == result.uncertain
             assert all(abs(row[c] - p) < 1e-6 for c, p in result.top)
     x = fmnist.x_test[:5].astype(np.float32) / 255
     layouts = [images.probabilities(served.predict(v))
@@ -470,8 +472,13 @@ def test_served_champion_answers_http(tmp_path, model, fmnist, champion, request
             photo(fmnist.x_test[i], 100 + 40 * i, (0.2, 0.5, 0.9)).save(photos[-1])
         # study predict on the same files, with the same model (the CLI's own test is above)
         served = request.getfixturevalue("ensemble_model" if uri else "model")["pyfunc"]
-        local = [{"top": [{"class": c, "probability": p} for c, p in r.top]}
+        blank = tmp_path / "blank.png"  # flagged, and answered all the same
+        Image.new("RGB", (120, 160), (255, 255, 255)).save(blank)
+        photos.append(blank)
+        local = [{"top": [{"class": c, "probability": p} for c, p in r.top],
+                  "uncertain": r.uncertain}
                  for r in predict.classify(list(map(str, photos)), model=served, top=10)]
+        assert local[-1]["uncertain"] == "blank image"
         made = subprocess.run([sys.executable, "-m", "study", "predict", *map(str, photos),
                                "--print-request"], env=env, capture_output=True, text=True,
                               timeout=300)  # the README's way to build a request
@@ -486,6 +493,8 @@ def test_served_champion_answers_http(tmp_path, model, fmnist, champion, request
             assert row["class"] == mine["top"][0]["class"]
             for got in (row, answer[photos.index(path)]):
                 assert all(abs(got[t["class"]] - t["probability"]) < 1e-5 for t in mine["top"])
+                assert abs(got["top_probability"] - mine["top"][0]["probability"]) < 1e-5
+                assert got["uncertain"] == mine["uncertain"]  # null when sure
         # each malformed request of the serving benchmark gets a 4xx with a one-line message,
         # and the server answers the next valid request
         pixels = json.dumps({"inputs": np.round(fmnist.x_test[:1, :, :, None] / 255, 4).tolist()})

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from study import config, files, leaderboard, tracking
+from study import config, evaluation, files, leaderboard, tracking
 from study.config import CLASS_NAMES
 
+CALIBRATION_DIAGRAMS = 5  # reliability diagrams: the champion and the top models after it
 REDUCTION_FIGURES = ("pca_explained_variance.png", "pca_map.png", "umap_map.png")
 ABLATION_FIGURES = ("lr_batch", "l2", "activation", "topology")
 
@@ -44,6 +45,10 @@ class Context:
     timeline: list[tuple[str, float, float]]  # (pipeline, minutes into the compare, test acc)
     budgets: list[dict[str, float]]  # budgeted compares of this profile: what each minute buys
     skipped: dict[str, str]  # pipeline -> why the time budget skipped it
+    # per final run with calibration metrics, leaderboard order: pipeline, run_id, champion,
+    # its metrics, the `calibration` tag (which temperature was kept and why) and, for the
+    # champion and the top models, its test reliability bins (evaluation.reliability_record)
+    calibration: list[dict[str, Any]]
 
     @property
     def run_id(self) -> str:
@@ -97,7 +102,35 @@ def gather(parent, profile: str, dataset, ensemble_note: str, out_dir: Path | No
                           for name in REDUCTION_FIGURES},
         repeats=_repeats(pid), ablation=_ablation(pid, folder),
         timeline=_timeline(parent, runs), budgets=tracking.budgeted_compares(pid, profile),
-        skipped=_skipped(pid))
+        skipped=_skipped(pid), calibration=_calibration(runs, rows, champion, dataset.y_test))
+
+
+def _calibration(runs, rows, champion, y_test: np.ndarray) -> list[dict[str, Any]]:
+    """Each calibrated final run's figures, in leaderboard order; the champion and the next
+    models by rank (CALIBRATION_DIAGRAMS in all) with their reliability bins, read from
+    evaluation/reliability.json (or, for runs logged before it, from their test
+    probabilities and temperature)."""
+    by_id = {r["run_id"]: r for r in runs}
+    calibrated = [r for r in rows if "test_nll" in by_id.get(r["run_id"], {}).get("metrics", {})]
+    first = [r for r in calibrated if champion and r["run_id"] == champion["run_id"]]
+    shown = {r["run_id"] for r in (first + [r for r in calibrated if r not in first])
+             [:CALIBRATION_DIAGRAMS]}
+    out = []
+    for row in calibrated:
+        run = by_id[row["run_id"]]
+        record = None
+        if row["run_id"] in shown:
+            record = tracking.load_json(row["run_id"], "evaluation/reliability.json")
+            proba = None if record else tracking.load_npy(row["run_id"],
+                                                          "evaluation/test_proba.npy")
+            if proba is not None and len(proba) == len(y_test):
+                record = evaluation.reliability_record(
+                    proba.astype(np.float64), y_test, run["metrics"].get("temperature", 1.0))
+        out.append({"pipeline": row["pipeline"], "run_id": row["run_id"],
+                    "champion": bool(champion and row["run_id"] == champion["run_id"]),
+                    "metrics": run["metrics"], "note": run.get("calibration", ""),
+                    "reliability": record})
+    return out
 
 
 def _timeline(parent, runs) -> list[tuple[str, float, float]]:

@@ -143,3 +143,73 @@ def confused_pairs(cm: np.ndarray, top: int = 5) -> list[tuple[str, str, int]]:
         for j in range(i + 1, len(cm)):
             pairs.append((CLASS_NAMES[i], CLASS_NAMES[j], int(cm[i, j] + cm[j, i])))
     return sorted(pairs, key=lambda p: -p[2])[:top]
+
+
+def _interval(m: dict[str, float], key: str, percent: bool = False) -> str:
+    """A logged metric with its 95% interval ("1.23% (0.91-1.60)", "0.312 (0.301-0.325)")."""
+    value, lo, hi = (m.get(k, float("nan")) for k in (key, f"{key}_lo", f"{key}_hi"))
+    if value != value:
+        return "-"
+    if percent:
+        return f"{100 * value:.2f}% ({100 * lo:.2f}-{100 * hi:.2f})"
+    return f"{value:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def calibration_rows(entries: list[dict[str, Any]]) -> list[list[str]]:
+    """The calibration table: per model its temperature, test NLL, Brier and ECE with 95%
+    intervals before and after it, and the unsure threshold."""
+    out = []
+    for e in entries:
+        m = e["metrics"]
+        t = m.get("temperature", 1.0)
+        out.append([e["pipeline"] + (" (champion)" if e["champion"] else ""),
+                    f"{t:.3g}" if t != 1.0 else "1 (none kept)",
+                    _interval(m, "test_nll_unscaled"), _interval(m, "test_nll"),
+                    _interval(m, "test_brier_unscaled"), _interval(m, "test_brier"),
+                    _interval(m, "test_ece_unscaled", True), _interval(m, "test_ece", True),
+                    "-" if "unsure_threshold" not in m else f"{m['unsure_threshold']:.3f}"
+                    if m["unsure_threshold"] > 0 else "0 (never unsure)"])
+    return out
+
+
+def calibration_verdict(entries: list[dict[str, Any]]) -> str:
+    """Two sentences from the figures: the champion's calibration before and after its
+    temperature (or why it kept none), then what scaling did across the models."""
+    if not entries:
+        return "No final run of this compare logged calibration metrics."
+    champ = next((e for e in entries if e["champion"]), entries[0])
+    m, name = champ["metrics"], champ["pipeline"]
+    ece, ece0 = m["test_ece"], m.get("test_ece_unscaled", m["test_ece"])
+    nll, nll0 = m["test_nll"], m.get("test_nll_unscaled", m["test_nll"])
+    if m.get("temperature", 1.0) != 1.0:
+        first = (f"The {'champion' if champ['champion'] else 'top model'}, {name}, is scaled "
+                 f"by T={m['temperature']:.3g}: its test ECE goes from {100 * ece0:.2f}% to "
+                 f"{100 * ece:.2f}% (95% CI {100 * m['test_ece_lo']:.2f}-"
+                 f"{100 * m['test_ece_hi']:.2f}%) and its test NLL from {nll0:.3f} to "
+                 f"{nll:.3f} ({'lower' if nll < nll0 else 'not lower'} after scaling); "
+                 f"the ECE is {'within' if ece <= 0.015 else 'above'} the study's 1.5% aim")
+    else:
+        why = champ["note"].split(": ", 1)[-1] if champ["note"] else "no temperature logged"
+        first = (f"The {'champion' if champ['champion'] else 'top model'}, {name}, keeps no "
+                 f"temperature ({why}); its test ECE is {100 * ece:.2f}% (95% CI "
+                 f"{100 * m['test_ece_lo']:.2f}-{100 * m['test_ece_hi']:.2f}%) and test NLL "
+                 f"{nll:.3f}")
+    scaled = [e for e in entries if e["metrics"].get("temperature", 1.0) != 1.0]
+    kept_one = [e["pipeline"] for e in entries if e not in scaled]
+    better = [e for e in scaled
+              if e["metrics"]["test_ece"] < e["metrics"].get("test_ece_unscaled", float("inf"))]
+    best = min(entries, key=lambda e: e["metrics"]["test_ece"])
+    if scaled:
+        changes = [100 * (e["metrics"]["test_ece"] - e["metrics"]["test_ece_unscaled"])
+                   for e in scaled if "test_ece_unscaled" in e["metrics"]]
+        second = (f"Scaling lowered test ECE for {len(better)} of the {len(scaled)} models that "
+                  f"kept a temperature (median change {np.median(changes):+.2f} points)"
+                  if changes else f"{len(scaled)} models kept a temperature")
+    else:
+        second = "No model kept a temperature"
+    second += (f"; {len(kept_one)} kept T=1 ({', '.join(kept_one)}): on validation the fitted "
+               "temperature did not lower log loss, or lowered it only by raising ECE"
+               if kept_one else "")
+    second += (f"; the best calibrated on test is {best['pipeline']} "
+               f"({100 * best['metrics']['test_ece']:.2f}% ECE)")
+    return first + ". " + second + "."

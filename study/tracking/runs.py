@@ -261,7 +261,8 @@ def log_evaluation(name: str, evaluation, val_proba: np.ndarray, folder: Path) -
     predictions and the validation and test class probabilities (float32, ~0.9 MB a model),
     from which the ensemble is chosen and rebuilt without retraining anything. They are the
     probabilities before temperature scaling (what the ensemble combines); the logged model
-    serves them scaled by the run's `temperature` metric. The files already in `folder` (its
+    serves them scaled by the run's `temperature` metric; reliability.json holds the test
+    reliability diagram's bins before and after it. The files already in `folder` (its
     figures) go along."""
     import mlflow
 
@@ -270,6 +271,8 @@ def log_evaluation(name: str, evaluation, val_proba: np.ndarray, folder: Path) -
     np.save(folder / "test_predictions.npy", evaluation.predictions.astype(np.int8))
     np.save(folder / "test_proba.npy", evaluation.proba.astype(np.float32))
     np.save(folder / "val_proba.npy", np.asarray(val_proba, dtype=np.float32))
+    if evaluation.reliability:  # the reliability diagram's numbers
+        (folder / "reliability.json").write_text(json.dumps(evaluation.reliability, indent=1))
     mlflow.log_artifacts(str(folder), artifact_path="evaluation")
 
 
