@@ -14,6 +14,7 @@ from study import config, figures, serving
 from study.ensemble import NAME
 from study.evaluation import scaled, timed_proba
 from study.tracking.common import ROLE
+from study.tracking.queries import logged_model_name
 from study.tracking.runs import log_data_inputs, log_evaluation
 
 VERIFY_ROWS = 1000  # test images predicted again through the pyfunc interface, as a check
@@ -83,7 +84,7 @@ def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_t
         figures.final_model_figures(NAME, evaluation, {}, Path(tmp))
         log_evaluation(NAME, evaluation, val_proba, Path(tmp))
     info = log_ensemble_model(selection.weights, {c.name: c.model_uri for c in members},
-                              evaluation.calibration)
+                              evaluation.calibration, name=logged_model_name(NAME))
     mlflow.set_tag("model_uri", info.model_uri)
     temperature = evaluation.calibration.temperature if evaluation.calibration else 1.0
     _verify(info.model_uri, scaled(evaluation.proba, temperature), x_test)
@@ -111,8 +112,8 @@ def cost_of(run_ids: list[str]) -> dict[str, float]:
 
 
 def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str],
-                       calibrated=None):
-    """Log the ensemble into the active run (as "model"): a serving.Classifier over the
+                       calibrated=None, name: str = "model"):
+    """Log the ensemble into the active run (as `name`, its pipeline's): a serving.Classifier over the
     members' native models, fetched from their logged models by MLflow (not rebuilt), with
     the ensemble's own temperature and unsure threshold (`calibrated`, an
     evaluation.Calibrated; none: T=1), applied to the weighted mean of the uncalibrated
@@ -125,7 +126,8 @@ def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str],
             download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / keys[n])))
             for n, uri in model_uris.items()}
         scaling = calibrated.carried() if calibrated else {}
-        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives, **scaling)
+        return serving.log_model({keys[n]: w for n, w in weights.items()}, natives,
+                                 name=name, **scaling)
 
 
 def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:
