@@ -291,3 +291,33 @@ def test_the_link_opens_the_ranked_final_runs_in_chromium(small_compare, mlflow_
     plain = page_text(browse(
         f"{mlflow_ui}/#/experiments/{small_compare['parent'].info.experiment_id}", "plain"))
     assert "Agent versions" in plain  # MLflow 3.17's default side for a fresh browser
+
+
+def test_a_description_the_user_wrote_on_the_registered_model_stays(tracking_store):
+    """The study describes the registered model once; a user's own text and tags stay, while
+    every new version still gets its card."""
+    import numpy as np
+    from sklearn.dummy import DummyClassifier
+
+    y_test = np.zeros(20, dtype=np.int64)
+
+    def final_run(name: str) -> str:
+        with mlflow.start_run(run_name=name, tags={"pipeline": name}) as run:
+            mlflow.sklearn.log_model(DummyClassifier().fit(np.zeros((4, 2)), [0, 1, 0, 1]),
+                                     name=name)
+            mlflow.log_metrics({"test_accuracy": 0.5, "val_accuracy": 0.6})
+        return run.info.run_id
+
+    client = mlflow.MlflowClient()
+    tracking.register_champion(final_run("first"), y_test)
+    assert client.get_registered_model(config.REGISTERED_MODEL).description == \
+        registry.MODEL_DESCRIPTION
+    client.update_registered_model(config.REGISTERED_MODEL, description="ours, hands off")
+    client.set_registered_model_tag(config.REGISTERED_MODEL, "selection_rule", "our rule")
+    second = tracking.register_champion(final_run("second"), y_test)
+    model = client.get_registered_model(config.REGISTERED_MODEL)
+    assert model.description == "ours, hands off"
+    assert model.tags["selection_rule"] == "our rule" and "alias_rule" in model.tags
+    version = client.get_model_version(config.REGISTERED_MODEL, str(second["version"]))
+    assert version.description.startswith("second (test_accuracy 0.5000, val_accuracy 0.6000)")
+    assert version.tags["pipeline"] == "second"

@@ -39,11 +39,15 @@ def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGIST
     except Exception as exc:
         raise RegistryError(f"cannot register {model_uri} as {name} ({first_line(exc)[:200]}); "
                             f"the alias @{alias} was left where it was") from None
-    try:  # what the Models view shows: the model's purpose, each version's card
+    try:  # what the registry shows: each version's card; the model's purpose, unless the
+        # user wrote their own (an edit in the UI stays)
         client.update_model_version(name, version, description=description)
-        client.update_registered_model(name, description=MODEL_DESCRIPTION)
+        model = client.get_registered_model(name)
+        if not model.description:
+            client.update_registered_model(name, description=MODEL_DESCRIPTION)
         for key, value in MODEL_TAGS.items():
-            client.set_registered_model_tag(name, key, value)
+            if key not in model.tags:
+                client.set_registered_model_tag(name, key, value)
     except Exception as exc:
         raise RegistryError(f"registered {name} version {version} but could not describe it "
                             f"({first_line(exc)[:200]}); the alias @{alias} was left where it "

@@ -254,14 +254,23 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
 
 def mark_training(experiment_id: str, tags: dict[str, str] | None = None) -> None:
     """Tag the experiment as model training (EXPERIMENT_KIND_TAG) unless it has a kind
-    already: a kind the user chose in the UI stays. `tags`: the experiment's, when known."""
+    already: a kind the user chose in the UI stays. `tags`: the experiment's, when known. A
+    user who may log runs but not tag the experiment still runs compares: the tag only types
+    the experiment for the UI."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    if tags is None:
-        tags = client.get_experiment(experiment_id).tags
-    if not tags.get(EXPERIMENT_KIND_TAG):
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    try:
+        if tags is None:
+            tags = client.get_experiment(experiment_id).tags
+        if not tags.get(EXPERIMENT_KIND_TAG):
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        logger.info("experiment %s not tagged %s (no permission to tag it)", experiment_id,
+                    EXPERIMENT_KIND_TAG)
 
 
 def tuning_experiment_id(parent_run_id: str) -> str:
