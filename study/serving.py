@@ -453,9 +453,9 @@ def _check_count(n: int) -> None:
 def log_model(weights: dict[str, float], native_paths: dict[str, str],
               temperature: float = 1.0, unsure_threshold: float = 0.0, name: str = "model"):
     """Log a Classifier over native MLflow models (local folders) into the active run as
-    `name` (its pipeline's), with its temperature and unsure threshold; MLflow copies the natives in as its
-    artifacts, and the study package ships with it. Its requirements: the members' own, and
-    what decoding images needs."""
+    `name` (its pipeline's), with its temperature and unsure threshold; MLflow copies the
+    natives in as its artifacts, and the study package ships with it. Its requirements: the
+    members' own, and what decoding images needs."""
     import logging
 
     from study.tracking import pinned

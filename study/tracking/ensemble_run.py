@@ -113,11 +113,11 @@ def cost_of(run_ids: list[str]) -> dict[str, float]:
 
 def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str],
                        calibrated=None, name: str = "model"):
-    """Log the ensemble into the active run (as `name`, its pipeline's): a serving.Classifier over the
-    members' native models, fetched from their logged models by MLflow (not rebuilt), with
-    the ensemble's own temperature and unsure threshold (`calibrated`, an
-    evaluation.Calibrated; none: T=1), applied to the weighted mean of the uncalibrated
-    members."""
+    """Log the ensemble into the active run (as `name`, its pipeline's): a
+    serving.Classifier over the members' native models, fetched from their logged models by
+    MLflow (not rebuilt), with the ensemble's own temperature and unsure threshold
+    (`calibrated`, an evaluation.Calibrated; none: T=1), applied to the weighted mean of the
+    uncalibrated members."""
     from mlflow.artifacts import download_artifacts
 
     keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}

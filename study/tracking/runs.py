@@ -204,11 +204,12 @@ def _log_fit_details(run_id: str, fit) -> None:
 
 def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None,
               name: str = "model"):
-    """The final model, as the active run's model `name` (its pipeline's): a serving.Classifier (images or pixels
-    in, probabilities and the class name out) around the native Keras or sklearn model, which
-    is kept inside it with its own flavor and tensor signature (artifacts/network). The
-    Classifier applies `calibrated`'s temperature (an evaluation.Calibrated; none: T=1) and
-    carries its unsure threshold; the native model inside stays uncalibrated."""
+    """The final model, as the active run's model `name` (its pipeline's): a
+    serving.Classifier (images or pixels in, probabilities and the class name out) around the
+    native Keras or sklearn model, which is kept inside it with its own flavor and tensor
+    signature (artifacts/network). The Classifier applies `calibrated`'s temperature (an
+    evaluation.Calibrated; none: T=1) and carries its unsure threshold; the native model
+    inside stays uncalibrated."""
     from mlflow.models import infer_signature
 
     from study import serving
