@@ -62,8 +62,8 @@ def small_compare(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
-    (parent,) = client.search_runs(
-        [client.get_experiment_by_name(config.EXPERIMENT_NAME).experiment_id], "tags.role = 'compare'")
+    experiment = client.get_experiment_by_name(config.EXPERIMENT_NAME).experiment_id
+    (parent,) = client.search_runs([experiment], "tags.role = 'compare'")
     finals = client.search_runs([parent.info.experiment_id], (
         f"tags.role = 'final' and tags.mlflow.parentRunId = '{parent.info.run_id}'"))
     return {"tmp": tmp, "uri": uri, "stdout": proc.stdout, "parent": parent,
