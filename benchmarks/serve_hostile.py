@@ -10,7 +10,7 @@ the next valid request answered 200. The issue's bar: a 4xx, at most 1 CPU secon
     .venv/bin/python benchmarks/serve_hostile.py \\
         --model-uri models:/fashion-mnist-classifier@champion
     .venv/bin/python benchmarks/serve_hostile.py --model-uri runs:/<old run>/model \\
-        --model-uri runs:/<new run>/model        # side by side: a model logged by older code
+        --model-uri runs:/<new run>/<pipeline>   # side by side: a model logged by older code
 
 A logged model carries the study package as it was at log time (code_paths): serve a model
 logged by the old code to see the old behaviour (benchmarks/serve_load.py compares the normal

@@ -104,6 +104,7 @@ def _compare(args) -> int:
     if result.report:
         print(f"Report: {result.report}/report.html")
     print(f"Explore the runs: {tracking.ui_command()}")
+    print(f"The leaderboard in the MLflow UI: {tracking.compare_leaderboard_url(result.run_id)}")
     return 1 if result.failures else 0
 
 

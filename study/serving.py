@@ -459,11 +459,11 @@ def _check_count(n: int) -> None:
 
 
 def log_model(weights: dict[str, float], native_paths: dict[str, str],
-              temperature: float = 1.0, unsure_threshold: float = 0.0):
+              temperature: float = 1.0, unsure_threshold: float = 0.0, name: str = "model"):
     """Log a Classifier over native MLflow models (local folders) into the active run as
-    "model", with its temperature and unsure threshold; MLflow copies the natives in as its
-    artifacts, and the study package ships with it. Its requirements: the members' own, and
-    what decoding images needs."""
+    `name` (its pipeline's), with its temperature and unsure threshold; MLflow copies the
+    natives in as its artifacts, and the study package ships with it. Its requirements: the
+    members' own, and what decoding images needs."""
     import logging
 
     requirements = set(pinned(["mlflow", "numpy", "pandas", "pillow", "cloudpickle"]))
@@ -479,7 +479,7 @@ def log_model(weights: dict[str, float], native_paths: dict[str, str],
         # add type hints or an input example does not fit inputs of two forms.
         warnings.filterwarnings("ignore", message=".*(type hint|input example|CloudPickle).*")
         return mlflow.pyfunc.log_model(
-            name="model", python_model=Classifier(weights, temperature, unsure_threshold),
+            name=name, python_model=Classifier(weights, temperature, unsure_threshold),
             artifacts=native_paths,
             signature=signature(), pip_requirements=sorted(requirements),
             code_paths=[str(config.PACKAGE_DIR)],

@@ -98,7 +98,7 @@ def test_every_final_model_is_calibrated_on_validation_and_serves_it(finals, tin
         assert np.array_equal(scaled.argmax(1), test.argmax(1))
         assert m["test_accuracy"] == pytest.approx(np.mean(predictions == tiny.y_test))
 
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{name}")  # named by its pipeline
         served = images.probabilities(model.predict(data.as_image(tiny.x_test)))
         assert np.abs(served - scaled).max() < 1e-4, name
         assert np.abs(served - test).max() > 1e-3, name  # the temperature is applied

@@ -362,7 +362,7 @@ def test_members_load_their_runs_own_models_not_the_model_uri_tag(tracking_store
     result = ensemble_stage.run(parent, "smoke", tiny.y_val, tiny.y_test, tiny.x_test, "")
     assert result.run_id and "good" in client.get_run(result.run_id).data.params["members"]
     served = images.probabilities(mlflow.pyfunc.load_model(
-        f"runs:/{result.run_id}/model").predict(features("sklearn", tiny.x_test)))
+        f"runs:/{result.run_id}/ensemble").predict(features("sklearn", tiny.x_test)))
     scored = calibration.apply_temperature(  # logged before the ensemble's temperature
         tracking.load_npy(result.run_id, "evaluation/test_proba.npy"),
         client.get_run(result.run_id).data.metrics["temperature"])

@@ -28,7 +28,8 @@ Modules:
 from study.tracking.common import NETWORK, PARAM_CHARS, ROLE, native_model_path
 from study.tracking.ensemble_run import log_ensemble, log_ensemble_model
 from study.tracking.environment import environment, pinned, pip_requirements
-from study.tracking.queries import (budgeted_compares, download_artifact, failed_runs,
+from study.tracking.queries import (budgeted_compares, compare_leaderboard_url,
+                                    download_artifact, failed_runs,
                                     final_run_of, final_runs,
                                     find_compare_run, load_json, load_network, load_npy, load_text,
                                     load_pyfunc, metric_history, pipeline_timings,
@@ -56,4 +57,5 @@ __all__ = [
     "log_ablation_setting", "log_repeat", "repeats_run_of", "start_ablation", "start_repeats",
     "check_can_write", "configure", "ensure_experiment", "experiment_name", "first_use_lock",
     "project_param", "scrub_project_run", "tuning_experiment_id", "ui_command",
+    "compare_leaderboard_url",
 ]

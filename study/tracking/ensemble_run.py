@@ -15,6 +15,7 @@ from study.ensemble import NAME
 from study.evaluation import scaled, timed_proba
 from study.images import probabilities
 from study.tracking.common import ROLE, native_model_path
+from study.tracking.queries import logged_model_name
 from study.tracking.runs import log_data_inputs, log_evaluation
 
 VERIFY_ROWS = 1000  # test images predicted again through the pyfunc interface, as a check
@@ -87,7 +88,8 @@ def _log_contents(members, selection, summary, evaluation, val_proba, y_val, x_t
         figures.final_model_figures(NAME, evaluation, {}, Path(tmp))
         log_evaluation(NAME, evaluation, val_proba, Path(tmp))
     info = log_ensemble_model(selection.weights, {c.name: c.model_uri for c in members},
-                              evaluation.calibration, log_classifier=log_classifier)
+                              evaluation.calibration, log_classifier=log_classifier,
+                              name=logged_model_name(NAME))
     mlflow.set_tag("model_uri", info.model_uri)
     temperature = evaluation.calibration.temperature if evaluation.calibration else 1.0
     _verify(info.model_uri, scaled(evaluation.proba, temperature), x_test)
@@ -115,12 +117,12 @@ def cost_of(run_ids: list[str]) -> dict[str, float]:
 
 
 def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str],
-                       calibrated=None, *, log_classifier):
-    """Log the ensemble into the active run (as "model"): a serving.Classifier over the
-    members' native models, fetched from their logged models by MLflow (not rebuilt), with
-    the ensemble's own temperature and unsure threshold (`calibrated`, an
-    evaluation.Calibrated; none: T=1), applied to the weighted mean of the uncalibrated
-    members; logged by `log_classifier` (serving.log_model)."""
+                       calibrated=None, *, log_classifier, name: str = "model"):
+    """Log the ensemble into the active run (as `name`, its pipeline's): a
+    serving.Classifier over the members' native models, fetched from their logged models by
+    MLflow (not rebuilt), with the ensemble's own temperature and unsure threshold
+    (`calibrated`, an evaluation.Calibrated; none: T=1), applied to the weighted mean of the
+    uncalibrated members; logged by `log_classifier` (serving.log_model)."""
     from mlflow.artifacts import download_artifacts
 
     keys = {name: f"member_{i}_{name}" for i, name in enumerate(weights)}
@@ -129,7 +131,8 @@ def log_ensemble_model(weights: dict[str, float], model_uris: dict[str, str],
             download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / keys[n])))
             for n, uri in model_uris.items()}
         scaling = calibrated.carried() if calibrated else {}
-        return log_classifier({keys[n]: w for n, w in weights.items()}, natives, **scaling)
+        return log_classifier({keys[n]: w for n, w in weights.items()}, natives, name=name,
+                              **scaling)
 
 
 def _verify(model_uri: str, test_proba: np.ndarray, x_test: np.ndarray) -> None:

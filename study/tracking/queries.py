@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from study.errors import ConfigError, first_line
 from study.tracking.common import ROLE, native_model_path
 from study.tracking.store import configure, experiment_name
 
-MODEL_NAME = "model"  # the name every final run logs its model under
+MODEL_NAME = "model"  # what final runs logged their model as before it was named by pipeline
+_NAME_BANNED = "/:.%\"'"  # characters MLflow refuses in a logged model's name
 
 
 def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
@@ -41,19 +43,25 @@ def final_runs(parent_run_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def logged_model_name(pipeline: str) -> str:
+    """The name a final run logs its model under: its pipeline's (`cnn_modern`, `ensemble`),
+    so the UI's Models view tells them apart; MLflow's banned characters become "_"."""
+    return "".join("_" if c in _NAME_BANNED else c for c in pipeline) or MODEL_NAME
+
+
 def model_uri_of(run_id: str, experiment_id: str | None = None) -> str | None:
-    """`models:/<model id>` of the model the run logged as "model" (the first, if several),
-    found through MLflow's API from the run id; None when it logged none. What registers,
-    loads or joins an ensemble: the run's model_uri tag is for humans (anyone with EDIT on
-    the experiment can point it at their own model)."""
+    """`models:/<model id>` of the model the run logged (the first, if several), named by its
+    pipeline or, in stores written before that, "model"; found through MLflow's API from the
+    run id; None when it logged none. What registers, loads or joins an ensemble: the run's
+    model_uri tag is for humans (anyone with EDIT on the experiment can point it at their own
+    model)."""
     import mlflow
 
     client = mlflow.MlflowClient()
     if experiment_id is None:
         experiment_id = client.get_run(run_id).info.experiment_id
     found = [m for m in client.search_logged_models(
-        experiment_ids=[experiment_id],
-        filter_string=f"source_run_id = '{run_id}' and name = '{MODEL_NAME}'")
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'")
         if m.source_run_id == run_id]
     first = min(found, key=lambda m: m.creation_timestamp, default=None)
     return None if first is None else f"models:/{first.model_id}"
@@ -191,10 +199,13 @@ def final_run_of(parent_run_id: str, pipeline: str) -> dict[str, Any] | None:
 def load_network(run_id: str):
     """The Keras network inside a final run's logged model (mirror TTA included, where it
     was kept), loaded from MLflow as it was logged, not retrained."""
+    import mlflow
     from mlflow import keras as mlflow_keras
 
+    uri = model_uri_of(run_id)  # named by its pipeline, or "model" in older stores
     with tempfile.TemporaryDirectory() as tmp:
-        local = download_artifact(run_id, "model", tmp)
+        local = None if uri is None else Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         if local is None:
             raise ConfigError(f"run {run_id} has no logged model; rerun its pipeline")
         native = native_model_path(local)
@@ -287,3 +298,45 @@ def load_text(run_id: str, path: str) -> str | None:
     with tempfile.TemporaryDirectory() as tmp:
         local = download_artifact(run_id, path, tmp)
         return local.read_text() if local else None
+
+
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` listens unless told otherwise
+RANK_KEY = "metrics.`rank`"  # the UI's sort key for the rank metric the compare logs (set_rank)
+
+
+def leaderboard_url(experiment_id: str, compare_run_id: str | None = None,
+                    ui: str | None = None) -> str:
+    """A link into MLflow's UI that opens the final runs (of one compare, when given) on the
+    model-training side, rank 1 first. `ui`: the UI's address; default: the tracking server
+    (without any login in it) or, for a database store, where `mlflow ui` listens. The UI
+    (3.17) reads the view from workflowType (else its GenAI | Model training switch, GenAI in
+    a fresh browser) and the run list from searchFilter, orderByKey and orderByAsc."""
+    if ui is None:
+        ui = _server_address(config.tracking_uri()) or UI_ADDRESS
+    search = f"tags.{ROLE} = 'final'"
+    if compare_run_id:
+        search += f" and tags.mlflow.parentRunId = '{compare_run_id}'"
+    query = urllib.parse.urlencode({"workflowType": "machine_learning", "searchFilter": search,
+                                    "orderByKey": RANK_KEY, "orderByAsc": "true"},
+                                   quote_via=urllib.parse.quote)
+    return f"{ui.rstrip('/')}/#/experiments/{urllib.parse.quote(experiment_id)}/runs?{query}"
+
+
+def compare_leaderboard_url(compare_run_id: str, ui: str | None = None) -> str:
+    """leaderboard_url for a compare run, in its own experiment."""
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(compare_run_id)
+    return leaderboard_url(run.info.experiment_id, compare_run_id, ui)
+
+
+def _server_address(uri: str) -> str | None:
+    """A tracking server's address as a browser opens it (scheme, host, port, path; no login,
+    query or fragment); None for a database or file store."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https"):
+        return None
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, parts.path, "", ""))

@@ -9,7 +9,8 @@ import numpy as np
 
 from study import config
 from study.errors import RegistryError, first_line
-from study.tracking.queries import load_npy, model_uri_of
+from study.tracking.queries import load_npy, logged_model_name, model_uri_of
+
 
 def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGISTERED_MODEL,
                       alias: str = config.CHAMPION_ALIAS) -> dict[str, Any]:
@@ -29,14 +30,28 @@ def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGIST
     holder = _alias_holder(client, name, alias)  # before registering: an error changes nothing
     # the run's own model, never its editable model_uri tag (anyone with EDIT could point it
     # at their model, to be unpickled by `study predict` and serving)
-    model_uri = model_uri_of(run_id, run.info.experiment_id) or f"runs:/{run_id}/model"
-    tags = {"pipeline": run.data.tags.get("pipeline", ""), "profile": run.data.tags.get("profile", ""),
-            "test_accuracy": f"{accuracy:.6f}", "run_id": run_id}
+    pipeline = run.data.tags.get("pipeline", "")
+    model_uri = (model_uri_of(run_id, run.info.experiment_id)
+                 or f"runs:/{run_id}/{logged_model_name(pipeline)}")
+    tags, description = version_card(run)
     try:
         version = mlflow.register_model(model_uri, name, tags=tags).version
     except Exception as exc:
         raise RegistryError(f"cannot register {model_uri} as {name} ({first_line(exc)[:200]}); "
                             f"the alias @{alias} was left where it was") from None
+    try:  # what the registry shows: each version's card; the model's purpose, unless the
+        # user wrote their own (an edit in the UI stays)
+        client.update_model_version(name, version, description=description)
+        model = client.get_registered_model(name)
+        if not model.description:
+            client.update_registered_model(name, description=MODEL_DESCRIPTION)
+        for key, value in MODEL_TAGS.items():
+            if key not in model.tags:
+                client.set_registered_model_tag(name, key, value)
+    except Exception as exc:
+        raise RegistryError(f"registered {name} version {version} but could not describe it "
+                            f"({first_line(exc)[:200]}); the alias @{alias} was left where it "
+                            "was") from None
     p_value = None
     if holder is None:
         moved, reason = True, "the first champion"
@@ -66,6 +81,47 @@ def register_champion(run_id: str, y_test: np.ndarray, name: str = config.REGIST
             "previous_accuracy": (None if holder is None else
                                   float(holder.tags.get("test_accuracy", "nan"))),
             "test_accuracy": accuracy, "p_value": p_value, "reason": reason}
+
+
+SELECTION_RULE = "best validation accuracy among final models"
+MODEL_TAGS = {"task": "Fashion-MNIST, 10 classes of 28x28 grey images",
+              "selection_rule": SELECTION_RULE,
+              "alias_rule": "@champion moves on a one-sided exact McNemar test at 5% against "
+                            "its holder on the same test images"}
+MODEL_DESCRIPTION = (
+    "The champion of each compare of the Fashion-MNIST model comparison study, registered as "
+    f"a new version: the {SELECTION_RULE} (the test set only reports). Each version's "
+    "description and tags say its pipeline, scores, compare run and, for an ensemble, its "
+    f"members and weights. The alias @{config.CHAMPION_ALIAS} (what `study predict` and serving "
+    "load) moves only when a version is right significantly more often than the alias holder "
+    "on the test images where the two disagree.")
+
+
+def version_card(run) -> tuple[dict[str, str], str]:
+    """A model version's tags and description, from the final run it comes from: pipeline,
+    test and validation accuracy, the selection rule, and an ensemble's members and weights
+    (its run's `members` and `weight.<member>` params)."""
+    data = run.data
+    pipeline = data.tags.get("pipeline", "")
+    tags = {"pipeline": pipeline, "family": data.tags.get("family", ""),
+            "profile": data.tags.get("profile", ""), "selection_rule": SELECTION_RULE,
+            "run_id": run.info.run_id, "compare_run_id": data.tags.get("mlflow.parentRunId", "")}
+    scores = []
+    for key in ("test_accuracy", "val_accuracy"):
+        if key in data.metrics:
+            tags[key] = f"{data.metrics[key]:.6f}"
+            scores.append(f"{key} {data.metrics[key]:.4f}")
+    members = [m for m in data.params.get("members", "").split(",") if m]
+    if members:
+        weights = [f"{m}:{data.params.get(f'weight.{m}', '?')}" for m in members]
+        tags["members"] = ",".join(weights)
+    tags = {k: v for k, v in tags.items() if v}
+    description = (f"{pipeline or 'a final model'} ({', '.join(scores) or 'no scores logged'}), "
+                   f"chosen as the {SELECTION_RULE} of compare run "
+                   f"{tags.get('compare_run_id', '?')}; its final run is {run.info.run_id}.")
+    if members:
+        description += f" A weighted ensemble of {', '.join(weights)}."
+    return tags, description
 
 
 def _alias_holder(client, name: str, alias: str):

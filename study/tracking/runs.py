@@ -17,7 +17,9 @@ import numpy as np
 from study import config, processes
 from study.tracking.common import NETWORK, ROLE, now_ms, param, param_str
 from study.tracking.environment import environment, pip_requirements
-from study.tracking.store import ensure_experiment, experiment_name, tuning_experiment_id
+from study.tracking.queries import logged_model_name
+from study.tracking.store import (ensure_experiment, experiment_name, mark_training,
+                                  tuning_experiment_id)
 
 @contextmanager
 def compare_run(profile: str, seed: int, pipelines: list[str]) -> Iterator[str]:
@@ -32,6 +34,7 @@ def compare_run(profile: str, seed: int, pipelines: list[str]) -> Iterator[str]:
         mlflow.set_experiment(experiment_name())
         run = mlflow.start_run(run_name=f"compare-{profile}")
     with run:
+        mark_training(run.info.experiment_id)  # `mlflow run` or set_experiment made it
         # host and pid let a later compare tell a run whose process died (SIGKILL, power cut)
         mlflow.set_tags({ROLE: "compare", "profile": profile, "host": processes.this_host(),
                          "pid": str(os.getpid())})
@@ -149,7 +152,7 @@ def log_final(*, spec, profile: str, seed: int, params: dict[str, Any], tune, fi
         _log_fit_details(run.info.run_id, fit)
         log_evaluation(spec.name, evaluation, val_proba, figures_dir)
         info = log_model(fit, spec.reducer, x_example, evaluation.calibration,
-                         log_classifier=log_classifier)
+                         log_classifier=log_classifier, name=logged_model_name(spec.name))
         mlflow.set_tag("model_uri", info.model_uri)
         return run.info.run_id
 
@@ -201,13 +204,15 @@ def _log_fit_details(run_id: str, fit) -> None:
             mlflow.set_tag(key, str(value))
 
 
-def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None, *, log_classifier):
-    """The final model, as the active run's "model": a serving.Classifier (images or pixels
-    in, probabilities and the class name out) around the native Keras or sklearn model, which
-    is kept inside it with its own flavor and tensor signature (artifacts/network). The
-    Classifier applies `calibrated`'s temperature (an evaluation.Calibrated; none: T=1) and
-    carries its unsure threshold; the native model inside stays uncalibrated. The Classifier
-    is logged by `log_classifier` (serving.log_model), handed in by the caller."""
+def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None, *, log_classifier,
+              name: str = "model"):
+    """The final model, as the active run's model `name` (its pipeline's): a
+    serving.Classifier (images or pixels in, probabilities and the class name out) around the
+    native Keras or sklearn model, which is kept inside it with its own flavor and tensor
+    signature (artifacts/network). The Classifier applies `calibrated`'s temperature (an
+    evaluation.Calibrated; none: T=1) and carries its unsure threshold; the native model
+    inside stays uncalibrated. The Classifier is logged by `log_classifier`
+    (serving.log_model), handed in by the caller."""
     from mlflow.models import infer_signature
 
     from study.training import features
@@ -238,7 +243,7 @@ def log_model(fit, reducer: str, x_example: np.ndarray, calibrated=None, *, log_
                                       code_paths=[str(config.PACKAGE_DIR)],
                                       pyfunc_predict_fn="predict_proba")
         scaling = calibrated.carried() if calibrated else {}
-        return log_classifier({NETWORK: 1.0}, {NETWORK: native}, **scaling)
+        return log_classifier({NETWORK: 1.0}, {NETWORK: native}, name=name, **scaling)
 
 
 def log_data_inputs(data_digest: str, rows: dict[str, int]) -> None:

@@ -222,9 +222,17 @@ def first_use_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# The experiment tag MLflow's UI reads as an experiment's kind ("genai_development" or
+# "custom_model_development", its two choices in the bundle of 3.17). The UI of 3.17 lands on
+# the side its "GenAI | Model training" switch holds (or the link's workflowType) whatever the
+# tag says; the tag still types the experiment for the UI's kind selector and other versions.
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment `name`, created (or restored from deleted) when needed. Workers
-    starting together may both create it: the one that loses reads the winner's."""
+    """The id of experiment `name`, created (or restored from deleted) when needed, and marked
+    as model training (mark_training). Workers starting together may both create it: the one
+    that loses reads the winner's."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -233,13 +241,36 @@ def ensure_experiment(name: str, artifact_location: str | None = None) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
+        mark_training(exp.experiment_id, exp.tags)
         return exp.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return client.get_experiment_by_name(name).experiment_id
+
+
+def mark_training(experiment_id: str, tags: dict[str, str] | None = None) -> None:
+    """Tag the experiment as model training (EXPERIMENT_KIND_TAG) unless it has a kind
+    already: a kind the user chose in the UI stays. `tags`: the experiment's, when known. A
+    user who may log runs but not tag the experiment still runs compares: the tag only types
+    the experiment for the UI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        if tags is None:
+            tags = client.get_experiment(experiment_id).tags
+        if not tags.get(EXPERIMENT_KIND_TAG):
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    except MlflowException as exc:
+        if exc.error_code != "PERMISSION_DENIED":
+            raise
+        logger.info("experiment %s not tagged %s (no permission to tag it)", experiment_id,
+                    EXPERIMENT_KIND_TAG)
 
 
 def tuning_experiment_id(parent_run_id: str) -> str:
