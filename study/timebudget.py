@@ -94,13 +94,29 @@ class Estimate:
         return self.overhead + tuning + fit
 
     @property
-    def minimum(self) -> float:
-        """The least that still gives a model: no tuning, a network's shortest useful fit."""
+    def least(self) -> float:
+        """Its least setting's cost: no tuning (a one-fit estimator's fixed params), a
+        network's shortest useful fit."""
         if self.epochs:
             return self.overhead + self.epoch_seconds * min(MIN_EPOCHS, self.epochs)
         if self.least_seconds is not None:
             return self.least_seconds
         return self.overhead + self.fit_seconds
+
+    @property
+    def one_trial(self) -> float | None:
+        """A tuned one-fit estimator's cost with one trial (its tuned fit, on the tuning
+        subsample first), when that is below its least: pca_logreg's fixed params fit all 784
+        components, its tuned ones 30-200."""
+        if self.epochs or self.least_seconds is None or not self.trials:
+            return None
+        tuned = self.overhead + self.fit_seconds + self.trial_seconds
+        return tuned if tuned < self.least_seconds else None
+
+    @property
+    def minimum(self) -> float:
+        """The least that still gives a model: its least setting, or one trial when cheaper."""
+        return min(self.least, self.one_trial or math.inf)
 
     def scaled(self, ratio: float) -> "Estimate":
         """The same pipeline `ratio` times as slow (a correction from what really ran)."""
@@ -120,8 +136,8 @@ class Estimate:
     def least_on(self, fraction: float) -> float:
         """Its least cost fitted on `fraction` of the training rows: the fit (and what scales
         with the rows: tuning is gone) in proportion, scoring, logging and warm-up whole."""
-        fixed = min(self.minimum, self.overhead + self.warmup)
-        return fixed + fraction * (self.minimum - fixed)
+        fixed = min(self.least, self.overhead + self.warmup)
+        return fixed + fraction * (self.least - fixed)
 
 
 class Clock:
@@ -197,9 +213,10 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
             fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf), allowance)
         return Allotment(spec.name, allowance, dataclasses.replace(
             budget, timeout=max(1.0, min(budget.timeout, allowance / 2)), fit=fit))
-    if estimate.minimum > allowance and subsample and estimate.least_on(MIN_ROWS) <= allowance:
-        fraction = math.floor(100 * (allowance - estimate.overhead)
-                              / (estimate.minimum - estimate.overhead)) / 100
+    need = estimate.minimum if tunes else estimate.least  # one trial only if it may tune
+    if need > allowance and subsample and estimate.least_on(MIN_ROWS) <= allowance:
+        fixed = estimate.least_on(0.0)
+        fraction = math.floor(100 * (allowance - fixed) / (estimate.least - fixed)) / 100
         fit = dict(budget.fit)
         if estimate.epochs:  # its shortest useful fit, its schedule sized to it
             fit["epochs"] = min(MIN_EPOCHS, int(fit.get("epochs", estimate.epochs)))
@@ -207,19 +224,24 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
         return Allotment(spec.name, allowance, dataclasses.replace(
             budget, n_trials=0, timeout=1.0, fit=fit, train_fraction=fraction),
             estimate=estimate)
-    if estimate.minimum > allowance:
+    if need > allowance:
         return Allotment(spec.name, allowance, skipped=(
-            f"budget: needs ~{estimate.minimum:.0f} s at least, {allowance:.0f} s left for it"),
+            f"budget: needs ~{need:.0f} s at least, {allowance:.0f} s left for it"),
             estimate=estimate)
-    spare = allowance - estimate.minimum  # beyond the least: tuning, then more epochs
+    # beyond the least: tuning, then more epochs; when one trial is cheaper than the least
+    # (its tuned fit is), beyond that fit: it must tune
+    tuned_first = tunes and estimate.one_trial is not None
+    spare = allowance - (estimate.overhead + estimate.fit_seconds if tuned_first
+                         else estimate.least)
     n_trials, timeout, tuning = budget.n_trials, budget.timeout, 0.0
     if tunes:
         trial = estimate.trial_seconds or 0.0
         room = spare / 3 if estimate.epochs else spare  # a network keeps most for epochs
         if room >= estimate.tuning_seconds + trial:  # as much tuning as last time, or more
             tuning = estimate.tuning_seconds
-        elif room - trial > 0:  # Optuna checks its timeout between trials: one in hand
-            timeout = tuning = room - trial
+        elif room - trial > 0 or (tuned_first and room >= trial):
+            timeout = tuning = room - trial  # Optuna checks its timeout between trials: one
+            # in hand
         else:
             n_trials, timeout = 0, 1.0
     fit = dict(budget.fit)
@@ -297,8 +319,8 @@ def coverage(specs, estimates: dict[str, Estimate | None], usable: float,
         fits += 1
     # the families left, each on MIN_ROWS of the rows while that fits, cheapest first; then
     # what is left tops them up toward all their rows, before anyone gets more than its least
-    on_part = [estimates[name].least_on(MIN_ROWS) if estimates.get(name) else UNKNOWN_COST
-               for name in picks[fits:]]
+    on_part = [min(estimates[name].least_on(MIN_ROWS), estimates[name].minimum)
+               if estimates.get(name) else UNKNOWN_COST for name in picks[fits:]]
     n = 0
     while n < len(on_part) and total + on_part[n] <= usable:
         total += on_part[n]

@@ -584,34 +584,53 @@ def test_a_bad_cover_is_refused(tmp_path, cover):
 # a re-plan's correction kept within a kind, UMAP's warm-up paid once.
 
 def test_a_tuned_estimators_least_is_planned_at_its_measured_cost():
-    """pca_rf's tuned run (its tuned params, on a subsample while tuning) costs 37 s, its fixed
-    params on all the rows 110 s: the plan covers it at 110 s, and a pipeline that then takes
-    what its least really costs keeps the plan."""
-    tuned = Estimate(37.0, 29.0, tuning_seconds=6.0, trials=2, least_seconds=110.0)
+    """hgb's tuned run (tuned params, 30 rounds while tuning) costs 96 s with one trial, its
+    fixed params on all the rows 80 s: the plan covers it at 80 s, untuned, and a pipeline
+    that then takes what its least really costs keeps the plan."""
+    boost = Estimate(107.0, 82.0, tuning_seconds=22.0, trials=2, least_seconds=80.0)
     no_trials = pipelines.Budget("quick", 0, 1.0)
-    assert tuned.minimum == 110.0 and tuned.configured(no_trials) == 110.0
-    assert tuned.configured(pipelines.Budget("quick", 2, 40.0)) == pytest.approx(37.0)
+    assert boost.one_trial is None and boost.minimum == 80.0
+    assert boost.configured(no_trials) == 80.0
+    assert boost.configured(pipelines.Budget("quick", 2, 180.0)) == pytest.approx(107.0)
     # on part of the rows: the fit part of its least in proportion, scoring and logging whole
-    assert tuned.least_on(0.5) == pytest.approx(2.0 + 0.5 * 108.0)
-    specs = [Spec("forest", searches=True), Spec("tiny")]
-    budgets = {"forest": pipelines.Budget("quick", 2, 40.0), "tiny": BUDGETS["tiny"]}
-    estimates = {"forest": tuned, "tiny": ESTIMATES["tiny"]}
+    assert boost.least_on(0.5) == pytest.approx(3.0 + 0.5 * 77.0)
+    specs = [Spec("boost", searches=True), Spec("tiny")]
+    budgets = {"boost": pipelines.Budget("quick", 2, 180.0), "tiny": BUDGETS["tiny"]}
+    estimates = {"boost": boost, "tiny": ESTIMATES["tiny"]}
     now = FakeTime()
-    # 117 s beyond the reserve: room for the least and the tiny one, not for a trial more
-    clock = Clock(162.0, reserve=45.0, now=now)
+    # 90 s beyond the reserve: room for the least and the tiny one, not for a trial more
+    clock = Clock(135.0, reserve=45.0, now=now)
     seen = {}
 
     def least_costs(spec, allotment):  # the least costs what was measured, not the tuned fit
         seen[spec.name] = allotment
-        now.t += 110.0 if spec.name == "forest" else 5.0
+        now.t += 80.0 if spec.name == "boost" else 5.0
 
     list(timebudget.schedule(specs, budgets, estimates, clock, least_costs, skipped))
-    assert seen["forest"].budget.n_trials == 0 and seen["forest"].expected == 110.0
+    assert seen["boost"].budget.n_trials == 0 and seen["boost"].expected == 80.0
     assert clock.seconds - clock.elapsed() >= clock.reserve
-    # a least that does not fit is skipped, though the tuned run would have
-    short = timebudget.allot(Spec("forest", searches=True), budgets["forest"], tuned, 90.0,
-                             tunes=True)
-    assert short.skipped.startswith("budget: needs ~110 s")
+    short = timebudget.allot(specs[0], budgets["boost"], boost, 70.0, tunes=True)
+    assert short.skipped.startswith("budget: needs ~80 s")
+
+
+def test_one_trial_is_planned_when_it_costs_less_than_the_least():
+    """pca_rf's fixed params (all 784 components into 100 trees) cost 110 s, one trial and its
+    tuned fit (20-80 components) 34 s: it is covered with that trial, never planned untuned
+    below its least, and skipped below the trial's cost."""
+    forest = Estimate(37.0, 29.0, tuning_seconds=6.0, trials=2, least_seconds=110.0)
+    budget = pipelines.Budget("quick", 2, 40.0)
+    assert forest.one_trial == pytest.approx(2.0 + 29.0 + 3.0) == forest.minimum
+    cut = timebudget.allot(Spec("forest", searches=True), budget, forest, 35.0, tunes=True)
+    assert cut.budget.n_trials == 2 and cut.budget.timeout == pytest.approx(1.0)
+    # Optuna's least timeout (1 s) and the trial in hand
+    assert forest.configured(cut.budget) == pytest.approx(35.0) == cut.expected
+    assert timebudget.allot(Spec("forest", searches=True), budget, forest, 33.0,
+                            tunes=True).skipped.startswith("budget: needs ~34 s")
+    whole = timebudget.allot(Spec("forest", searches=True), budget, forest, 60.0, tunes=True)
+    assert whole.budget == budget and whole.expected == pytest.approx(37.0)
+    # a recipe that does not tune gets its least
+    fixed = timebudget.allot(Spec("forest"), budget, forest, 60.0, tunes=False)
+    assert fixed.skipped.startswith("budget: needs ~110 s")
 
 
 def test_the_least_cost_comes_from_the_stores_untuned_run_else_the_yaml(tracking_store):
@@ -648,7 +667,7 @@ def test_the_least_cost_comes_from_the_stores_untuned_run_else_the_yaml(tracking
              Costed("fresh", searches=True, cost=cost)]
     found, _ = budget_run.estimates(specs, "quick", parent)
     assert found["svm"].source == "store" and found["svm"].least_seconds == 77.0
-    assert found["svm"].minimum == 77.0 and found["svm"].configured(
+    assert found["svm"].least == 77.0 and found["svm"].configured(
         pipelines.Budget("quick", 2, 40.0)) == pytest.approx(40.0)
     speed = 40.0 / found["fresh"].seconds  # this machine against the YAML's host
     assert found["fresh"].source == "yaml"
