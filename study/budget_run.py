@@ -101,10 +101,10 @@ def estimates(specs, profile: str, parent_id: str | None
     return out, "; ".join(notes) or None
 
 
-# What a process pays once before its first UMAP fit: `import umap` (it imports TensorFlow)
-# and numba's JIT of the code paths a fit takes; added to a UMAP pipeline's least, gone once
-# one of them has run (timebudget.Estimate.warmup). Measured: see pipelines/umap_*.yaml.
-WARMUP_SECONDS = {"umap": 20.0}
+# What a process pays once before its first UMAP fit: `import umap` (it imports TensorFlow,
+# ~14 s cold) and numba's JIT of the code paths a fit takes (~10 s; ../shared/PITFALLS.md);
+# added to a UMAP pipeline's least, gone once one of them has run (Estimate.warmup)
+WARMUP_SECONDS = {"umap": 24.0}
 # a least run's evaluation, figures and logged model, beyond the fit and scoring its YAML's
 # least_seconds measured (the tuned quick runs: 1-3 s of overhead beyond predicting the test set)
 LEAST_LOG_SECONDS = 3.0

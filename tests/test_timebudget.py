@@ -716,6 +716,8 @@ def test_umaps_warm_up_is_planned_once_a_process():
             "least_seconds": 90.0}
     est = timebudget.scaled_hint(hint, 1.5, "reducer:umap", warmup=20.0, logging=3.0)
     assert est.least_seconds == pytest.approx(60.0 + 20.0 + 3.0) and est.warmup == 20.0
+    # its tuned run's fit says nothing of its least: no cheaper one-trial minimum
+    assert est.one_trial is None and est.minimum == est.least_seconds
     assert est.least_on(0.5) == pytest.approx(est.overhead + 20.0
                                               + 0.5 * (83.0 - est.overhead - 20.0))
     estimates = {"umap_knn": est, "umap_svm": est}
