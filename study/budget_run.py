@@ -193,8 +193,9 @@ def coverage_line(specs, found, clock: timebudget.Clock, allotments) -> str:
     covered = set().union(*(timebudget.families_of(s) for s in specs if s.name in ran))
     missing = [f for f in families if f not in covered]
     line = (f"covers {len(families) - len(missing)} of {len(families)} families "
-            f"(first each family's cheapest pipeline at its least: no tuning, "
-            f"{timebudget.MIN_EPOCHS} epochs for a network, the cheapest families first, the last "
+            f"(first each family's cheapest pipeline at its least: no tuning (one trial where "
+            f"cheaper), {timebudget.MIN_EPOCHS} epochs for a network, the cheapest families "
+            f"first, the last "
             f"on part of the training rows (at least {timebudget.MIN_ROWS:.0%}) when only that "
             f"fits; then "
             f"the rest in proportion to each one's remaining cost, weighted by its YAML share "
