@@ -18,6 +18,9 @@ budget's compare), beside the tables (`<store>/budget.md`).
 
     .venv/bin/python benchmarks/budget.py --minutes 10 20 40 [--store DIR] [--no-fresh-each]
         [--profile quick] [--host-speed]
+
+`--least PIPELINE...` instead times sklearn pipelines at their least setting (the fixed params
+a budget's coverage runs them with), for their YAML's `cost: quick: least_seconds:`.
 """
 
 from __future__ import annotations
@@ -303,8 +306,75 @@ def minutes_figure(rows: list[dict], path: Path) -> Path | None:
     return figures.fig_minutes(timeline, budgets, path) if budgets else None
 
 
+def least_costs(names: list[str], profile: str, repeats: int = 2) -> list[dict]:
+    """Each sklearn pipeline at its least setting (no tuning: its YAML's fixed `params`), fitted
+    on the profile's training rows the way the compare's final fit does (training.final_fit,
+    then every test image predicted), `repeats` times (the lower counts: the host is shared).
+    Per fit its seconds, and the matrix-multiply probe's speed just before it (what YAML costs
+    are normalised by: seconds x speed is the cost on the COST_HOST_GFLOPS host). Measure on
+    a quiet host: under load the figures are inflated 2-4x."""
+    import dataclasses
+
+    from study import config, data, pipelines, timebudget, training, tuning
+    from study.evaluation import timed_proba
+
+    prof = config.profile(profile)
+    splits = data.make_splits(data.load(), prof)
+    out = []
+    for name in names:
+        spec = pipelines.load(name)
+        budget = dataclasses.replace(spec.budget(prof), n_trials=0)
+        params = tuning.final_params(spec, budget, {})
+        runs = []
+        for _ in range(repeats):
+            speed = timebudget.probe_speed(config.COST_HOST_GFLOPS)
+            got = [cpu_share()]
+            start = time.perf_counter()
+            fit, _ = training.final_fit(spec, params, splits, config.SEED)
+            fitted = time.perf_counter() - start
+            timed_proba(fit.predict_proba, splits.x_test)
+            seconds = time.perf_counter() - start
+            got.append(cpu_share())
+            runs.append({"seconds": seconds, "fit_seconds": fitted, "speed": speed,
+                         "share": sum(got) / 2, "load": os.getloadavg()[0]})
+            print(f"{name}: least fit {fitted:.1f} s, with scoring {seconds:.1f} s, speed "
+                  f"{speed:.2f}, CPU share {runs[-1]['share']:.2f}, load "
+                  f"{runs[-1]['load']:.1f}", flush=True)
+        best = min(runs, key=lambda r: r["seconds"] * r["speed"])
+        # on the reference host: what the YAML's `least_seconds` states. Normalised by the
+        # sgemm probe alone, as plans scale it: under load that probe drops too (1.57 alone,
+        # 0.41 at a load of 14.6 on 2 cores), so the CPU share would count the load twice;
+        # it is printed to say how loaded the host was
+        out.append({"pipeline": name, "runs": runs, "best": best,
+                    "reference_seconds": best["seconds"] * best["speed"]})
+    return out
+
+
+def cpu_share(seconds: float = 2.0) -> float:
+    """The part of a core this process gets now (1: alone): the best of repeated one-thread
+    matrix products against their mean over `seconds`. timebudget.probe_speed takes the best
+    of 7, which finds a free moment on a shared host; the fits there run at this share."""
+    import numpy as np
+
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((384, 384), dtype=np.float32)
+    times = []
+    with threadpool_limits(limits=1, user_api="blas"):
+        a @ a
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            a @ a
+            times.append(time.perf_counter() - start)
+    return min(times) / (sum(times) / len(times))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--least", nargs="+", metavar="PIPELINE", default=None,
+                        help="instead: time these sklearn pipelines at their least (fixed "
+                             "params, no tuning) on the profile's rows, twice each")
     parser.add_argument("--minutes", type=float, nargs="+", default=[10, 20, 40])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--store", type=Path, default=None, help="default: a fresh folder")
@@ -314,6 +384,13 @@ def main() -> int:
                         help="also run ../shared/bench/host_speed.py (~30 s of CNN training)")
     args = parser.parse_args()
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # reading plan.txt back
+    if args.least:
+        for row in least_costs(args.least, args.profile):
+            print(f"{row['pipeline']}: least_seconds {row['reference_seconds']:.1f} on the "
+                  f"reference host ({row['best']['seconds']:.1f} s here at speed "
+                  f"{row['best']['speed']:.2f} and CPU share {row['best']['share']:.2f}, fit "
+                  f"{row['best']['fit_seconds']:.1f} s)")
+        return 0
     store = (args.store or Path(tempfile.mkdtemp(prefix="budget-"))).resolve()
     if args.fresh_each and store.exists() and any(store.iterdir()) and args.store:
         print(f"--store {store} is not empty: give an empty folder (each budget gets a fresh "

@@ -58,12 +58,27 @@ def estimates(specs, profile: str, parent_id: str | None
               else tracking.existing_timings(profile))
     out: dict[str, Any] = {}
     speed, fresh, kept, start = None, set(), set(), time.perf_counter()
+
+    def from_yaml(spec):
+        nonlocal speed
+        if profile not in spec.cost:
+            return None
+        if speed is None:
+            speed = timebudget.probe_speed(config.COST_HOST_GFLOPS)
+        return timebudget.scaled_hint(spec.cost[profile], speed, kind_of(spec),
+                                      WARMUP_SECONDS.get(spec.reducer, 0.0), LEAST_LOG_SECONDS)
+
     for spec in specs:
         if spec.name in stored:
             t = stored[spec.name]
+            least = t.get("least_seconds")  # its own run at its least, in preference
+            hint = None if least is not None or not int(t["trials"]) else from_yaml(spec)
+            if least is None and hint is not None:
+                least = hint.least_seconds
             out[spec.name] = timebudget.Estimate(
                 t["seconds"], t["fit_seconds"], t["tuning_seconds"],
-                int(t["epochs"]) if t["epochs"] else None, int(t["trials"]), "store")
+                int(t["epochs"]) if t["epochs"] else None, int(t["trials"]), "store",
+                least_seconds=least, kind=kind_of(spec))
             continue
         found = None
         if config.probes_enabled() and is_probed(spec):
@@ -73,11 +88,7 @@ def estimates(specs, profile: str, parent_id: str | None
             except Exception as exc:  # a probe that fails leaves the YAML's cost
                 logger.warning(f"{spec.name}: throughput probe failed ({exc}); its YAML cost "
                                "is used")
-        if found is None and profile in spec.cost:
-            if speed is None:
-                speed = timebudget.probe_speed(config.COST_HOST_GFLOPS)
-            found = timebudget.scaled_hint(spec.cost[profile], speed)
-        out[spec.name] = found
+        out[spec.name] = found if found is not None else from_yaml(spec)
     notes = []
     if fresh:
         notes.append(f"probed {len(fresh)} network architectures in "
@@ -88,6 +99,28 @@ def estimates(specs, profile: str, parent_id: str | None
     if speed:
         notes.append(f"the others' YAML costs scaled by {speed:.2f} (a matrix-multiply probe)")
     return out, "; ".join(notes) or None
+
+
+# What a process pays once before its first UMAP fit: `import umap` (it imports TensorFlow,
+# ~14 s cold) and numba's JIT of the code paths a fit takes (~10 s; ../shared/PITFALLS.md);
+# added to a UMAP pipeline's least, gone once one of them has run (Estimate.warmup)
+WARMUP_SECONDS = {"umap": 24.0}
+# a least run's evaluation, figures and logged model, beyond the fit and scoring its YAML's
+# least_seconds measured (the tuned quick runs: 1-3 s of overhead beyond predicting the test set)
+LEAST_LOG_SECONDS = 3.0
+
+
+def kind_of(spec) -> str:
+    """What a re-plan corrects together (timebudget.corrected): a network by its architecture
+    (its builder), a UMAP pipeline by its reducer, the other one-fit estimators together."""
+    from study.models import get_builder
+
+    try:
+        if get_builder(spec.model).kind == "keras":
+            return f"network:{spec.model}"
+    except Exception:  # an unknown model fails later, with its own message
+        pass
+    return "reducer:umap" if spec.reducer == "umap" else "one-fit"
 
 
 def is_probed(spec) -> bool:
@@ -132,7 +165,7 @@ def probed_estimate(spec, profile: config.Profile) -> tuple[Any, bool]:
     fit, overhead = epoch * epochs, LOG_SECONDS + scored / predict + rates.get("setup_seconds", 0.0)
     tuning = trial * trials
     return timebudget.Estimate(overhead + fit + tuning, fit, tuning, epochs, trials,
-                               "probe"), hit
+                               "probe", kind=kind_of(spec)), hit
 
 
 def plan_text(specs, budgets, found, clock: timebudget.Clock, probed: str | None,
@@ -160,8 +193,9 @@ def coverage_line(specs, found, clock: timebudget.Clock, allotments) -> str:
     covered = set().union(*(timebudget.families_of(s) for s in specs if s.name in ran))
     missing = [f for f in families if f not in covered]
     line = (f"covers {len(families) - len(missing)} of {len(families)} families "
-            f"(first each family's cheapest pipeline at its least: no tuning, "
-            f"{timebudget.MIN_EPOCHS} epochs for a network, the cheapest families first, the last "
+            f"(first each family's cheapest pipeline at its least: no tuning (one trial where "
+            f"cheaper), {timebudget.MIN_EPOCHS} epochs for a network, the cheapest families "
+            f"first, the last "
             f"on part of the training rows (at least {timebudget.MIN_ROWS:.0%}) when only that "
             f"fits; then "
             f"the rest in proportion to each one's remaining cost, weighted by its YAML share "

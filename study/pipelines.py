@@ -241,7 +241,7 @@ def load(name: str, pipelines_dir: Path | None = None) -> PipelineSpec:
     )
 
 
-COST_KEYS = {"seconds", "fit_seconds", "tuning_seconds", "epochs", "trials"}
+COST_KEYS = {"seconds", "fit_seconds", "tuning_seconds", "epochs", "trials", "least_seconds"}
 
 
 def _check_time(path: Path, raw: dict) -> tuple[float, dict[str, dict[str, Any]]]:
@@ -257,7 +257,7 @@ def _check_time(path: Path, raw: dict) -> tuple[float, dict[str, dict[str, Any]]
             and all(isinstance(x, (int, float)) and x >= 0 for x in v.values())
             for v in cost.values()) or set(cost) - set(config.PROFILES):
         raise ConfigError(f"{path}: cost must map a profile to measured seconds, fit_seconds "
-                          f"and optionally tuning_seconds, epochs, trials")
+                          f"and optionally tuning_seconds, epochs, trials, least_seconds")
     return float(share), {k: dict(v) for k, v in cost.items()}
 
 

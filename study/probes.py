@@ -6,7 +6,9 @@ a plan probes once per machine. Nothing here imports TensorFlow or touches the d
 UMAP is not probed: fits of the seeded PCA(50)+UMAP on 300/1,500/3,000/1,500/6,000 real rows
 took 18/10/22/7/57 s here (numba compiles per code path; exact neighbours below 4,096 rows,
 NN-descent above), so a two-size probe costs minutes and its power law (k ~1.4) extrapolates
-to 48,000 rows several times too high: UMAP pipelines keep their scaled YAML cost.
+to 48,000 rows several times too high: UMAP pipelines keep their scaled YAML cost, with their
+least (fixed params, all the rows) measured apart and a process's one-time import and JIT
+added to it (budget_run.WARMUP_SECONDS).
 """
 
 from __future__ import annotations

@@ -14,9 +14,10 @@ allowance; one that cannot give a model in it (its estimated least cost is large
 to the skipped ones that fit then, an uncovered family first, then the largest share.
 Estimates come from earlier runs of the pipeline in the store (same profile), else from
 throughput probes of this machine (networks: study.probes), else from the cost its YAML
-states, scaled by a short matrix-multiply probe. A network's epochs end inside its allotment
-with a margin; its time cap is only a safety net beyond it. After each pipeline the estimates
-still to come of its kind are corrected by what it really took against its plan (bounded).
+states, scaled by a short matrix-multiply probe; a tuned one-fit pipeline's least (its fixed
+params) has its own measured cost. A network's epochs end inside its allotment with a margin;
+its time cap is only a safety net beyond it. After each pipeline the estimates still to come
+of its source and kind are corrected by what it really took against its plan (bounded).
 Pure: no MLflow, no Optuna; the clock is injectable.
 """
 
@@ -52,6 +53,14 @@ class Estimate:
     trials: int = 0  # tuning trials in that time
     source: str = "store"  # "store" (an earlier run), "probe" (a network's throughput probe)
     # or "yaml" (the stated cost, scaled)
+    # a one-fit pipeline's whole cost at its least (its YAML's fixed params, no tuning): measured
+    # apart, since the tuned run's fit says nothing of it (pca_rf: 110 s against 37 planned
+    # from its tuned run); None: the least is the fit above
+    least_seconds: float | None = None
+    kind: str = ""  # what a re-plan corrects together: a network's architecture, "one-fit"
+    # (a scikit-learn estimator) or "reducer:umap"
+    warmup: float = 0.0  # of least_seconds, what a process pays once for this kind (UMAP's
+    # import and numba JIT): gone from the others of its kind once one has run
 
     @property
     def overhead(self) -> float:
@@ -68,7 +77,10 @@ class Estimate:
 
     def configured(self, budget) -> float:
         """What it would cost run as `budget` says (the estimate may come from a cut run):
-        its trials and epochs at the measured rates."""
+        its trials and epochs at the measured rates; a tuned one-fit pipeline run without
+        trials, its least."""
+        if self.least_seconds is not None and not self.epochs and not budget.n_trials:
+            return self.least_on(budget.train_fraction or 1.0)
         tuning = (self.trial_seconds * budget.n_trials if self.trials and budget.n_trials
                   else 0.0 if self.trials else self.tuning_seconds)
         if self.trials and budget.n_trials:  # Optuna stops at its timeout, one trial in hand
@@ -82,22 +94,52 @@ class Estimate:
         return self.overhead + tuning + fit
 
     @property
-    def minimum(self) -> float:
-        """The least that still gives a model: no tuning, a network's shortest useful fit."""
+    def least(self) -> float:
+        """Its least setting's cost: no tuning (a one-fit estimator's fixed params), a
+        network's shortest useful fit."""
         if self.epochs:
             return self.overhead + self.epoch_seconds * min(MIN_EPOCHS, self.epochs)
+        if self.least_seconds is not None:
+            return self.least_seconds
         return self.overhead + self.fit_seconds
+
+    @property
+    def one_trial(self) -> float | None:
+        """A tuned one-fit estimator's cost with one trial (its tuned fit, on the tuning
+        subsample first), when that is below its least: pca_logreg's fixed params fit all 784
+        components, its tuned ones 30-200."""
+        # not UMAP's (a warm-up kind): its fit's cost is its rows and fixed epochs, whatever
+        # tuning picks (umap_knn's single fit took 223 s where its tuned run's took ~67)
+        if self.epochs or self.least_seconds is None or not self.trials or self.warmup:
+            return None
+        tuned = self.overhead + self.fit_seconds + self.trial_seconds
+        return tuned if tuned < self.least_seconds else None
+
+    @property
+    def minimum(self) -> float:
+        """The least that still gives a model: its least setting, or one trial when cheaper."""
+        return min(self.least, self.one_trial or math.inf)
 
     def scaled(self, ratio: float) -> "Estimate":
         """The same pipeline `ratio` times as slow (a correction from what really ran)."""
+        least = None if self.least_seconds is None else self.least_seconds * ratio
         return dataclasses.replace(self, seconds=self.seconds * ratio,
                                    fit_seconds=self.fit_seconds * ratio,
-                                   tuning_seconds=self.tuning_seconds * ratio)
+                                   tuning_seconds=self.tuning_seconds * ratio,
+                                   least_seconds=least, warmup=self.warmup * ratio)
+
+    def warmed(self) -> "Estimate":
+        """The same pipeline in a process where one of its kind already paid the warm-up."""
+        if not self.warmup or self.least_seconds is None:
+            return self
+        return dataclasses.replace(self, least_seconds=self.least_seconds - self.warmup,
+                                   warmup=0.0)
 
     def least_on(self, fraction: float) -> float:
         """Its least cost fitted on `fraction` of the training rows: the fit (and what scales
-        with the rows: tuning is gone) in proportion, scoring and logging whole."""
-        return self.overhead + fraction * (self.minimum - self.overhead)
+        with the rows: tuning is gone) in proportion, scoring, logging and warm-up whole."""
+        fixed = min(self.least, self.overhead + self.warmup)
+        return fixed + fraction * (self.least - fixed)
 
 
 class Clock:
@@ -173,9 +215,10 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
             fit["max_seconds"] = min(float(fit.get("max_seconds") or math.inf), allowance)
         return Allotment(spec.name, allowance, dataclasses.replace(
             budget, timeout=max(1.0, min(budget.timeout, allowance / 2)), fit=fit))
-    if estimate.minimum > allowance and subsample and estimate.least_on(MIN_ROWS) <= allowance:
-        fraction = math.floor(100 * (allowance - estimate.overhead)
-                              / (estimate.minimum - estimate.overhead)) / 100
+    need = estimate.minimum if tunes else estimate.least  # one trial only if it may tune
+    if need > allowance and subsample and estimate.least_on(MIN_ROWS) <= allowance:
+        fixed = estimate.least_on(0.0)
+        fraction = math.floor(100 * (allowance - fixed) / (estimate.least - fixed)) / 100
         fit = dict(budget.fit)
         if estimate.epochs:  # its shortest useful fit, its schedule sized to it
             fit["epochs"] = min(MIN_EPOCHS, int(fit.get("epochs", estimate.epochs)))
@@ -183,19 +226,24 @@ def allot(spec, budget, estimate: Estimate | None, allowance: float, tunes: bool
         return Allotment(spec.name, allowance, dataclasses.replace(
             budget, n_trials=0, timeout=1.0, fit=fit, train_fraction=fraction),
             estimate=estimate)
-    if estimate.minimum > allowance:
+    if need > allowance:
         return Allotment(spec.name, allowance, skipped=(
-            f"budget: needs ~{estimate.minimum:.0f} s at least, {allowance:.0f} s left for it"),
+            f"budget: needs ~{need:.0f} s at least, {allowance:.0f} s left for it"),
             estimate=estimate)
-    spare = allowance - estimate.minimum  # beyond the least: tuning, then more epochs
+    # beyond the least: tuning, then more epochs; when one trial is cheaper than the least
+    # (its tuned fit is), beyond that fit: it must tune
+    tuned_first = tunes and estimate.one_trial is not None
+    spare = allowance - (estimate.overhead + estimate.fit_seconds if tuned_first
+                         else estimate.least)
     n_trials, timeout, tuning = budget.n_trials, budget.timeout, 0.0
     if tunes:
         trial = estimate.trial_seconds or 0.0
         room = spare / 3 if estimate.epochs else spare  # a network keeps most for epochs
         if room >= estimate.tuning_seconds + trial:  # as much tuning as last time, or more
             tuning = estimate.tuning_seconds
-        elif room - trial > 0:  # Optuna checks its timeout between trials: one in hand
-            timeout = tuning = room - trial
+        elif room - trial > 0 or (tuned_first and room >= trial):
+            timeout = tuning = room - trial  # Optuna checks its timeout between trials: one
+            # in hand
         else:
             n_trials, timeout = 0, 1.0
     fit = dict(budget.fit)
@@ -273,8 +321,8 @@ def coverage(specs, estimates: dict[str, Estimate | None], usable: float,
         fits += 1
     # the families left, each on MIN_ROWS of the rows while that fits, cheapest first; then
     # what is left tops them up toward all their rows, before anyone gets more than its least
-    on_part = [estimates[name].least_on(MIN_ROWS) if estimates.get(name) else UNKNOWN_COST
-               for name in picks[fits:]]
+    on_part = [min(estimates[name].least_on(MIN_ROWS), estimates[name].minimum)
+               if estimates.get(name) else UNKNOWN_COST for name in picks[fits:]]
     n = 0
     while n < len(on_part) and total + on_part[n] <= usable:
         total += on_part[n]
@@ -328,15 +376,22 @@ MIN_CORRECTING = 20.0
 def corrected(estimates: dict[str, Estimate | None], ran: str, expected: float,
               actual: float, done: set[str]) -> dict[str, Estimate | None]:
     """The estimates after pipeline `ran` took `actual` seconds where its plan expected
-    `expected`: those not yet `done` from the same source (the network probes, or the scaled
-    YAML costs: one machine's error repeats across a kind) scaled by actual/expected, within
-    CORRECTION. Store figures are this machine's own: left alone."""
+    `expected`: those not yet `done` from the same source and of the same kind (a network
+    architecture's probe, the scaled YAML costs of the one-fit estimators, UMAP's: one
+    machine's error repeats within a kind, not across: a CNN running slow says nothing of the
+    MLP) scaled by actual/expected, within CORRECTION; those of its kind no longer pay the
+    warm-up it paid. Store figures are this machine's own: left alone."""
     est = estimates.get(ran)
-    if est is None or est.source == "store" or expected < MIN_CORRECTING:
+    if est is None:
         return estimates
+    same = {name for name, e in estimates.items()
+            if e is not None and name not in done and e.kind == est.kind}
+    out = {name: (e.warmed() if name in same else e) for name, e in estimates.items()}
+    if est.source == "store" or expected < MIN_CORRECTING:
+        return out
     ratio = min(CORRECTION[1], max(CORRECTION[0], actual / expected))
-    return {name: (e.scaled(ratio) if e is not None and e.source == est.source
-                   and name not in done else e) for name, e in estimates.items()}
+    return {name: (e.scaled(ratio) if name in same and e.source == est.source else e)
+            for name, e in out.items()}
 
 
 def schedule(specs, budgets: dict[str, Any], estimates: dict[str, Estimate | None],
@@ -413,14 +468,21 @@ def covering_minutes(specs, estimates: dict[str, Estimate | None], clock: Clock)
     return math.ceil(need / 60)
 
 
-def scaled_hint(hint: dict[str, Any] | None, speed: float) -> Estimate | None:
-    """A YAML cost (`cost:` seconds measured on the project's reference run) as an Estimate
-    for this machine, `speed` times as fast as the one it was measured on."""
+def scaled_hint(hint: dict[str, Any] | None, speed: float, kind: str = "",
+                warmup: float = 0.0, logging: float = 0.0) -> Estimate | None:
+    """A YAML cost (`cost:` seconds measured on the project's reference run; `least_seconds`,
+    its fit and scoring at its least) as an Estimate for this machine, `speed` times as fast
+    as the one it was measured on; its least gets `warmup` (import and JIT, once a process)
+    and `logging` (evaluation, figures, the logged model) seconds on top, not scaled."""
     if not hint:
         return None
     keys = ("seconds", "fit_seconds", "tuning_seconds")
+    least = hint.get("least_seconds")
     return Estimate(**{k: float(hint.get(k, 0.0)) / speed for k in keys},
-                    epochs=hint.get("epochs"), trials=int(hint.get("trials", 0)), source="yaml")
+                    epochs=hint.get("epochs"), trials=int(hint.get("trials", 0)), source="yaml",
+                    least_seconds=(None if least is None
+                                   else float(least) / speed + warmup + logging),
+                    kind=kind, warmup=warmup if least is not None else 0.0)
 
 
 def probe_speed(reference_gflops: float, n: int = 768, repeats: int = 7) -> float:

@@ -94,6 +94,9 @@ def test_a_probed_network_estimate_scales_with_its_epochs_and_rows(shared_cache)
     smoke = config.profile("smoke")
     est, hit = budget_run.probed_estimate(spec, smoke)
     assert hit and est.source == "probe" and est.epochs == 3  # the smoke recipe's epochs
+    # a re-plan corrects it with its own architecture's estimates only (cnn_modern_b's too)
+    assert est.kind == "network:cnn_modern" == budget_run.kind_of(pipelines.load("cnn_modern_b"))
+    assert budget_run.kind_of(pipelines.load("mlp_seed")) == "network:mlp_seed"
     assert est.fit_seconds == pytest.approx(3 * est.epoch_seconds)
     rates = json.loads(shared_cache.read_text())
     setup = [entry["probes"][probes.network_key(spec, spec.budget(smoke))]["setup_seconds"]
@@ -135,3 +138,13 @@ def test_allot_chooses_epochs_inside_the_room_and_a_cap_beyond_it():
     tight = dataclasses.replace(budget, fit={"epochs": 16, "max_seconds": 200})
     assert timebudget.allot(Net(), tight, est, 200.0,
                             tunes=False).budget.fit["max_seconds"] == 200
+
+
+def test_kinds_keep_umap_apart_from_the_other_estimators():
+    """A re-plan's kinds for the real pipelines: UMAP's by its reducer (with its warm-up), the
+    other scikit-learn estimators together, PCA ones included."""
+    kinds = {name: budget_run.kind_of(pipelines.load(name))
+             for name in ("umap_knn", "umap_svm", "knn", "pca_rf", "hgb", "dummy")}
+    assert kinds == {"umap_knn": "reducer:umap", "umap_svm": "reducer:umap", "knn": "one-fit",
+                     "pca_rf": "one-fit", "hgb": "one-fit", "dummy": "one-fit"}
+    assert budget_run.WARMUP_SECONDS["umap"] > 0

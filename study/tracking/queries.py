@@ -214,8 +214,9 @@ def load_network(run_id: str):
 
 def pipeline_timings(profile: str, parent_run_id: str) -> dict[str, dict[str, float]]:
     """The latest finished final run of each pipeline in this profile, in the experiment of
-    the compare `parent_run_id`: its pipeline, fit and tuning seconds, epochs run and trials.
-    What a time budget estimates a pipeline's cost from."""
+    the compare `parent_run_id`: its pipeline, fit and tuning seconds, epochs run and trials,
+    and `least_seconds`, the pipeline seconds of its latest run without tuning (when there is
+    one). What a time budget estimates a pipeline's cost from."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -253,7 +254,13 @@ def _timings(client, experiment_id: str, profile: str) -> dict[str, dict[str, fl
             filter_string=(f"tags.{ROLE} = 'final' and tags.profile = '{profile}' and "
                            "attributes.status = 'FINISHED'")):
         name, m = run.data.tags.get("pipeline", ""), run.data.metrics
-        if name in out or "pipeline_seconds" not in m or "fit_seconds" not in m:
+        if "pipeline_seconds" not in m or "fit_seconds" not in m:
+            continue
+        if name in out:  # an older run: its latest without tuning is its least's cost
+            if "least_seconds" not in out[name] and not m.get("n_trials"):
+                whole = m.get("own_fit_seconds", m["fit_seconds"])
+                out[name]["least_seconds"] = (m["pipeline_seconds"] - whole
+                                              + whole / m.get("train_fraction", 1.0))
             continue
         epochs = m.get("epochs_run")
         if epochs is None and run.data.tags.get("kind") == "keras":
@@ -265,6 +272,8 @@ def _timings(client, experiment_id: str, profile: str) -> dict[str, dict[str, fl
         out[name] = {"seconds": m["pipeline_seconds"] + whole - fit, "fit_seconds": whole,
                      "tuning_seconds": m.get("tuning_seconds", 0.0), "epochs": epochs,
                      "trials": m.get("n_trials", 0.0)}
+        if not m.get("n_trials"):  # a run without tuning: what its least costs
+            out[name]["least_seconds"] = out[name]["seconds"]
     return out
 
 
