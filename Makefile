@@ -49,7 +49,7 @@ plan: setup
 # fails the suite in seconds, before any test runs.
 test: setup
 	$(BIN)/lint-imports --no-logo --no-cache
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --durations=40
 
 clean:
 	rm -rf mlruns mlflow.db mlflow.db.lock optuna.journal .pytest_cache
