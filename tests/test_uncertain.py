@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from study import calibration, cli, config, data, evaluation, inputs, predict, serving
+from study import (calibration, cli, config, data, evaluation, images, inputs, predict, serving,
+                   tracking)
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +37,10 @@ def calibrated(tiny, tmp_path_factory):
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     mlflow.set_experiment("uncertain-tests")
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run():
-        native = str(Path(tmp) / serving.NETWORK)
+        native = str(Path(tmp) / tracking.NETWORK)
         mlflow.sklearn.save_model(estimator, native, pyfunc_predict_fn="predict_proba",
                                   serialization_format="cloudpickle")
-        uri = serving.log_model({serving.NETWORK: 1.0}, {serving.NETWORK: native},
+        uri = serving.log_model({tracking.NETWORK: 1.0}, {tracking.NETWORK: native},
                                 **cal.carried()).model_uri
     return {"pyfunc": mlflow.pyfunc.load_model(uri), "uri": uri, "estimator": estimator,
             "calibrated": cal, "store": store}
@@ -63,7 +64,7 @@ def _confident_real(fmnist, calibrated, folder: Path, n: int = 20) -> list[Path]
     at or above its unsure threshold."""
     model, threshold = calibrated["pyfunc"], calibrated["calibrated"].unsure_threshold
     x = fmnist.x_test[:400]
-    top = serving.probabilities(model.predict(x.astype(np.float32) / 255)).max(axis=1)
+    top = images.probabilities(model.predict(x.astype(np.float32) / 255)).max(axis=1)
     chosen = np.flatnonzero(top >= threshold)[:n]
     assert len(chosen) == n
     paths = []
@@ -136,7 +137,7 @@ def test_confident_real_test_images_are_not_flagged(calibrated, fmnist, tmp_path
 
     threshold = calibrated["calibrated"].unsure_threshold
     x = fmnist.x_test[:400]
-    top = serving.probabilities(calibrated["pyfunc"].predict(x / np.float32(255))).max(axis=1)
+    top = images.probabilities(calibrated["pyfunc"].predict(x / np.float32(255))).max(axis=1)
     low = int(np.flatnonzero(top < threshold)[0])
     Image.fromarray(x[low]).save(tmp_path / "unsure.png")
     (result,) = predict.classify([str(tmp_path / "unsure.png")], model=calibrated["pyfunc"])
